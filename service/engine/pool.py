@@ -1,0 +1,108 @@
+"""The set of engines the gateway routes to, with health and in-flight bookkeeping.
+
+An engine takes traffic only while it is `ready`: healthy, and (after a restart) with every
+adapter that a domain uses loaded again by the reconciler.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from service.engine.client import EngineClient, EngineUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class EngineHandle:
+    client: EngineClient
+    healthy: bool = False
+    ready: bool = False
+    in_flight: int = 0
+    loaded_adapters: set[str] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        return self.client.base_url
+
+
+# Called when an engine turns healthy again after being down: reload adapters, then mark ready.
+RecoverHook = Callable[[EngineHandle], Awaitable[None]]
+
+
+class EnginePool:
+    def __init__(self, clients: list[EngineClient], check_interval_s: float = 2.0):
+        self.engines = [EngineHandle(client) for client in clients]
+        self.check_interval_s = check_interval_s
+        self.on_recover: RecoverHook | None = None
+        self._monitor: asyncio.Task | None = None
+
+    async def check_all(self) -> None:
+        for engine in self.engines:
+            await self.check(engine)
+
+    async def check(self, engine: EngineHandle) -> None:
+        healthy = await engine.client.health()
+        if healthy and not engine.healthy:
+            log.info("engine %s is healthy", engine.url)
+            engine.healthy = True
+            await self._recover(engine)
+        elif not healthy and engine.healthy:
+            log.warning("engine %s is down", engine.url)
+            engine.healthy = False
+            engine.ready = False
+            engine.loaded_adapters.clear()
+
+    async def _recover(self, engine: EngineHandle) -> None:
+        try:
+            if self.on_recover is not None:
+                await self.on_recover(engine)
+            engine.ready = True
+        except Exception:  # the next check tries again
+            log.exception("engine %s could not be prepared; keeping it out of rotation", engine.url)
+            engine.healthy = False
+
+    def mark_down(self, engine: EngineHandle) -> None:
+        engine.healthy = engine.ready = False
+        engine.loaded_adapters.clear()
+
+    def start_monitor(self) -> None:
+        self._monitor = asyncio.create_task(self._monitor_loop(), name="engine-monitor")
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval_s)
+            with contextlib.suppress(Exception):
+                await self.check_all()
+
+    async def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        for engine in self.engines:
+            await engine.client.aclose()
+
+    @property
+    def any_ready(self) -> bool:
+        return any(engine.ready for engine in self.engines)
+
+    def pick(self, model: str | None = None) -> EngineHandle:
+        """The least busy ready engine; for an adapter, one that has it loaded."""
+        candidates = [e for e in self.engines if e.ready]
+        if model is not None and "@" in model:
+            candidates = [e for e in candidates if model in e.loaded_adapters]
+        if not candidates:
+            raise EngineUnavailable("no engine is ready (starting, restarting or down)")
+        return min(candidates, key=lambda e: e.in_flight)
+
+    @contextlib.asynccontextmanager
+    async def lease(self, model: str | None = None) -> AsyncIterator[EngineHandle]:
+        engine = self.pick(model)
+        engine.in_flight += 1
+        try:
+            yield engine
+        finally:
+            engine.in_flight -= 1

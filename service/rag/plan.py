@@ -1,0 +1,49 @@
+"""Turn a client's completion request into what goes to the engine: model name, payload, citations."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import ApiError
+
+# Fields graft adds to the OpenAI request and must not forward to vLLM.
+GRAFT_FIELDS = ("retrieval",)
+
+
+@dataclass
+class Plan:
+    engine_model: str  # base model name or `adapter@version`
+    payload: dict[str, Any]
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    retrieval_s: float = 0.0
+
+
+def validate_request(kind: str, body: dict[str, Any]) -> None:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "`model` is required: a domain name or the base model", param="model",
+                       code="invalid_parameter")
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "`messages` must be a non-empty list", param="messages",
+                           code="invalid_parameter")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise ApiError(400, f"messages[{i}] must be an object with a `role`",
+                               param=f"messages[{i}]", code="invalid_parameter")
+            if message.get("role") not in ("system", "user", "assistant", "tool", "developer"):
+                raise ApiError(400, f"messages[{i}].role {message.get('role')!r} is not a valid role",
+                               param=f"messages[{i}].role", code="invalid_parameter")
+    else:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise ApiError(400, "`prompt` must be a non-empty string", param="prompt",
+                           code="invalid_parameter")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise ApiError(400, "`stream` must be a boolean", param="stream", code="invalid_parameter")
+
+
+def base_plan(body: dict[str, Any], engine_model: str) -> Plan:
+    payload = {k: v for k, v in body.items() if k not in GRAFT_FIELDS}
+    payload["model"] = engine_model
+    return Plan(engine_model=engine_model, payload=payload)

@@ -1,0 +1,94 @@
+"""OpenAI-compatible completions: plan (retrieval, routing) then relay to an engine."""
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from service.auth import Principal
+from service.engine.client import EngineError
+from service.errors import error_body
+from service.http_body import read_json_object
+from service.rag.plan import Plan, validate_request
+from service.state import GatewayState, get_state, inference_principal
+
+router = APIRouter()
+
+ENGINE_PATHS = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, state: GatewayState = Depends(get_state),
+                           _: Principal = Depends(inference_principal)):
+    return await _complete("chat", request, state)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, state: GatewayState = Depends(get_state),
+                      _: Principal = Depends(inference_principal)):
+    return await _complete("text", request, state)
+
+
+async def _complete(kind: str, request: Request, state: GatewayState):
+    body = await read_json_object(request, state.settings.max_request_bytes)
+    validate_request(kind, body)
+    plan: Plan = await state.extras["planner"].plan(kind, body)
+    state.metrics.retrieval_latency.observe(plan.retrieval_s)
+    path = ENGINE_PATHS[kind]
+    if body.get("stream"):
+        return await _stream(state, path, body["model"], plan)
+    async with state.pool.lease(plan.engine_model) as engine:
+        result = await engine.client.complete(path, plan.payload)
+    _decorate(result, body["model"], plan)
+    usage = result.get("usage") or {}
+    state.metrics.completion_tokens.labels(plan.engine_model).inc(usage.get("completion_tokens", 0))
+    return JSONResponse(result)
+
+
+def _decorate(event: dict[str, Any], requested_model: str, plan: Plan) -> None:
+    event["model"] = requested_model
+    event["adapter"] = plan.engine_model
+    event["citations"] = plan.citations
+
+
+async def _stream(state: GatewayState, path: str, requested_model: str, plan: Plan):
+    lease = state.pool.lease(plan.engine_model)
+    engine = await lease.__aenter__()
+    events = engine.client.stream(path, plan.payload)
+    try:
+        # Read the first event before answering, so an engine error is a plain JSON error.
+        first = await anext(events)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await events.aclose()
+        await lease.__aexit__(None, None, None)
+        raise
+    return StreamingResponse(_relay(lease, events, first, requested_model, plan),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _relay(lease, events: AsyncIterator[dict], first: dict | None, requested_model: str,
+                 plan: Plan) -> AsyncIterator[bytes]:
+    try:
+        if first is not None:
+            _decorate(first, requested_model, plan)  # citations go in the first event
+            yield _sse(first)
+            async for event in events:
+                event["model"] = requested_model
+                yield _sse(event)
+        yield b"data: [DONE]\n\n"
+    except EngineError as exc:
+        yield _sse(error_body(exc.status_code, exc.message, code="engine_error"))
+    finally:
+        # Runs on client disconnect too: closing the engine stream aborts the engine request.
+        await events.aclose()
+        await lease.__aexit__(None, None, None)
+
+
+def _sse(event: dict) -> bytes:
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+

@@ -1,0 +1,93 @@
+"""The one settings class of graft. Built once at start-up and passed in; never read globally."""
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_BASE_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRAFT_", extra="ignore")
+
+    # storage
+    data_dir: Path = Path("data")
+    database_url: str | None = None  # default: SQLite file in data_dir
+
+    # gateway
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)  # bootstrap admin keys
+
+    # engine: empty engine_urls means "start one local vLLM server as a child process"
+    engine_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    base_model: str | None = None  # HF folder or id; default: the prepared SmolLM2 folder
+    base_model_name: str = DEFAULT_BASE_MODEL_NAME  # the name clients and the engine use
+    max_lora_rank: int = 16
+    max_loras: int = 8
+    max_model_len: int = 2048
+    engine_port: int = 8100
+    engine_dtype: str = "float32"  # the CPU engine; bf16 needs AVX-512 to be fast
+    engine_kv_cache_gib: int = 1
+    engine_start_timeout_s: float = 300.0
+    engine_request_timeout_s: float = 300.0
+    engine_connect_timeout_s: float = 5.0
+    engine_extra_args: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # indexing and retrieval
+    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_batch_size: int = 64
+    default_chunk_size: int = 200  # tokens of the embedder's tokenizer
+    default_chunk_overlap: int = 32
+    exact_search_max_vectors: int = 50_000  # above: HNSW
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_request_bytes: int = 1 * 1024 * 1024  # JSON bodies
+    max_pdf_pages: int = 2000
+    extract_timeout_s: float = 60.0
+
+    # adapters
+    max_adapter_bytes: int = 512 * 1024 * 1024
+    max_archive_members: int = 64
+    drain_timeout_s: float = 60.0
+    reconcile_interval_s: float = 15.0
+
+    @field_validator("api_keys", "engine_urls", "engine_extra_args", mode="before")
+    @classmethod
+    def _split_list(cls, value):
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'graft.db').resolve()}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def prepared_model_dir(self) -> Path:
+        return self.models_dir / self.base_model_name
+
+    @property
+    def resolved_base_model(self) -> str:
+        return self.base_model or str(self.prepared_model_dir)
+
+    @property
+    def indexes_dir(self) -> Path:
+        return self.data_dir / "indexes"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
