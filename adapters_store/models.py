@@ -150,6 +150,8 @@ class AdapterVersion(Base):
     path: Mapped[str] = mapped_column(String(1024))
     rank: Mapped[int] = mapped_column(Integer)
     target_modules: Mapped[list] = mapped_column(JSON, default=list)
+    # Deleted versions keep their row so that a version number is never reused.
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")

@@ -1,22 +1,36 @@
 """The FastAPI app factory. Settings are passed in; the lifespan owns the engine, DB and indexes."""
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import select
+from transformers import AutoTokenizer
 
+from adapters_store.artifacts import AdapterArtifactStore
 from adapters_store.db import make_engine, make_session_factory
+from adapters_store.hotload import HotLoader
+from adapters_store.models import Corpus
+from adapters_store.reconciler import Reconciler
+from indexer.generation import GenerationStore
+from indexer.jobs import IngestionWorker, IngestLimits
+from indexer.registry import CorpusRegistry
 from migrations.runner import current_revision, head_revision
 from service.auth import Authenticator
+from service.domains import RoutingTable
 from service.engine.client import EngineClient
 from service.engine.pool import EnginePool
 from service.engine.supervisor import LocalEngine
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.rag.planner import Planner
-from service.routes import completions, health
+from service.rag.prompt import PromptBuilder
+from service.rag.retrieval import Retriever
+from service.routes import adapters, completions, corpora, domains, health
 from service.settings import Settings
 from service.state import GatewayState
+from service.swap import SwapService
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +44,8 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None,
     """Build the gateway.
 
     With `settings.engine_urls` empty, the gateway runs a local vLLM: `local_engine` if one was
-    started already (by `graft serve`), else it starts one itself. `engine_transport` is the
-    httpx seam for tests that fake the engine.
+    started already (by `graft serve` or a test; its starter stops it), else it starts and
+    stops one itself. `engine_transport` is the httpx seam for tests that fake the engine.
     """
 
     @asynccontextmanager
@@ -45,8 +59,8 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None,
 
     app = FastAPI(title="graft", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(completions.router)
+    for module in (health, completions, corpora, domains, adapters):
+        app.include_router(module.router)
     return app
 
 
@@ -60,28 +74,63 @@ async def _start(settings: Settings, local_engine: LocalEngine | None, transport
         raise StartupError("the database schema is not at the latest migration: run `graft db upgrade`")
     sessions = make_session_factory(db)
 
+    registry = CorpusRegistry(GenerationStore(settings.indexes_dir), settings.exact_search_max_vectors)
+    await asyncio.to_thread(_load_corpora, sessions, registry)
+    retriever = Retriever(sessions, registry)
+    worker = IngestionWorker(sessions, registry, IngestLimits(
+        settings.max_pdf_pages, settings.extract_timeout_s, settings.embedding_batch_size))
+    routes = RoutingTable(settings.base_model_name)
+    with sessions() as session:
+        routes.load(session)
+    tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, settings.resolved_base_model)
+    planner = Planner(settings.base_model_name, routes, retriever,
+                      PromptBuilder(tokenizer, settings.max_model_len))
+
     urls = list(settings.engine_urls)
+    owns_engine = False
     if not urls:
         if local_engine is None:
-            local_engine = LocalEngine(settings)
+            local_engine, owns_engine = LocalEngine(settings), True
             await local_engine.start()
         urls = [local_engine.url]
-    clients = [EngineClient(url, connect_timeout_s=settings.engine_connect_timeout_s,
-                            request_timeout_s=settings.engine_request_timeout_s, transport=transport)
-               for url in urls]
-    pool = EnginePool(clients)
-    state = GatewayState(settings=settings, db=db, sessions=sessions, pool=pool, metrics=Metrics(),
-                         auth=Authenticator(sessions, settings.api_keys), local_engine=local_engine)
-    state.extras["planner"] = Planner(settings)
+    pool = EnginePool([EngineClient(url, connect_timeout_s=settings.engine_connect_timeout_s,
+                                    request_timeout_s=settings.engine_request_timeout_s,
+                                    transport=transport) for url in urls])
+    loader = HotLoader(pool, settings.drain_timeout_s)
+    reconciler = Reconciler(loader, routes.needed_adapters, settings.base_model_name,
+                            settings.reconcile_interval_s)
+    pool.on_recover = reconciler.prepare
+
+    state = GatewayState(
+        settings=settings, db=db, sessions=sessions, pool=pool, metrics=Metrics(),
+        auth=Authenticator(sessions, settings.api_keys), registry=registry, retriever=retriever,
+        worker=worker, domains=routes, planner=planner, swaps=SwapService(sessions, routes, loader),
+        reconciler=reconciler, artifacts=AdapterArtifactStore(settings.adapters_dir / "store"),
+        local_engine=local_engine, owns_engine=owns_engine)
+    worker.start()
     await pool.check_all()
     pool.start_monitor()
+    reconciler.start()
     if local_engine is not None:
         local_engine.watch()
     return state
 
 
+def _load_corpora(sessions, registry: CorpusRegistry) -> None:
+    """Every corpus answers from its last committed generation; half-written ones are removed."""
+    with sessions() as session:
+        corpora = list(session.scalars(select(Corpus)))
+    for corpus in corpora:
+        registry.load(corpus.id, corpus.embedding_model, corpus.current_generation)
+        keep = {corpus.current_generation} if corpus.current_generation else set()
+        registry.store.remove_except(corpus.id, keep)
+
+
 async def _stop(state: GatewayState) -> None:
+    await state.reconciler.stop()
+    await state.worker.stop()
+    await state.swaps.wait_drained()
     await state.pool.close()
-    if state.local_engine is not None:
+    if state.local_engine is not None and state.owns_engine:
         await state.local_engine.stop()
     state.db.dispose()

@@ -1,6 +1,7 @@
 """The `graft` command line: serve, db, model, keys (and the REST-backed corpus/adapter/domain groups)."""
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import signal
@@ -11,6 +12,7 @@ import uvicorn
 
 from adapters_store.db import make_engine, make_session_factory, session_scope
 from migrations.runner import current_revision, head_revision, upgrade
+from service.cli_client import adapter_app, corpus_app, domain_app
 from service.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="graft: knowledge injection for LLMs")
@@ -20,6 +22,9 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys")
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(keys_app, name="keys")
+app.add_typer(corpus_app, name="corpus")
+app.add_typer(adapter_app, name="adapter")
+app.add_typer(domain_app, name="domain")
 
 
 def fail(message: str) -> None:
@@ -113,7 +118,7 @@ async def _serve(settings: Settings) -> int:
                 return 1
         loop.remove_signal_handler(signal.SIGTERM)
         app = create_app(settings, local_engine=local)
-        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+        server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port,
                                                log_level="info", timeout_graceful_shutdown=30))
         await server.serve()
         return 0 if server.started else 1
@@ -122,6 +127,20 @@ async def _serve(settings: Settings) -> int:
     finally:
         if local is not None:
             await local.stop()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, which would kill us before
+    the engine is stopped; here the signal only asks the server to exit."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 @keys_app.command("create")

@@ -1,17 +1,28 @@
 """What the gateway holds while it runs; built by the lifespan, reached by routes via the request."""
 
+import threading
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapters_store.artifacts import AdapterArtifactStore
+from adapters_store.reconciler import Reconciler
+from adapters_store.validation import BaseModelShapes
+from indexer.jobs import IngestionWorker
+from indexer.registry import CorpusRegistry
 from service.auth import Authenticator, Principal
+from service.domains import RoutingTable
 from service.engine.pool import EnginePool
 from service.engine.supervisor import LocalEngine
+from service.errors import ApiError
 from service.metrics import Metrics
+from service.rag.planner import Planner
+from service.rag.retrieval import Retriever
 from service.settings import Settings
+from service.swap import SwapService
 
 
 @dataclass
@@ -22,8 +33,29 @@ class GatewayState:
     pool: EnginePool
     metrics: Metrics
     auth: Authenticator
+    registry: CorpusRegistry
+    retriever: Retriever
+    worker: IngestionWorker
+    domains: RoutingTable
+    planner: Planner
+    swaps: SwapService
+    reconciler: Reconciler
+    artifacts: AdapterArtifactStore
     local_engine: LocalEngine | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    owns_engine: bool = False
+    _shapes: BaseModelShapes | None = None
+    _shapes_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def base_shapes(self) -> BaseModelShapes:
+        """The base model's module shapes, read once (adapter validation needs a local folder)."""
+        with self._shapes_lock:
+            if self._shapes is None:
+                folder = Path(self.settings.resolved_base_model)
+                if not (folder / "config.json").is_file():
+                    raise ApiError(503, "adapter validation needs the base model's folder: set "
+                                   "GRAFT_BASE_MODEL to a local Hugging Face folder", code="no_base_model")
+                self._shapes = BaseModelShapes(folder)
+            return self._shapes
 
 
 def get_state(request: Request) -> GatewayState:

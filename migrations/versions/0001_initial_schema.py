@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 00:48:20.777060
+Create Date: 2026-11-23 00:58:31.360443
 
 """
 from typing import Sequence, Union
@@ -61,6 +61,7 @@ def upgrade() -> None:
     sa.Column('path', sa.String(length=1024), nullable=False),
     sa.Column('rank', sa.Integer(), nullable=False),
     sa.Column('target_modules', sa.JSON(), nullable=False),
+    sa.Column('deleted', sa.Boolean(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['adapter_id'], ['adapters.id'], ),
     sa.PrimaryKeyConstraint('id'),

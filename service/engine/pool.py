@@ -37,6 +37,7 @@ class EnginePool:
         self.engines = [EngineHandle(client) for client in clients]
         self.check_interval_s = check_interval_s
         self.on_recover: RecoverHook | None = None
+        self.model_in_flight: dict[str, int] = {}  # engine model name → running requests
         self._monitor: asyncio.Task | None = None
 
     async def check_all(self) -> None:
@@ -102,7 +103,10 @@ class EnginePool:
     async def lease(self, model: str | None = None) -> AsyncIterator[EngineHandle]:
         engine = self.pick(model)
         engine.in_flight += 1
+        key = model or ""
+        self.model_in_flight[key] = self.model_in_flight.get(key, 0) + 1
         try:
             yield engine
         finally:
             engine.in_flight -= 1
+            self.model_in_flight[key] -= 1

@@ -143,6 +143,8 @@ class LocalEngine:
 
     def watch(self) -> None:
         """Restart the server whenever it dies, until stop() is called."""
+        if self._watcher is not None and not self._watcher.done():
+            return
         self._watcher = asyncio.create_task(self._watch_loop(), name="engine-supervisor")
 
     async def _watch_loop(self) -> None:

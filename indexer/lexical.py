@@ -1,0 +1,82 @@
+"""BM25 keyword index over chunk texts, with bm25s (English stopwords, no stemming)."""
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import bm25s
+import numpy as np
+
+from indexer.durable import fsync_dir, fsync_tree
+
+_IDS_FILE = "chunk_ids.npy"
+_META_FILE = "graft_lexical.json"
+_FORMAT = 1
+
+
+def tokenize(texts: list[str]) -> list[list[str]]:
+    return bm25s.tokenize(texts, lower=True, stopwords="en", return_ids=False, show_progress=False)
+
+
+class LexicalIndex:
+    def __init__(self, ids: np.ndarray, retriever: bm25s.BM25 | None):
+        self._ids = ids
+        self._retriever = retriever  # None when there are no documents (bm25s needs one)
+
+    @classmethod
+    def build(cls, ids: list[int], texts: list[str]) -> "LexicalIndex":
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
+        ids_array = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if not len(ids_array):
+            return cls(ids_array, None)
+        retriever = bm25s.BM25()
+        retriever.index(tokenize(list(texts)), show_progress=False)
+        return cls(ids_array, retriever)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def search(self, query: str, k: int) -> list[tuple[int, float]]:
+        """[(chunk id, score)] best first; only chunks sharing a term with the query."""
+        if self._retriever is None or k < 1:
+            return []
+        terms = [t for t in tokenize([query])[0] if t and t in self._retriever.vocab_dict]
+        if not terms:
+            return []
+        docs, scores = self._retriever.retrieve([terms], k=min(k, len(self._ids)), show_progress=False)
+        return [(int(self._ids[d]), float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
+
+    def save(self, folder: Path) -> None:
+        """Write into a temp folder beside `folder`, fsync it all, then rename it into place.
+
+        `folder` must not exist: a saved index is immutable.
+        """
+        folder = Path(folder)
+        if folder.exists():
+            raise FileExistsError(f"{folder} already exists")
+        tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex}")
+        try:
+            tmp.mkdir(parents=True)
+            np.save(tmp / _IDS_FILE, self._ids, allow_pickle=False)
+            if self._retriever is not None:
+                self._retriever.save(tmp, show_progress=False)
+            (tmp / _META_FILE).write_text(json.dumps({"format": _FORMAT, "count": len(self._ids)}))
+            fsync_tree(tmp)
+            os.rename(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_dir(folder.parent)
+
+    @classmethod
+    def load(cls, folder: Path) -> "LexicalIndex":
+        folder = Path(folder)
+        meta = json.loads((folder / _META_FILE).read_text())
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{folder}: unsupported lexical index format {meta.get('format')!r}")
+        ids = np.load(folder / _IDS_FILE, allow_pickle=False)
+        retriever = bm25s.BM25.load(folder) if len(ids) else None
+        return cls(ids, retriever)

@@ -1,0 +1,56 @@
+"""Make a change to a corpus durable and visible: new generation on disk, then SQL, then memory.
+
+Order matters for crash safety: the generation folder is complete and fsynced before SQL
+points at it; SQL commits before the in-memory searcher switches; old folders go last.
+"""
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapters_store.models import Chunk, Corpus, IndexGeneration
+from indexer.lexical import LexicalIndex
+from indexer.registry import CorpusEntry, CorpusRegistry
+
+
+def publish_change(
+    sessions: sessionmaker[Session],
+    registry: CorpusRegistry,
+    entry: CorpusEntry,
+    *,
+    remove_ids: Sequence[int],
+    add_ids: Sequence[int],
+    add_vectors: np.ndarray | None,
+    add_texts: Sequence[str],
+    apply_rows: Callable[[Session], None],
+) -> int:
+    """Apply a change under `entry.write_lock` (the caller holds it); return the new generation."""
+    vector = entry.searcher.vector.copy()
+    if remove_ids:
+        vector.remove(np.asarray(remove_ids, dtype=np.int64))
+    if add_ids:
+        vector.add(np.asarray(add_ids, dtype=np.int64), add_vectors)
+
+    removed = set(remove_ids)
+    with sessions() as session:
+        rows = session.execute(select(Chunk.id, Chunk.text).where(Chunk.corpus_id == entry.corpus_id)
+                               .order_by(Chunk.id)).all()
+    ids = [row.id for row in rows if row.id not in removed] + list(add_ids)
+    texts = [row.text for row in rows if row.id not in removed] + list(add_texts)
+    lexical = LexicalIndex.build(ids, texts)
+
+    number = (entry.generation or 0) + 1
+    path = registry.store.write(entry.corpus_id, number, vector, lexical)
+    with sessions() as session, session.begin():
+        corpus = session.get(Corpus, entry.corpus_id)
+        if corpus is None:
+            raise LookupError("the corpus was deleted while it was being changed")
+        apply_rows(session)
+        session.add(IndexGeneration(corpus_id=corpus.id, number=number, path=str(path),
+                                    chunk_count=len(vector), index_kind=vector.kind))
+        corpus.current_generation = number
+    registry.publish(entry.corpus_id, number, vector, lexical)
+    registry.store.remove_except(entry.corpus_id, {number})
+    return number

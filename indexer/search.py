@@ -1,0 +1,42 @@
+"""Search of one corpus at one loaded generation: dense, BM25 or hybrid."""
+
+import numpy as np
+
+from indexer.embedding import Embedder
+from indexer.hybrid import reciprocal_rank_fusion
+from indexer.lexical import LexicalIndex
+from indexer.vector_index import VectorIndex
+
+MODES = ("dense", "bm25", "hybrid")
+# In hybrid mode each retriever proposes this many times k candidates to the fusion.
+HYBRID_CANDIDATES = 4
+
+
+class CorpusSearcher:
+    def __init__(self, embedder: Embedder, vector: VectorIndex, lexical: LexicalIndex):
+        self.embedder = embedder
+        self.vector = vector
+        self.lexical = lexical
+
+    def search(self, query: str, k: int, mode: str = "hybrid", *,
+               query_vector: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """[(chunk id, score)] best first. Scores are cosine (dense), BM25 or RRF (hybrid).
+
+        `query_vector`, when given, is the query already embedded with this corpus's
+        embedder (so one embedding serves several corpora); otherwise it is computed here.
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown search mode {mode!r} (expected one of {', '.join(MODES)})")
+        if mode == "bm25":
+            return self.lexical.search(query, k)
+        if query_vector is None:
+            query_vector = self.embedder.encode([query])[0]
+        if mode == "dense":
+            return self.search_vector(query_vector, k)
+        candidates = k * HYBRID_CANDIDATES
+        return reciprocal_rank_fusion([self.search_vector(query_vector, candidates),
+                                       self.lexical.search(query, candidates)], k)
+
+    def search_vector(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Dense search with a query embedded by the caller."""
+        return self.vector.search_one(vector, k)

@@ -1,0 +1,65 @@
+"""The in-memory routing table: domain name → what a request for it needs, mirrored from SQL.
+
+A route is immutable; changing a domain replaces its route in one dict assignment, so a request
+sees either the old binding or the new one, never a mix.
+"""
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from adapters_store.models import AdapterVersion, Domain
+
+DEFAULT_RETRIEVAL = {"k": 4, "mode": "hybrid", "min_score": None}
+
+
+@dataclass(frozen=True)
+class DomainRoute:
+    name: str
+    corpora: tuple[str, ...]
+    engine_model: str  # `adapter@version` or the base model name
+    adapter_path: str | None  # the stored adapter folder the engines load
+    system_prompt: str | None
+    retrieval: dict = field(default_factory=lambda: dict(DEFAULT_RETRIEVAL))
+    created_at: int = 0
+
+
+def route_of(domain: Domain, base_model: str) -> DomainRoute:
+    version = domain.adapter_version
+    return DomainRoute(
+        name=domain.name,
+        corpora=tuple(domain.corpora or ()),
+        engine_model=version.engine_name if version is not None else base_model,
+        adapter_path=version.path if version is not None else None,
+        system_prompt=domain.system_prompt,
+        retrieval={**DEFAULT_RETRIEVAL, **(domain.retrieval or {})},
+        created_at=int(domain.created_at.timestamp()),
+    )
+
+
+class RoutingTable:
+    def __init__(self, base_model: str):
+        self.base_model = base_model
+        self._routes: dict[str, DomainRoute] = {}
+
+    def load(self, session: Session) -> None:
+        domains = session.scalars(select(Domain).options(
+            selectinload(Domain.adapter_version).selectinload(AdapterVersion.adapter)))
+        self._routes = {d.name: route_of(d, self.base_model) for d in domains}
+
+    def get(self, name: str) -> DomainRoute | None:
+        return self._routes.get(name)
+
+    def put(self, route: DomainRoute) -> None:
+        self._routes[route.name] = route
+
+    def all(self) -> list[DomainRoute]:
+        return sorted(self._routes.values(), key=lambda r: r.name)
+
+    def using_corpus(self, corpus: str) -> list[str]:
+        return [r.name for r in self._routes.values() if corpus in r.corpora]
+
+    def needed_adapters(self) -> dict[str, str]:
+        """Adapter name → folder for every adapter a domain routes to: what each engine must hold."""
+        return {r.engine_model: r.adapter_path for r in self._routes.values() if r.adapter_path}

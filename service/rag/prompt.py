@@ -1,0 +1,153 @@
+"""Build the engine prompt from a request and retrieved passages, within the context budget.
+
+Passages are numbered [1], [2], ... in rank order and the list returned with the prompt is
+exactly the ones the model saw (the citations). Budget rule: prompt tokens + max_tokens <=
+max_model_len. Lowest-ranked passages are dropped first. If not even the top passage fits
+whole, it is cut (at a word boundary, marked with "…") rather than dropped, provided at least
+MIN_TRUNCATED_TOKENS of it fit; the returned Passage is still the original (full) chunk. The
+client's messages / prompt are never cut: if they do not fit on their own, ContextTooLong.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+INSTRUCTION = ("Answer the question using the numbered passages below. Cite them as [n]. "
+               "If they do not contain the answer, say so.")
+# A shorter fragment of the top passage is more noise than help: drop it instead.
+MIN_TRUNCATED_TOKENS = 32
+ELLIPSIS = " …"
+ELLIPSIS_TOKENS = 3  # room kept for ELLIPSIS and a word re-encoded differently after the cut
+TOKENIZE_BATCH = 8
+
+
+@dataclass
+class Passage:
+    corpus: str
+    document_id: str
+    chunk_id: int
+    score: float
+    text: str
+    metadata: dict = field(default_factory=dict)
+
+
+class ContextTooLong(Exception):
+    def __init__(self, prompt_tokens: int, max_tokens: int, max_model_len: int):
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.max_model_len = max_model_len
+        super().__init__(
+            f"the request needs {prompt_tokens} prompt tokens (without any retrieved passage) "
+            f"+ {max_tokens} max_tokens = {prompt_tokens + max_tokens}, more than this model's "
+            f"context length of {max_model_len} tokens (prompt budget "
+            f"{max(max_model_len - max_tokens, 0)}); shorten the input or lower max_tokens")
+
+
+class PromptBuilder:
+    def __init__(self, tokenizer: Any, max_model_len: int, default_max_tokens: int = 256):
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.default_max_tokens = default_max_tokens
+
+    def build_chat(self, messages: list[dict], passages: list[Passage], system_prompt: str | None,
+                   max_tokens: int | None) -> tuple[list[dict], list[Passage]]:
+        def render(lines: list[str] | None) -> list[dict]:
+            out = [dict(m) for m in messages]  # never mutate the client's dicts
+            block = None if lines is None else _retrieval_block(lines)
+            if out and out[0].get("role") == "system":
+                parts = [system_prompt, _text_of(out[0].get("content")), block]
+                out[0]["content"] = "\n\n".join(p for p in parts if p)
+            elif system_prompt or block:
+                content = "\n\n".join(p for p in (system_prompt, block) if p)
+                out.insert(0, {"role": "system", "content": content})
+            return out
+
+        return self._fit(render, self.count_chat_tokens, passages, max_tokens)
+
+    def build_completion(self, prompt: str, passages: list[Passage], system_prompt: str | None,
+                         max_tokens: int | None) -> tuple[str, list[Passage]]:
+        def render(lines: list[str] | None) -> str:
+            body = prompt if lines is None else (
+                f"{_retrieval_block(lines)}\n\nQuestion: {prompt}\nAnswer:")
+            return f"{system_prompt}\n\n{body}" if system_prompt else body
+
+        # Default add_special_tokens=True: what vLLM's /v1/completions does with a text prompt.
+        return self._fit(render, lambda text: len(self.tokenizer(text)["input_ids"]),
+                         passages, max_tokens)
+
+    def count_chat_tokens(self, messages: list[dict]) -> int:
+        # Flatten OpenAI content parts as vLLM does for string-content templates.
+        flat = [{**m, "content": _text_of(m.get("content"))} for m in messages]
+        ids = self.tokenizer.apply_chat_template(flat, add_generation_prompt=True, tokenize=True)
+        if not isinstance(ids, list):  # transformers >= 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        return len(ids)
+
+    def _fit(self, render: Callable[[list[str] | None], Any], count: Callable[[Any], int],
+             passages: list[Passage], max_tokens: int | None) -> tuple[Any, list[Passage]]:
+        max_tokens = self.default_max_tokens if max_tokens is None else max_tokens
+        budget = self.max_model_len - max_tokens
+        if passages:
+            room = budget - count(render([]))  # what is left for the passage lines themselves
+            lines = [_line(i + 1, p) for i, p in enumerate(passages)]
+            # Each line is tokenized once, in small batches, and only until the room is full.
+            ids: list[list[int]] = []
+            costs: list[int] = []  # tokens of each line, +1 for the newline joining them
+            k, used = 0, 0
+            while k < len(lines):
+                if k == len(ids):
+                    batch = lines[k:k + TOKENIZE_BATCH]
+                    ids += self.tokenizer(batch, add_special_tokens=False)["input_ids"]
+                    costs += [len(x) + 1 for x in ids[k:]]
+                if used + costs[k] > room:
+                    break
+                used += costs[k]
+                k += 1
+            keep_top = len(ids[0])  # tokens of the top passage's line kept
+            if k == 0 and room - 1 - ELLIPSIS_TOKENS >= MIN_TRUNCATED_TOKENS:
+                keep_top, k = room - 1 - ELLIPSIS_TOKENS, 1
+                lines[0] = self._truncate(ids[0], keep_top)
+            # Counting lines separately is close but not exact (merges at the joins, template
+            # quirks): check the real prompt once and trim by the overshoot if needed.
+            while k:
+                built = render(lines[:k])
+                over = count(built) - budget
+                if over <= 0:
+                    return built, passages[:k]
+                if k == 1:
+                    keep_top = min(keep_top, len(ids[0])) - over - ELLIPSIS_TOKENS
+                    if keep_top < MIN_TRUNCATED_TOKENS:
+                        break
+                    lines[0] = self._truncate(ids[0], keep_top)
+                    continue
+                while over > 0 and k > 1:
+                    k -= 1
+                    over -= costs[k]
+        built = render(None)
+        needed = count(built)
+        if needed > budget:
+            raise ContextTooLong(needed, max_tokens, self.max_model_len)
+        return built, []
+
+    def _truncate(self, ids: list[int], keep: int) -> str:
+        text = self.tokenizer.decode(ids[:keep]).rstrip("\ufffd")  # a cut mid-character
+        # Cut back to a word boundary unless that loses most of the fragment (e.g. CJK text).
+        cut = text.rstrip().rfind(" ")
+        if cut > len(text) // 2:
+            text = text[:cut]
+        return text.rstrip() + ELLIPSIS
+
+
+def _line(number: int, passage: Passage) -> str:
+    return f"[{number}] (document: {passage.document_id}) {passage.text}"
+
+
+def _retrieval_block(lines: list[str]) -> str:
+    return f"{INSTRUCTION}\n\n" + "\n".join(lines)
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, list):  # OpenAI content parts
+        return "\n".join(p.get("text", "") for p in content
+                         if isinstance(p, dict) and p.get("type") == "text")
+    return content if isinstance(content, str) else ""

@@ -1,0 +1,159 @@
+"""Corpora over REST: create, list, stats, delete, upload documents, delete documents, search."""
+
+import asyncio
+import shutil
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from adapters_store import corpus_repo as repo
+from adapters_store.models import Corpus
+from indexer.deletion import delete_document
+from indexer.durable import fsync_dir
+from service.errors import ApiError
+from service.ingest_request import items_from_json, items_from_multipart
+from service.state import GatewayState, admin_principal, get_state, inference_principal
+from service.uploads import multipart_boundary
+
+router = APIRouter()
+
+
+class CorpusCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=repo.NAME_PATTERN.pattern)
+    chunk_size: int | None = Field(default=None, ge=16, le=4096)
+    chunk_overlap: int | None = Field(default=None, ge=0, le=1024)
+    embedding_model: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=1, max_length=8192)
+    k: int = Field(default=5, ge=1, le=100)
+    mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
+
+    @model_validator(mode="after")
+    def _query_not_blank(self):
+        if not self.query.strip():
+            raise ValueError("query must not be blank")
+        return self
+
+
+def _corpus_or_404(state: GatewayState, name: str) -> Corpus:
+    with state.sessions() as session:
+        try:
+            return repo.get_corpus(session, name)
+        except repo.NotFound as exc:
+            raise ApiError(404, str(exc), param="corpus", code="corpus_not_found") from exc
+
+
+@router.post("/v1/corpora", status_code=201, dependencies=[Depends(admin_principal)])
+async def create_corpus(body: CorpusCreate, state: GatewayState = Depends(get_state)):
+    s = state.settings
+    size = body.chunk_size or s.default_chunk_size
+    overlap = body.chunk_overlap if body.chunk_overlap is not None else min(s.default_chunk_overlap, size // 4)
+    if overlap >= size:
+        raise ApiError(422, f"chunk_overlap ({overlap}) must be smaller than chunk_size ({size})",
+                       param="chunk_overlap", code="invalid_parameter")
+    model = body.embedding_model or s.embedding_model
+    try:
+        await asyncio.to_thread(state.registry.embedder, model)
+    except (ValueError, OSError) as exc:
+        raise ApiError(422, f"embedding model {model!r} cannot be loaded: {exc}",
+                       param="embedding_model", code="invalid_parameter") from exc
+    with state.sessions() as session, session.begin():
+        try:
+            corpus = repo.create_corpus(session, body.name, size, overlap, model)
+        except repo.Conflict as exc:
+            raise ApiError(409, str(exc), param="name", code="corpus_exists") from exc
+        return repo.corpus_stats(session, corpus).as_dict()
+
+
+@router.get("/v1/corpora", dependencies=[Depends(admin_principal)])
+async def list_corpora(state: GatewayState = Depends(get_state)):
+    with state.sessions() as session:
+        return {"object": "list", "data": [s.as_dict() for s in repo.list_corpora(session)]}
+
+
+@router.get("/v1/corpora/{name}", dependencies=[Depends(admin_principal)])
+async def get_corpus(name: str, state: GatewayState = Depends(get_state)):
+    corpus = _corpus_or_404(state, name)
+    with state.sessions() as session:
+        return repo.corpus_stats(session, session.merge(corpus)).as_dict()
+
+
+@router.delete("/v1/corpora/{name}", dependencies=[Depends(admin_principal)])
+async def delete_corpus(name: str, state: GatewayState = Depends(get_state)):
+    corpus = _corpus_or_404(state, name)
+    users = state.domains.using_corpus(name)
+    if users:
+        raise ApiError(409, f"corpus {name!r} is used by domain(s) {', '.join(users)}",
+                       code="corpus_in_use")
+    with state.sessions() as session, session.begin():
+        repo.delete_corpus(session, session.merge(corpus))
+    state.registry.drop(corpus.id)
+    for folder in (state.settings.indexes_dir / str(corpus.id), state.settings.uploads_dir / str(corpus.id)):
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"object": "corpus.deleted", "name": name, "deleted": True}
+
+
+@router.post("/v1/corpora/{name}/documents", status_code=202, dependencies=[Depends(admin_principal)])
+async def upload_documents(name: str, request: Request, state: GatewayState = Depends(get_state)):
+    corpus = _corpus_or_404(state, name)
+    dest = state.settings.uploads_dir / str(corpus.id)
+    boundary = multipart_boundary(request)
+    if boundary is not None:
+        items = await items_from_multipart(request, boundary, dest, state.settings)
+    elif request.headers.get("content-type", "").split(";")[0].strip() in ("application/json", ""):
+        items = await items_from_json(request, dest, state.settings)
+    else:
+        raise ApiError(415, "send multipart/form-data with `files` or JSON {documents: [...]}",
+                       code="unsupported_media_type")
+    await asyncio.to_thread(fsync_dir, dest)
+    with state.sessions() as session, session.begin():
+        job = repo.create_job(session, session.merge(corpus), items)
+        job_id = job.id
+    state.worker.submit(job_id)
+    return JSONResponse({"job_id": job_id, "status": "queued"}, status_code=202,
+                        headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+@router.get("/v1/corpora/{name}/documents", dependencies=[Depends(admin_principal)])
+async def list_documents(name: str, state: GatewayState = Depends(get_state),
+                         limit: int = Query(100, ge=1, le=1000), after: str | None = None):
+    corpus = _corpus_or_404(state, name)
+    with state.sessions() as session:
+        documents = repo.list_documents(session, corpus, limit, after)
+        return {"object": "list", "data": [repo.document_as_dict(d) for d in documents],
+                "has_more": len(documents) == limit}
+
+
+@router.delete("/v1/corpora/{name}/documents/{document_id:path}", dependencies=[Depends(admin_principal)])
+async def remove_document(name: str, document_id: str, state: GatewayState = Depends(get_state)):
+    corpus = _corpus_or_404(state, name)
+    with state.sessions() as session:
+        try:
+            document = repo.get_document(session, corpus, document_id)
+        except repo.NotFound as exc:
+            raise ApiError(404, str(exc), param="document_id", code="document_not_found") from exc
+    entry = state.retriever.entry(corpus)
+    generation = await asyncio.to_thread(delete_document, state.sessions, state.registry, entry, document.id)
+    return {"object": "document.deleted", "id": document_id, "deleted": True, "generation": generation}
+
+
+@router.post("/v1/corpora/{name}/search", dependencies=[Depends(inference_principal)])
+async def search(name: str, body: SearchRequest, state: GatewayState = Depends(get_state)):
+    corpus = _corpus_or_404(state, name)
+    hits, _ = await asyncio.to_thread(state.retriever.search, [corpus], body.query, body.k, body.mode)
+    return {"object": "list", "hits": [hit.as_dict() for hit in hits]}
+
+
+@router.get("/v1/jobs/{job_id}", dependencies=[Depends(admin_principal)])
+async def get_job(job_id: str, state: GatewayState = Depends(get_state)):
+    with state.sessions() as session:
+        try:
+            return repo.job_as_dict(repo.get_job(session, job_id))
+        except repo.NotFound as exc:
+            raise ApiError(404, str(exc), param="job_id", code="job_not_found") from exc

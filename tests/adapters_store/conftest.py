@@ -1,0 +1,21 @@
+from pathlib import Path
+
+import pytest
+
+SMOL_HF = Path("/tmp/smol-hf")
+
+
+@pytest.fixture(scope="session")
+def base_model_dir() -> Path:
+    """A Hugging Face base model folder (config.json + model.safetensors)."""
+    if not (SMOL_HF / "config.json").is_file():
+        pytest.skip(f"no prepared base model at {SMOL_HF}")
+    return SMOL_HF
+
+
+@pytest.fixture(scope="session")
+def good_lora(base_model_dir, tmp_path_factory) -> Path:
+    """A real, untrained PEFT LoRA (rank 8, q_proj + v_proj) for the base model. Do not modify."""
+    from tests.adapters_store.lora_factory import make_lora
+
+    return make_lora(base_model_dir, tmp_path_factory.mktemp("good-lora"))

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from indexer.generation import GenerationStore
+from indexer.lexical import LexicalIndex
+from indexer.vector_index import VectorIndex
+
+
+def make_indexes(n: int, seed: int) -> tuple[VectorIndex, LexicalIndex]:
+    vectors = np.random.default_rng(seed).standard_normal((n, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(n, dtype=np.int64) + 100
+    vector = VectorIndex.empty(8, exact_max=20, hnsw_m=8, ef_search=40)
+    vector.add(ids, vectors)
+    lexical = LexicalIndex.build(ids.tolist(), [f"chunk number{i} about topic{i % 3}" for i in range(n)])
+    return vector, lexical
+
+
+def test_write_load(tmp_path):
+    store = GenerationStore(tmp_path / "indexes")
+    vector, lexical = make_indexes(30, seed=1)
+    folder = store.write(7, 1, vector, lexical)
+    assert folder == store.generation_dir(7, 1) == tmp_path / "indexes" / "corpus-7" / "gen-00000001"
+    assert sorted(p.name for p in folder.iterdir()) == ["lexical", "manifest.json", "vectors.faiss"]
+    loaded_vector, loaded_lexical = store.load(7, 1)
+    assert (len(loaded_vector), loaded_vector.kind, loaded_vector.exact_max) == (30, "hnsw", 20)
+    assert loaded_lexical.search("number5", 1)[0][0] == 105
+    assert store.generations(7) == [1]
+    with pytest.raises(FileExistsError):
+        store.write(7, 1, vector, lexical)
+    with pytest.raises(FileNotFoundError):
+        store.load(7, 2)
+
+
+def test_failed_write_leaves_no_generation(tmp_path, monkeypatch):
+    store = GenerationStore(tmp_path)
+    vector, lexical = make_indexes(5, seed=2)
+
+    def broken_save(folder):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(lexical, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        store.write(1, 3, vector, lexical)
+    assert list(store.corpus_dir(1).iterdir()) == []
+
+
+def test_remove_except_keeps_only_the_named_generations(tmp_path):
+    store = GenerationStore(tmp_path)
+    for number in (1, 2, 3):
+        store.write(4, number, *make_indexes(5, seed=number))
+    store.write(5, 1, *make_indexes(5, seed=9))
+    (store.corpus_dir(4) / "tmp-leftover").mkdir()  # what a crash mid-write leaves
+    store.remove_except(4, {3})
+    assert sorted(p.name for p in store.corpus_dir(4).iterdir()) == ["gen-00000003"]
+    assert store.generations(4) == [3] and store.generations(5) == [1]
+    store.remove_except(99, set())  # unknown corpus: nothing to do
+    store.remove_corpus(4)
+    assert store.generations(4) == [] and not store.corpus_dir(4).exists()
