@@ -71,7 +71,7 @@ def test_engine_that_fails_to_start(env, tmp_path):
 
 def _engine_group(port: str) -> int | None:
     """The process group of the vLLM server on `port` (the supervisor makes it a group leader)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     for line in out.splitlines():
         if "vllm.entrypoints" in line and f"--port {port}" in line:
             return int(line.split()[0])
@@ -79,7 +79,7 @@ def _engine_group(port: str) -> int | None:
 
 
 def _group_members(pgid: int) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pgid,pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pgid,pid,args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines()[1:] if int(line.split()[0]) == pgid]
 
 
