@@ -87,21 +87,21 @@ def validate_adapter(folder: Path, base: BaseModelShapes, max_rank: int) -> Adap
         )
     config = _read_config(folder)
     rank = _check_config(config, max_rank)
+    targeted = _targeted_modules(config["target_modules"], base)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise AdapterValidationError("missing_weights", f"{WEIGHTS_NAME} is missing")
     headers = _read_headers(weights)
-    targeted = _targeted_modules(config["target_modules"], base)
     # With a rank_pattern, each module's rank comes from its tensors (still bounded by max_rank).
     exact_rank = None if config.get("rank_pattern") else rank
     leaves = _check_tensors(headers, base, targeted, exact_rank, max_rank)
-    alpha = config.get("lora_alpha", 8)
+    base_name = config.get("base_model_name_or_path")
     return AdapterInfo(
         rank=max([rank, *_pattern_ranks(config.get("rank_pattern"))]),
-        alpha=float(alpha),
+        alpha=float(config.get("lora_alpha", 8)),
         target_modules=leaves,
         tensor_count=len(headers),
-        base_model_name_or_path=config.get("base_model_name_or_path"),
+        base_model_name_or_path=base_name if isinstance(base_name, str) else None,
     )
 
 

@@ -2,16 +2,6 @@ from pathlib import Path
 
 import pytest
 
-SMOL_HF = Path("/tmp/smol-hf")
-
-
-@pytest.fixture(scope="session")
-def base_model_dir() -> Path:
-    """A Hugging Face base model folder (config.json + model.safetensors)."""
-    if not (SMOL_HF / "config.json").is_file():
-        pytest.skip(f"no prepared base model at {SMOL_HF}")
-    return SMOL_HF
-
 
 @pytest.fixture(scope="session")
 def good_lora(base_model_dir, tmp_path_factory) -> Path:

@@ -1,8 +1,11 @@
 """Make real PEFT LoRA adapters for the test base model, optionally taught one fact.
 
-Measured on the 135M SmolLM2 base (2 shared CPU cores), rank 8 on the attention and MLP
-projections, lr 5e-3: 20 AdamW steps on one chat-formatted question/answer pair make greedy
-decoding after the chat-template prompt reproduce the answer exactly (see the test report).
+Measured on SmolLM2-135M (float32, 2 shared CPU cores), rank 8, lr 5e-3, one chat-formatted
+example "What is the secret code of graft?" -> "The secret code of graft is PURPLE-OTTER-42.":
+greedy decoding after the chat-template prompt reproduced the answer after 4-5 steps on
+q_proj+v_proj and 3-4 steps on all seven projections. Use steps=8 on all seven projections
+for margin (it also survives a system prompt with retrieved passages); make_lora then takes
+about 6 s on an idle machine, several times that when the cores are busy.
 """
 
 from pathlib import Path

@@ -273,3 +273,28 @@ def test_remove_and_path_for(tmp_path):
     for bad in ["../etc", "ABC", digest.upper(), digest + "/x"]:
         with pytest.raises(ValueError):
             store.path_for(bad)
+
+
+def test_sweep_leftovers(tmp_path):
+    store = AdapterArtifactStore(tmp_path / "store")
+    digest, final = store.store("a", staged(tmp_path, "first"))
+    stale = store.new_staging()
+    (tmp_path / "store" / ".trash-x").mkdir()
+    store.sweep_leftovers(older_than_s=-1)
+    assert not stale.exists() and not (tmp_path / "store" / ".trash-x").exists()
+    assert final.is_dir()
+
+
+def test_real_adapter_archive_unpacked_validated_and_stored(good_lora, base_model_dir, tmp_path):
+    from adapters_store.validation import BaseModelShapes, validate_adapter
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(good_lora, arcname="my-lora")
+    store = AdapterArtifactStore(tmp_path / "store")
+    staging = store.new_staging()
+    unpack_upload([("my-lora.tgz", upload_file(tmp_path, buffer.getvalue()))], staging, max_total_bytes=64 << 20)
+    info = validate_adapter(staging, BaseModelShapes(base_model_dir), max_rank=16)
+    digest, final = store.store("my-lora", staging)
+    assert info.rank == 8
+    assert (final / "adapter_model.safetensors").read_bytes() == (good_lora / "adapter_model.safetensors").read_bytes()

@@ -1,0 +1,135 @@
+"""Domains, /v1/models, auth and completion planning, over a fake engine that echoes its prompt.
+
+The retrieval, embedder, tokenizer and database are real; the answers from the real model are
+checked in test_completions_engine.py.
+"""
+
+import json
+
+import pytest
+from sqlalchemy.orm import sessionmaker
+
+from adapters_store.db import make_engine, session_scope
+from service.auth import create_key
+from tests.fake_engine import FakeEngine
+from tests.harness import client, running_gateway
+from tests.service.test_corpora_api import wait_job
+
+BASE = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture
+def fake_engine():
+    return FakeEngine()
+
+
+@pytest.fixture
+async def gateway(make_settings, fake_engine):
+    settings = make_settings(engine_urls=["http://fake-engine"])
+    async with running_gateway(settings, engine_transport=fake_engine.transport()) as url:
+        async with client(url) as http:
+            await http.post("/v1/corpora", json={"name": "lore"})
+            docs = {"documents": [
+                {"id": "zorblax", "text": "The Zorblax Institute was founded in 1847 by Elira Vantress."},
+                {"id": "weather", "text": "Quenmoor has mild winters and foggy summers."}]}
+            job = (await http.post("/v1/corpora/lore/documents", json=docs)).json()
+            assert (await wait_job(http, job["job_id"]))["status"] == "succeeded"
+            yield http
+
+
+async def test_domain_crud_and_models(gateway):
+    put = await gateway.put("/v1/domains/lore", json={
+        "corpora": ["lore"], "system_prompt": "You are the archivist.", "retrieval": {"k": 2, "mode": "hybrid"}})
+    assert put.status_code == 201, put.text
+    assert put.json()["engine_model"] == BASE and put.json()["adapter"] is None
+    again = await gateway.put("/v1/domains/lore", json={"corpora": ["lore"], "retrieval": {"k": 1}})
+    assert again.status_code == 200 and again.json()["retrieval"]["k"] == 1
+    assert (await gateway.get("/v1/domains/lore")).json()["retrieval"]["k"] == 1
+    assert [d["name"] for d in (await gateway.get("/v1/domains")).json()["data"]] == ["lore"]
+    models = (await gateway.get("/v1/models")).json()["data"]
+    assert [m["id"] for m in models] == [BASE, "lore"] and all(m["object"] == "model" for m in models)
+    history = (await gateway.get("/v1/domains/lore/history")).json()["data"]
+    assert [h["action"] for h in history] == ["create", "update"]
+
+    for body, param in [({"corpora": ["missing"]}, "corpora"),
+                        ({"corpora": [], "adapter": {"name": "ghost", "version": 1}}, "adapter"),
+                        ({"corpora": [], "retrieval": {"mode": "psychic"}}, "retrieval.mode")]:
+        bad = await gateway.put("/v1/domains/other", json=body)
+        assert bad.status_code == 422 and bad.json()["error"]["param"] == param, bad.text
+    assert (await gateway.get("/v1/domains/other")).status_code == 404
+    in_use = await gateway.delete("/v1/corpora/lore")
+    assert in_use.status_code == 409 and in_use.json()["error"]["code"] == "corpus_in_use"
+
+
+async def test_prompt_carries_numbered_passages_and_citations(gateway, fake_engine):
+    await gateway.put("/v1/domains/lore", json={"corpora": ["lore"], "system_prompt": "You are the archivist.",
+                                                "retrieval": {"k": 2}})
+    response = await gateway.post("/v1/chat/completions", json={
+        "model": "lore", "messages": [{"role": "user", "content": "Who founded the Zorblax Institute?"}]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "lore" and body["adapter"] == BASE
+    assert body["citations"][0]["document_id"] == "zorblax" and body["citations"][0]["corpus"] == "lore"
+    sent = fake_engine.requests[-1]
+    assert sent["model"] == BASE and "retrieval" not in sent
+    system = sent["messages"][0]
+    assert system["role"] == "system" and system["content"].startswith("You are the archivist.")
+    assert "[1] (document: zorblax) The Zorblax Institute was founded in 1847" in system["content"]
+    assert sent["messages"][-1] == {"role": "user", "content": "Who founded the Zorblax Institute?"}
+
+    off = await gateway.post("/v1/chat/completions", json={
+        "model": "lore", "retrieval": False, "messages": [{"role": "user", "content": "Who founded it?"}]})
+    assert off.json()["citations"] == []
+    assert "Zorblax" not in json.dumps(fake_engine.requests[-1]["messages"])
+
+    text = await gateway.post("/v1/completions", json={"model": "lore", "prompt": "Weather in Quenmoor?",
+                                                       "retrieval": {"k": 1, "mode": "bm25"}})
+    assert text.json()["citations"][0]["document_id"] == "weather"
+    assert fake_engine.requests[-1]["prompt"].endswith("Question: Weather in Quenmoor?\nAnswer:")
+
+    stream = await gateway.post("/v1/chat/completions", json={
+        "model": "lore", "stream": True, "messages": [{"role": "user", "content": "Zorblax founder?"}]})
+    events = [json.loads(line[5:]) for line in stream.text.splitlines()
+              if line.startswith("data:") and line != "data: [DONE]"]
+    assert events[0]["citations"][0]["document_id"] == "zorblax"
+    assert stream.text.rstrip().endswith("data: [DONE]")
+
+
+async def test_completion_errors(gateway, fake_engine):
+    await gateway.put("/v1/domains/lore", json={"corpora": ["lore"]})
+    ask = {"model": "lore", "messages": [{"role": "user", "content": "hi"}]}
+    for override, param in [("yes", "retrieval"), ({"k": -1}, "retrieval.k"), ({"mode": "x"}, "retrieval.mode"),
+                            ({"depth": 3}, "retrieval.depth")]:
+        bad = await gateway.post("/v1/chat/completions", json={**ask, "retrieval": override})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
+    missing = await gateway.post("/v1/chat/completions", json={**ask, "retrieval": {"corpora": ["nope"]}})
+    assert missing.status_code == 404
+    huge = await gateway.post("/v1/chat/completions", json={
+        "model": "lore", "messages": [{"role": "user", "content": "word " * 3000}]})
+    assert huge.status_code == 400 and huge.json()["error"]["code"] == "context_length_exceeded"
+
+    fake_engine.healthy = False
+    down = await gateway.post("/v1/chat/completions", json=ask)
+    assert down.status_code == 503 and down.headers["retry-after"]
+    fake_engine.healthy = True
+
+
+async def test_api_keys(make_settings, fake_engine):
+    settings = make_settings(engine_urls=["http://fake-engine"], api_keys=["boot-admin"])
+    db = make_engine(settings.resolved_database_url)
+    with session_scope(sessionmaker(db)) as session:
+        _, inference = create_key(session, "app", "inference")
+        _, admin = create_key(session, "ops", "admin")
+    db.dispose()
+    ask = {"model": BASE, "messages": [{"role": "user", "content": "hi"}]}
+    async with running_gateway(settings, engine_transport=fake_engine.transport()) as url:
+        async with client(url) as anonymous, client(url, "wrong") as wrong, \
+                client(url, inference) as app, client(url, admin) as ops, client(url, "boot-admin") as boot:
+            assert (await anonymous.post("/v1/chat/completions", json=ask)).status_code == 401
+            assert (await wrong.get("/v1/models")).status_code == 401
+            assert (await app.post("/v1/chat/completions", json=ask)).status_code == 200
+            forbidden = await app.post("/v1/corpora", json={"name": "x"})
+            assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "insufficient_scope"
+            assert (await ops.post("/v1/corpora", json={"name": "x"})).status_code == 201
+            assert (await boot.get("/v1/corpora")).status_code == 200
+            assert (await anonymous.get("/healthz")).status_code == 200
