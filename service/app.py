@@ -101,11 +101,13 @@ async def _start(settings: Settings, local_engine: LocalEngine | None, transport
                             settings.reconcile_interval_s)
     pool.on_recover = reconciler.prepare
 
+    artifacts = AdapterArtifactStore(settings.adapters_dir / "store")
+    artifacts.sweep_leftovers()
     state = GatewayState(
         settings=settings, db=db, sessions=sessions, pool=pool, metrics=Metrics(),
         auth=Authenticator(sessions, settings.api_keys), registry=registry, retriever=retriever,
         worker=worker, domains=routes, planner=planner, swaps=SwapService(sessions, routes, loader),
-        reconciler=reconciler, artifacts=AdapterArtifactStore(settings.adapters_dir / "store"),
+        reconciler=reconciler, artifacts=artifacts,
         local_engine=local_engine, owns_engine=owns_engine)
     worker.start()
     await pool.check_all()

@@ -8,6 +8,7 @@ import pytest
 from service.basemodel import prepare_base_model
 from service.engine.supervisor import LocalEngine
 from service.settings import Settings
+from tests.adapters_store.lora_factory import make_lora
 from tests.harness import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,3 +54,9 @@ def postgres_url():
 
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def good_lora(base_model_dir, tmp_path_factory) -> Path:
+    """A real, untrained PEFT LoRA (rank 8, q_proj + v_proj) for the base model. Do not modify."""
+    return make_lora(base_model_dir, tmp_path_factory.mktemp("good-lora"))

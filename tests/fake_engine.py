@@ -15,6 +15,7 @@ class FakeEngine:
         self.loaded: set[str] = set()
         self.requests: list[dict] = []
         self.healthy = True
+        self.refuse_loads: set[str] = set()  # adapter names whose load fails, as a bad adapter would
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -30,6 +31,8 @@ class FakeEngine:
             names = [self.base_model, *sorted(self.loaded)]
             return httpx.Response(200, json={"data": [{"id": n} for n in names]})
         if path == "/v1/load_lora_adapter":
+            if body["lora_name"] in self.refuse_loads:
+                return httpx.Response(400, json={"error": {"message": "adapter failed to load"}})
             self.loaded.add(body["lora_name"])
             return httpx.Response(200, text="ok")
         if path == "/v1/unload_lora_adapter":

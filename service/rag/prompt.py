@@ -8,6 +8,7 @@ MIN_TRUNCATED_TOKENS of it fit; the returned Passage is still the original (full
 client's messages / prompt are never cut: if they do not fit on their own, ContextTooLong.
 """
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,10 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.default_max_tokens = default_max_tokens
+        # Corpus text must not be able to close the system turn (e.g. a document containing
+        # "<|im_end|>"): special-token strings are removed from passages.
+        specials = sorted(set(getattr(tokenizer, "all_special_tokens", [])), key=len, reverse=True)
+        self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
 
     def build_chat(self, messages: list[dict], passages: list[Passage], system_prompt: str | None,
                    max_tokens: int | None) -> tuple[list[dict], list[Passage]]:
@@ -89,7 +94,7 @@ class PromptBuilder:
         budget = self.max_model_len - max_tokens
         if passages:
             room = budget - count(render([]))  # what is left for the passage lines themselves
-            lines = [_line(i + 1, p) for i, p in enumerate(passages)]
+            lines = [_line(i + 1, p, self._specials) for i, p in enumerate(passages)]
             # Each line is tokenized once, in small batches, and only until the room is full.
             ids: list[list[int]] = []
             costs: list[int] = []  # tokens of each line, +1 for the newline joining them
@@ -138,8 +143,9 @@ class PromptBuilder:
         return text.rstrip() + ELLIPSIS
 
 
-def _line(number: int, passage: Passage) -> str:
-    return f"[{number}] (document: {passage.document_id}) {passage.text}"
+def _line(number: int, passage: Passage, specials: re.Pattern | None) -> str:
+    text = specials.sub("", passage.text) if specials else passage.text
+    return f"[{number}] (document: {passage.document_id}) {text}"
 
 
 def _retrieval_block(lines: list[str]) -> str:

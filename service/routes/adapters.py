@@ -2,7 +2,6 @@
 
 import asyncio
 import shutil
-import uuid
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -31,7 +30,7 @@ async def upload_version(name: str, request: Request, state: GatewayState = Depe
         raise ApiError(415, "upload the adapter as multipart/form-data with the repeatable field `files`",
                        code="unsupported_media_type")
     settings = state.settings
-    staging = settings.adapters_dir / "staging" / uuid.uuid4().hex
+    staging = state.artifacts.new_staging()
     try:
         received = await receive_files(request, boundary, staging / "upload", field_name="files",
                                        max_bytes=settings.max_adapter_bytes, max_files=4)

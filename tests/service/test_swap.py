@@ -1,0 +1,60 @@
+"""Swap protocol edge cases over a fake engine (the real engine runs it in test_adapters_engine.py)."""
+
+import asyncio
+
+import pytest
+
+from tests.fake_engine import FakeEngine
+from tests.harness import client, running_gateway
+from tests.service.test_adapters_engine import adapter_files
+
+
+@pytest.fixture
+def fake_engine():
+    return FakeEngine()
+
+
+@pytest.fixture
+async def gateway(make_settings, fake_engine, good_lora):
+    settings = make_settings(engine_urls=["http://fake-engine"])
+    async with running_gateway(settings, engine_transport=fake_engine.transport()) as url:
+        async with client(url) as http:
+            for _ in range(2):
+                uploaded = await http.post("/v1/adapters/tone/versions", files=adapter_files(good_lora))
+                assert uploaded.status_code == 201, uploaded.text
+            yield http
+
+
+async def test_failed_load_leaves_the_domain_on_its_old_version(gateway, fake_engine):
+    assert (await gateway.put("/v1/domains/d", json={"adapter": {"name": "tone", "version": 1}})).status_code == 201
+    fake_engine.refuse_loads.add("tone@2")
+    failed = await gateway.post("/v1/domains/d/adapter", json={"adapter": "tone", "version": 2})
+    assert failed.status_code == 503 and failed.json()["error"]["code"] == "adapter_load_failed"
+    assert (await gateway.get("/v1/domains/d")).json()["engine_model"] == "tone@1"
+    answer = await gateway.post("/v1/chat/completions", json={"model": "d", "messages": [
+        {"role": "user", "content": "hi"}]})
+    assert answer.json()["adapter"] == "tone@1"
+    assert [h["action"] for h in (await gateway.get("/v1/domains/d/history")).json()["data"]] == ["create"]
+    assert "tone@2" not in fake_engine.loaded
+
+
+async def test_swap_unloads_the_old_version_and_rollback_toggles(gateway, fake_engine):
+    await gateway.put("/v1/domains/d", json={"adapter": {"name": "tone", "version": 1}})
+    assert fake_engine.loaded == {"tone@1"}
+    swapped = await gateway.post("/v1/domains/d/adapter", json={"adapter": "tone", "version": 2})
+    assert swapped.status_code == 200 and swapped.json()["engine_model"] == "tone@2"
+    for _ in range(50):
+        if fake_engine.loaded == {"tone@2"}:
+            break
+        await asyncio.sleep(0.05)
+    assert fake_engine.loaded == {"tone@2"}  # drained and unloaded
+    warmups = [r for r in fake_engine.requests if r.get("prompt") == "Hello"]
+    assert {r["model"] for r in warmups} == {"tone@1", "tone@2"}
+    assert (await gateway.post("/v1/domains/d/rollback")).json()["engine_model"] == "tone@1"
+    assert (await gateway.post("/v1/domains/d/rollback")).json()["engine_model"] == "tone@2"
+    fresh = await gateway.put("/v1/domains/e", json={})
+    nothing = await gateway.post("/v1/domains/e/rollback")
+    assert fresh.status_code == 201 and nothing.status_code == 409
+    assert (await gateway.post("/v1/domains/zzz/adapter", json={"adapter": "tone", "version": 1})).status_code == 404
+    bad = await gateway.post("/v1/domains/d/adapter", json={"adapter": "tone"})
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "version"
