@@ -23,7 +23,7 @@ from service.engine.client import EngineClient
 from service.engine.pool import EnginePool
 from service.engine.supervisor import LocalEngine
 from service.errors import install_error_handlers
-from service.metrics import Metrics
+from service.metrics import Metrics, RequestMetrics
 from service.rag.planner import Planner
 from service.rag.prompt import PromptBuilder
 from service.rag.retrieval import Retriever
@@ -59,6 +59,7 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None,
 
     app = FastAPI(title="graft", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(RequestMetrics)
     for module in (health, completions, corpora, domains, adapters):
         app.include_router(module.router)
     return app

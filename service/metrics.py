@@ -1,5 +1,6 @@
 """Prometheus metrics of the gateway, in a registry of the app's own (no global state)."""
 
+import time
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -21,3 +22,33 @@ class Metrics:
         self.completion_tokens = Counter("graft_completion_tokens_total", "Generated tokens",
                                          ["model"], registry=r)
         self.engine_restarts = Gauge("graft_engine_restarts", "Local engine restarts", registry=r)
+
+
+
+class RequestMetrics:
+    """ASGI middleware: count and time requests per route template (raw paths would explode
+    with ids). Plain ASGI, so streaming responses and client disconnects pass through untouched."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            state = getattr(scope["app"].state, "graft", None)
+            if state is not None:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                state.metrics.requests.labels(scope["method"], route, str(status)).inc()
+                state.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - started)

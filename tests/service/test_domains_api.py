@@ -94,6 +94,10 @@ async def test_prompt_carries_numbered_passages_and_citations(gateway, fake_engi
     assert events[0]["citations"][0]["document_id"] == "zorblax"
     assert stream.text.rstrip().endswith("data: [DONE]")
 
+    metrics = (await gateway.get("/metrics")).text
+    assert 'graft_http_requests_total{method="POST",route="/v1/chat/completions",status="200"} 3.0' in metrics
+    assert "graft_retrieval_seconds_count 4.0" in metrics
+
 
 async def test_completion_errors(gateway, fake_engine):
     await gateway.put("/v1/domains/lore", json={"corpora": ["lore"]})
