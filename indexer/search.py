@@ -8,8 +8,16 @@ from indexer.lexical import LexicalIndex
 from indexer.vector_index import VectorIndex
 
 MODES = ("dense", "bm25", "hybrid")
-# In hybrid mode each retriever proposes this many times k candidates to the fusion.
+# In hybrid mode each retriever proposes this many times k candidates to the fusion, and never
+# fewer than HYBRID_MIN_CANDIDATES: with short lists a chunk that both retrievers rank fairly
+# well is cut from them, so the first hits (and their scores) would change with k.
 HYBRID_CANDIDATES = 4
+HYBRID_MIN_CANDIDATES = 50
+
+
+def hybrid_candidates(k: int) -> int:
+    """How many candidates each retriever proposes to the fusion for a top-k hybrid search."""
+    return max(k * HYBRID_CANDIDATES, HYBRID_MIN_CANDIDATES)
 
 
 class CorpusSearcher:
@@ -33,7 +41,7 @@ class CorpusSearcher:
             query_vector = self.embedder.encode([query])[0]
         if mode == "dense":
             return self.search_vector(query_vector, k)
-        candidates = k * HYBRID_CANDIDATES
+        candidates = hybrid_candidates(k)
         return reciprocal_rank_fusion([self.search_vector(query_vector, candidates),
                                        self.lexical.search(query, candidates)], k)
 

@@ -49,6 +49,11 @@ def _corpus_or_404(state: GatewayState, name: str) -> Corpus:
             raise ApiError(404, str(exc), param="corpus", code="corpus_not_found") from exc
 
 
+def _remove_corpus_files(state: GatewayState, corpus_id: int) -> None:
+    state.registry.store.remove_corpus(corpus_id)
+    shutil.rmtree(state.settings.uploads_dir / str(corpus_id), ignore_errors=True)
+
+
 @router.post("/v1/corpora", status_code=201, dependencies=[Depends(admin_principal)])
 async def create_corpus(body: CorpusCreate, state: GatewayState = Depends(get_state)):
     s = state.settings
@@ -68,6 +73,9 @@ async def create_corpus(body: CorpusCreate, state: GatewayState = Depends(get_st
             corpus = repo.create_corpus(session, body.name, size, overlap, model)
         except repo.Conflict as exc:
             raise ApiError(409, str(exc), param="name", code="corpus_exists") from exc
+        # SQLite may give the new corpus the id of a deleted one: files that one left behind (a
+        # crash between its delete's commit and the file removal) must not become this one's.
+        _remove_corpus_files(state, corpus.id)
         return repo.corpus_stats(session, corpus).as_dict()
 
 
@@ -94,8 +102,7 @@ async def delete_corpus(name: str, state: GatewayState = Depends(get_state)):
     with state.sessions() as session, session.begin():
         repo.delete_corpus(session, session.merge(corpus))
     state.registry.drop(corpus.id)
-    for folder in (state.settings.indexes_dir / str(corpus.id), state.settings.uploads_dir / str(corpus.id)):
-        shutil.rmtree(folder, ignore_errors=True)
+    await asyncio.to_thread(_remove_corpus_files, state, corpus.id)
     return {"object": "corpus.deleted", "name": name, "deleted": True}
 
 

@@ -4,6 +4,7 @@ A fixed subset of the `git-*.html` command pages (the targets of the questions, 
 compete with them, and small pages as noise) is uploaded through the REST API as multipart
 files, then questions in plain words must find their page in the top 5 hits. The subset is
 fixed so the test is deterministic and stays fast on a CPU (about 45 pages, ~600 chunks).
+No engine is needed: the gateway points at a port nobody listens on.
 
 `.ci/run` installs the `git-doc` package; without it this test fails (it does not skip).
 """
@@ -14,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_engine import FakeEngine
-from tests.harness import client, running_gateway
+from tests.harness import client, free_port, running_gateway
 
 GIT_DOC = Path("/usr/share/doc/git-doc")
 
@@ -25,23 +25,21 @@ commit count-objects describe fetch grep hash-object init mktree mv name-rev pru
 request-pull rebase rerere reset restore revert rm show-branch stage stash switch tag var
 verify-commit verify-tag version whatchanged worktree write-tree""".split()]
 
-# Questions in plain words (not the page's own synopsis line) → the page that answers them.
+# Questions as a user would ask them (none repeats its page's one-line summary) → the page.
 QUESTIONS = [
-    ("find the commit that introduced a bug with binary search", "git-bisect.html"),
-    ("temporarily save uncommitted changes and restore them later", "git-stash.html"),
-    ("apply the changes introduced by some existing commits", "git-cherry-pick.html"),
-    ("show who last modified each line of a file", "git-blame.html"),
-    ("record changes to the repository", "git-commit.html"),
-    ("reapply commits on top of another base tip", "git-rebase.html"),
-    ("download objects and refs from another repository", "git-fetch.html"),
-    ("copy an existing repository into a new directory", "git-clone.html"),
-    ("create a new commit that undoes the changes made by an earlier commit", "git-revert.html"),
-    ("remove untracked files from the working tree", "git-clean.html"),
-    ("check out more than one branch at the same time in separate directories", "git-worktree.html"),
-    ("create a tar or zip archive of the files of a tree", "git-archive.html"),
-    ("print lines matching a pattern in tracked files", "git-grep.html"),
-    ("move or rename a file or a directory", "git-mv.html"),
-    ("reuse a recorded resolution of conflicted merges", "git-rerere.html"),
+    ("which commit broke the build? search the history step by step to find it", "git-bisect.html"),
+    ("undo my last commit but keep the changes in my files", "git-reset.html"),
+    ("temporarily save uncommitted changes", "git-stash.html"),
+    ("take one commit from another branch and apply it to mine", "git-cherry-pick.html"),
+    ("find out who wrote a particular line of code and when", "git-blame.html"),
+    ("move my feature branch so that it starts from the latest master", "git-rebase.html"),
+    ("delete build artifacts and other untracked files", "git-clean.html"),
+    ("mark a release with a signed tag", "git-tag.html"),
+    ("get a copy of a remote repository on my machine", "git-clone.html"),
+    ("work on two branches at the same time in separate directories", "git-worktree.html"),
+    ("export the project as a zip file without the .git folder", "git-archive.html"),
+    ("remember how I resolved a merge conflict so it is reused next time", "git-rerere.html"),
+    ("apply a patch file to my working tree", "git-apply.html"),
 ]
 TOP = 5
 
@@ -59,8 +57,8 @@ def git_doc_pages() -> list[Path]:
 
 @pytest.fixture
 async def gateway(make_settings):
-    settings = make_settings(engine_urls=["http://fake-engine"])
-    async with running_gateway(settings, engine_transport=FakeEngine().transport()) as url:
+    settings = make_settings(engine_urls=[f"http://127.0.0.1:{free_port()}"])
+    async with running_gateway(settings) as url:
         async with client(url, timeout=300) as http:
             yield http
 
@@ -110,8 +108,9 @@ async def test_git_doc_questions_find_their_page(gateway):
 
     assert "hybrid" not in misses, "hybrid search missed:\n" + "\n".join(misses["hybrid"])
     # Each retriever alone is weaker; a floor still catches a broken one.
-    assert rates["dense"] >= 0.6 and rates["bm25"] >= 0.6, rates
+    assert rates["dense"] >= 0.8 and rates["bm25"] >= 0.7, rates
 
+    # k=1 must give the first of the k=5 hits: the fusion's candidate lists do not shrink with k.
     hit = (await gateway.post("/v1/corpora/git-doc/search",
                               json={"query": QUESTIONS[0][0], "k": 1})).json()["hits"][0]
     assert hit["metadata"]["filename"] == hit["document_id"] == "git-bisect.html"

@@ -80,6 +80,27 @@ def test_a_query_embedded_once_serves_every_mode(searcher, embedder):
     assert searcher.search(query, 1, "dense", query_vector=other)[0][0] == chunk_id(8)
 
 
+def test_hybrid_first_hits_do_not_depend_on_k():
+    # Chunk 5 is 5th in both rankings, so fused it beats chunk 1 (first in dense only), but it
+    # is only seen when each retriever proposes at least 5 candidates.
+    angles = np.linspace(0, 1.2, 9)  # ids 1..9: cosine with the query falls with the id
+    vectors = np.stack([np.cos(angles), np.sin(angles), np.zeros(9), np.zeros(9)], axis=1)
+    texts = [f"plain filler text number {i}" for i in range(1, 5)] + ["zephyr filler text words"] + [
+        " ".join(["zephyr"] * tf + ["filler"] * (5 - tf)) for tf in (5, 4, 3, 2)]
+    ids = list(range(1, 10))
+    vector = VectorIndex.empty(4)
+    vector.add(np.array(ids), vectors.astype(np.float32))
+    searcher = CorpusSearcher(None, vector, LexicalIndex.build(ids, texts))
+    query = np.array([1, 0, 0, 0], dtype=np.float32)
+
+    def hybrid(k: int):
+        return searcher.search("zephyr", k, "hybrid", query_vector=query)
+
+    assert [cid for cid, _ in hybrid(10)][:3] == [6, 7, 5]
+    for k in (1, 2, 3):
+        assert hybrid(k) == hybrid(10)[:k]
+
+
 def test_unknown_mode(searcher):
     with pytest.raises(ValueError, match="unknown search mode"):
         searcher.search("anything", 3, mode="semantic")

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import shutil
 
 import pytest
 
@@ -87,6 +88,27 @@ async def test_corpus_lifecycle(gateway):
 
     assert (await gateway.delete("/v1/corpora/zoo")).status_code == 200
     assert (await gateway.get("/v1/corpora/zoo")).status_code == 404
+
+
+async def test_deleted_corpus_leaves_no_files_and_its_id_can_be_reused(gateway, tmp_path):
+    indexes = tmp_path / "data" / "indexes"
+    text = {"documents": [{"id": "old", "text": "Narwhal tusks are long teeth."}]}
+    await gateway.post("/v1/corpora", json={"name": "sea"})
+    await wait_job(gateway, (await gateway.post("/v1/corpora/sea/documents", json=text)).json()["job_id"])
+    [folder] = list(indexes.iterdir())
+    stale = tmp_path / "stale"
+    shutil.copytree(folder, stale)
+
+    assert (await gateway.delete("/v1/corpora/sea")).status_code == 200
+    assert list(indexes.iterdir()) == []
+    # As if the gateway had crashed after the delete's commit, before removing the files; SQLite
+    # gives the next corpus the same id, so it would find them where it writes its own.
+    shutil.copytree(stale, folder)
+    await gateway.post("/v1/corpora", json={"name": "lake"})
+    text = {"documents": [{"id": "new", "text": "Pike hunt in shallow lakes."}]}
+    job = await wait_job(gateway, (await gateway.post("/v1/corpora/lake/documents", json=text)).json()["job_id"])
+    assert job["status"] == "succeeded", job
+    assert [h["document_id"] for h in await search(gateway, "lake", "narwhal pike", "bm25")] == ["new"]
 
 
 async def test_dedup_and_replace(gateway):
