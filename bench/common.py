@@ -1,0 +1,177 @@
+"""Small helpers shared by the benchmarks: ports, percentiles, a local engine, a migrated data dir,
+and (for bench/swap.py and bench/adapters.py) a vLLM + in-process gateway stack, adapter upload and
+binding, and one timed chat request."""
+
+import asyncio
+import contextlib
+import math
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from service.engine.supervisor import LocalEngine
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_BASE_MODEL = REPO / "data" / "models" / "SmolLM2-135M-Instruct"
+
+QV = ("q_proj", "v_proj")
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TARGETS = {"qv": QV, "all": ALL_PROJECTIONS}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def migrated_settings(data_dir: Path, base_model: Path | str, **overrides) -> Settings:
+    """Settings for a fresh data dir whose SQLite database is at the latest migration."""
+    from migrations.runner import upgrade
+
+    settings = Settings(data_dir=data_dir, base_model=str(base_model), **overrides)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    return settings
+
+
+@contextlib.asynccontextmanager
+async def engine_url(url: str | None, data_dir: Path, base_model: Path | str) -> AsyncIterator[str]:
+    """`url` when given, else the URL of a local vLLM started (and stopped) here."""
+    if url:
+        yield url.rstrip("/")
+        return
+    engine = LocalEngine(Settings(data_dir=data_dir, base_model=str(base_model), engine_port=free_port()))
+    await engine.start()
+    try:
+        yield engine.url
+    finally:
+        await engine.stop()
+
+
+async def wait_job(http: httpx.AsyncClient, job_id: str, timeout_s: float = 300) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        job = (await http.get(f"/v1/jobs/{job_id}")).json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"job {job_id} did not finish: {job}")
+        await asyncio.sleep(0.1)
+
+
+async def wait_ready(url: str, timeout_s: float = 120, process=None) -> None:
+    """Poll `url` + /readyz until it answers 200 (or the process exits)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while asyncio.get_running_loop().time() < deadline:
+            if process is not None and process.returncode is not None:
+                raise RuntimeError(f"process exited with code {process.returncode} during start-up")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{url}/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{url} was not ready after {timeout_s:.0f}s")
+
+
+# --- a vLLM + gateway stack, adapters, timed requests (bench/swap.py, bench/adapters.py) -----
+
+@dataclass
+class Stack:
+    http: httpx.AsyncClient  # the gateway (open mode: no key)
+    engine_url: str
+    settings: Settings
+    engine_start_s: float | None  # None when an engine URL was given
+
+
+@contextlib.asynccontextmanager
+async def bench_stack(data_dir: Path, base_model: str, engine_url: str | None, *, max_loras: int,
+                      max_lora_rank: int, engine_args: list[str] | None = None):
+    """A local vLLM (unless `engine_url`) + an in-process gateway on a migrated SQLite data dir."""
+    from tests.harness import client, running_gateway
+
+    settings = migrated_settings(
+        data_dir, base_model, port=free_port(), engine_port=free_port(), max_loras=max_loras,
+        max_lora_rank=max_lora_rank, engine_urls=[engine_url] if engine_url else [],
+        engine_extra_args=engine_args or [], drain_timeout_s=60, reconcile_interval_s=3600)
+    engine, started_s = None, None
+    if not engine_url:
+        engine = LocalEngine(settings)
+        print(f"starting vLLM: {' '.join(engine.command()[1:])}", flush=True)
+        t0 = time.perf_counter()
+        await engine.start()
+        started_s = time.perf_counter() - t0
+        print(f"vLLM ready in {started_s:.1f} s (log: {engine.log_path})", flush=True)
+    try:
+        async with running_gateway(settings, local_engine=engine) as url, client(url, timeout=600) as http:
+            yield Stack(http, engine_url.rstrip("/") if engine_url else engine.url, settings, started_s)
+    finally:
+        if engine is not None:
+            await engine.stop()
+
+
+def adapter_files(folder: Path) -> list:
+    return [("files", (name, (folder / name).read_bytes(), "application/octet-stream"))
+            for name in ("adapter_config.json", "adapter_model.safetensors")]
+
+
+async def upload(http: httpx.AsyncClient, name: str, folder: Path) -> dict:
+    response = await http.post(f"/v1/adapters/{name}/versions", files=adapter_files(folder))
+    response.raise_for_status()
+    return response.json()
+
+
+async def bind(http: httpx.AsyncClient, domain: str, adapter: str | None, version: int | None) -> float:
+    """PUT the domain (no corpora, so no retrieval); returns seconds (includes load + warm-up)."""
+    body = {"corpora": [], "adapter": {"name": adapter, "version": version} if adapter else None}
+    t0 = time.perf_counter()
+    response = await http.put(f"/v1/domains/{domain}", json=body)
+    response.raise_for_status()
+    return time.perf_counter() - t0
+
+
+def chat_body(model: str, prompt: str, max_tokens: int) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+            "max_tokens": max_tokens, "ignore_eos": True}
+
+
+@dataclass
+class Req:
+    start: float
+    end: float
+    ok: bool
+    adapter: str | None
+    tokens: int
+    error: str = ""
+
+
+async def one_request(http: httpx.AsyncClient, body: dict) -> Req:
+    start = time.perf_counter()
+    try:
+        response = await http.post("/v1/chat/completions", json=body)
+        end = time.perf_counter()
+        data = response.json()
+        if response.status_code != 200:
+            return Req(start, end, False, None, 0, f"{response.status_code} {str(data)[:200]}")
+        tokens = (data.get("usage") or {}).get("completion_tokens", 0)
+        return Req(start, end, True, data.get("adapter"), tokens)
+    except Exception as exc:  # a failure is a result here, not a crash
+        return Req(start, time.perf_counter(), False, None, 0, repr(exc)[:200])
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.0f}"

@@ -1,0 +1,384 @@
+"""graft vs. vLLM called directly, with the identical final prompts: latency and throughput.
+
+    .venv/bin/python -m bench.gateway [--requests 48] [--max-tokens 32] [--concurrency 1,16]
+                                      [--engine-url http://127.0.0.1:8100] [--gateway subprocess]
+
+Set-up: one vLLM engine (started here unless --engine-url), a migrated SQLite data dir, a corpus
+of made-up documents uploaded over REST and a domain binding it (k=4, hybrid). Each question's
+final engine payload is taken from graft's own planner (in-process, same data dir), so the
+"direct" arm sends vLLM exactly what graft sends it. Both arms: temperature 0, fixed max_tokens,
+ignore_eos, so every request generates the same number of tokens.
+
+The measured gateway runs as `python -m service serve` in its own process by default (as in
+production, so the load generator does not share its event loop); `--gateway inprocess` runs it
+in this process instead. Direct and graft batches alternate (ABBA rounds) after a warm-up, to
+cancel drift on a shared machine. The retrieval share is the gateway's own
+`graft_retrieval_seconds` (sum over the measured requests) / the client-seen graft latency sum.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` and the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+
+from bench.common import (DEFAULT_BASE_MODEL, engine_url, free_port, migrated_settings, percentile,
+                          wait_job, wait_ready)
+
+DOMAIN = "bench"
+CORPUS = "bench-lore"
+K, MODE = 4, "hybrid"
+SYSTEM_PROMPT = "You are the archivist of the Vantress Isles. Answer briefly."
+GOAL_THROUGHPUT_RATIO = 0.95
+GOAL_ADDED_P50_MS = 15.0
+
+# ---------------------------------------------------------------- made-up corpus and questions
+
+_SYL = ["zor", "bla", "ven", "tri", "qua", "mor", "eli", "ras", "thu", "nix", "pel", "dor", "ka", "lu",
+        "fen", "gri", "sol", "wen", "ix", "bra"]
+_KINDS = ["Institute", "Guild", "Observatory", "Library", "Foundry", "Academy", "Harbour", "Archive"]
+_TRADES = ["glassblowing", "star charts", "tide clocks", "salt glazing", "kite mail", "moss ink",
+           "copper bells", "lens grinding", "rope bridges", "weather kites"]
+_TOWNS = ["Quenmoor", "Harlsby", "Otterwane", "Pellicove", "Drumhallow", "Wyxford", "Saltmere", "Brackenlea"]
+_FILLER = ("Visitors remark on the {adj} courtyards, the long tables of the reading hall and the "
+           "smell of {trade} that drifts through the corridors in the early morning. Its members "
+           "meet every {day} to compare notes, settle disputes about {trade} and plan the next "
+           "season's work. The records of those meetings fill {n} ledgers bound in {colour} leather.")
+_ADJ = ["quiet", "crowded", "windswept", "lantern-lit", "overgrown", "tiled"]
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
+_COLOURS = ["green", "red", "grey", "blue", "ochre", "black"]
+
+
+def _name(rng: random.Random) -> str:
+    return "".join(rng.choice(_SYL) for _ in range(rng.randint(2, 3))).capitalize()
+
+
+def corpus_and_questions(n_docs: int, seed: int = 7) -> tuple[list[dict], list[str]]:
+    """n_docs made-up documents (about 2 chunks each) and two questions per document."""
+    rng = random.Random(seed)
+    docs, questions = [], []
+    for i in range(n_docs):
+        place = f"{_name(rng)} {rng.choice(_KINDS)}"
+        founder = f"{_name(rng)} {_name(rng)}"
+        year, town, trade = rng.randint(1500, 1990), rng.choice(_TOWNS), rng.choice(_TRADES)
+        head, members = f"{_name(rng)} {_name(rng)}", rng.randint(12, 900)
+        filler = " ".join(_FILLER.format(adj=rng.choice(_ADJ), trade=trade, day=rng.choice(_DAYS),
+                                         n=rng.randint(3, 300), colour=rng.choice(_COLOURS))
+                          for _ in range(4))
+        text = (f"The {place} was founded in {year} by {founder} in the town of {town}. "
+                f"It is known above all for {trade}. {filler} "
+                f"Today the {place} is led by {head} and counts {members} members. "
+                f"Its motto, carved above the door, reads 'By {trade}, for {town}'.")
+        docs.append({"id": f"doc-{i:03d}", "text": text, "metadata": {"place": place}})
+        questions += [f"Who founded the {place}, and in which year?",
+                      f"How many members does the {place} have, and who leads it?"]
+    rng.shuffle(questions)
+    return docs, questions
+
+
+def chat_body(question: str, max_tokens: int) -> dict:
+    return {"model": DOMAIN, "messages": [{"role": "user", "content": question}],
+            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+
+
+# ---------------------------------------------------------------- set-up and graft's own plans
+
+
+async def prepare(settings, questions: list[str], docs: list[dict], max_tokens: int) -> tuple[list[dict], dict]:
+    """Create the corpus and domain through graft's REST API (in-process), then return the
+    engine payload graft plans for each question, and a timing breakdown of the planner."""
+    from service.app import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://graft", timeout=600) as http:
+            (await http.post("/v1/corpora", json={"name": CORPUS})).raise_for_status()
+            response = await http.post(f"/v1/corpora/{CORPUS}/documents", json={"documents": docs})
+            response.raise_for_status()
+            job = await wait_job(http, response.json()["job_id"])
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"ingestion failed: {job}")
+            (await http.put(f"/v1/domains/{DOMAIN}", json={
+                "corpora": [CORPUS], "system_prompt": SYSTEM_PROMPT,
+                "retrieval": {"k": K, "mode": MODE}})).raise_for_status()
+            stats = (await http.get(f"/v1/corpora/{CORPUS}")).json()
+        state = app.state.graft
+        payloads = [(await state.planner.plan("chat", chat_body(q, max_tokens))).payload
+                    for q in questions]
+        breakdown = await planner_breakdown(state, questions, max_tokens)
+    return payloads, {"documents": stats.get("documents"), "chunks": stats.get("chunks"),
+                      "breakdown": breakdown}
+
+
+async def planner_breakdown(state, questions: list[str], max_tokens: int) -> dict[str, list[float]]:
+    """Time each step the planner takes for a question, serially, in milliseconds."""
+    from indexer.hybrid import reciprocal_rank_fusion
+    from indexer.search import hybrid_candidates
+    from service.rag.prompt import Passage
+
+    planner, retriever = state.planner, state.retriever
+    steps: dict[str, list[float]] = {}
+
+    def note(name: str, started: float) -> float:
+        now = time.perf_counter()
+        steps.setdefault(name, []).append((now - started) * 1000)
+        return now
+
+    for question in questions * 2:  # the first pass warms caches; keep the second
+        body = chat_body(question, max_tokens)
+        t = t0 = time.perf_counter()
+        route = planner.routes.get(DOMAIN)
+        corpora = planner._corpora(list(route.corpora))
+        t = note("corpus lookup (SQL)", t)
+        searcher = retriever.entry(corpora[0]).searcher
+        vector = searcher.embedder.encode([question])[0]
+        t = note("query embedding", t)
+        dense = searcher.search_vector(vector, hybrid_candidates(K))
+        t = note("FAISS search", t)
+        lexical = searcher.lexical.search(question, hybrid_candidates(K))
+        t = note("BM25 search", t)
+        fused = reciprocal_rank_fusion([dense, lexical], K)
+        t = note("RRF fusion", t)
+        hits = retriever._hydrate(fused, {cid: CORPUS for cid, _ in fused})
+        t = note("hydration (SQL)", t)
+        passages = [Passage(h.corpus, h.document_id, h.chunk_id, h.score, h.text, h.metadata)
+                    for h in hits]
+        planner.prompts.build_chat(body["messages"], passages, route.system_prompt, max_tokens)
+        t = note("prompt build (tokenize)", t)
+        steps.setdefault("sum of steps", []).append((t - t0) * 1000)
+        t = time.perf_counter()
+        plan = await planner.plan("chat", body)
+        t = note("planner.plan() end to end", t)
+        json.dumps(plan.payload)
+        note("payload JSON encode", t)
+    half = len(questions)
+    return {name: values[half:] for name, values in steps.items()}
+
+
+# ---------------------------------------------------------------- the gateway under test
+
+
+@contextlib.asynccontextmanager
+async def gateway(kind: str, settings, log_path: Path):
+    if kind == "inprocess":
+        from tests.harness import running_gateway
+
+        async with running_gateway(settings) as url:
+            yield url
+        return
+    env = dict(os.environ, GRAFT_DATA_DIR=str(settings.data_dir), GRAFT_BASE_MODEL=settings.base_model,
+               GRAFT_ENGINE_URLS=",".join(settings.engine_urls), GRAFT_HOST="127.0.0.1",
+               GRAFT_PORT=str(settings.port), HF_HUB_OFFLINE="1")
+    with log_path.open("ab") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service", "serve", env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=log, stderr=asyncio.subprocess.STDOUT)
+    url = f"http://127.0.0.1:{settings.port}"
+    try:
+        await wait_ready(url, timeout_s=300, process=process)
+        yield url
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+_METRIC = re.compile(r"^(graft_retrieval_seconds_(?:sum|count)|"
+                     r"graft_http_request_seconds_sum\{method=\"POST\",route=\"/v1/chat/completions\"\})"
+                     r" ([0-9.e+-]+)$", re.M)
+
+
+async def scrape(http: httpx.AsyncClient) -> dict[str, float]:
+    text = (await http.get("/metrics")).text
+    return {m.group(1).split("{")[0]: float(m.group(2)) for m in _METRIC.finditer(text)}
+
+
+# ---------------------------------------------------------------- load generation and report
+
+
+@dataclass
+class Arm:
+    latencies: list[float] = field(default_factory=list)  # seconds, client-seen
+    wall_s: float = 0.0
+    tokens: int = 0
+    prompt_tokens: dict[int, int] = field(default_factory=dict)  # question index -> tokens
+    retrieval_s: float = 0.0
+    retrieval_n: int = 0
+    server_s: float = 0.0
+
+    def add(self, other: "Arm") -> None:
+        self.latencies += other.latencies
+        self.wall_s += other.wall_s
+        self.tokens += other.tokens
+        self.prompt_tokens.update(other.prompt_tokens)
+
+
+async def run_batch(http: httpx.AsyncClient, jobs: list[tuple[int, dict]], concurrency: int,
+                    max_tokens: int) -> Arm:
+    arm, gate = Arm(), asyncio.Semaphore(concurrency)
+
+    async def one(index: int, body: dict) -> None:
+        async with gate:
+            started = time.perf_counter()
+            response = await http.post("/v1/chat/completions", json=body)
+            elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text[:300]}")
+        usage = response.json()["usage"]
+        if usage["completion_tokens"] != max_tokens:
+            raise RuntimeError(f"expected {max_tokens} generated tokens, got {usage}")
+        arm.latencies.append(elapsed)
+        arm.tokens += usage["completion_tokens"]
+        arm.prompt_tokens[index] = usage["prompt_tokens"]
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i, body) for i, body in jobs))
+    arm.wall_s = time.perf_counter() - started
+    return arm
+
+
+async def measure(direct: httpx.AsyncClient, graft: httpx.AsyncClient, bodies: dict[str, list[dict]],
+                  concurrency: int, requests: int, rounds: int, max_tokens: int) -> dict[str, Arm]:
+    n = len(bodies["graft"])
+
+    def jobs(arm: str, start: int, count: int) -> list[tuple[int, dict]]:
+        """The same questions, in the same order, for both arms: index -> body."""
+        return [(i % n, bodies[arm][i % n]) for i in range(start, start + count)]
+
+    warm = max(concurrency, 4)
+    for arm, http in (("direct", direct), ("graft", graft)):
+        await run_batch(http, jobs(arm, 0, warm), concurrency, max_tokens)
+    totals = {"direct": Arm(), "graft": Arm()}
+    per_round = max(1, requests // rounds)
+    for r in range(rounds):
+        order = ("direct", "graft") if r % 2 == 0 else ("graft", "direct")
+        for arm in order:
+            http = graft if arm == "graft" else direct
+            before = await scrape(graft) if arm == "graft" else None
+            result = await run_batch(http, jobs(arm, warm + r * per_round, per_round), concurrency,
+                                     max_tokens)
+            if before is not None:
+                after = await scrape(graft)
+                totals[arm].retrieval_s += after["graft_retrieval_seconds_sum"] - before["graft_retrieval_seconds_sum"]
+                totals[arm].retrieval_n += int(after["graft_retrieval_seconds_count"] - before["graft_retrieval_seconds_count"])
+                totals[arm].server_s += (after["graft_http_request_seconds_sum"]
+                                         - before["graft_http_request_seconds_sum"])
+            totals[arm].add(result)
+    return totals
+
+
+def report(results: dict[int, dict[str, Arm]], meta: dict, args) -> None:
+    line = "=" * 78
+    print(line)
+    print(f"graft vs direct vLLM  |  {meta['model']}  |  engine {meta['engine']}  |  gateway {args.gateway}")
+    print(f"corpus: {meta['documents']} documents, {meta['chunks']} chunks  |  domain: k={K}, {MODE}  |  "
+          f"{len(meta['questions'])} distinct questions")
+    print(f"sampling: temperature 0, max_tokens {args.max_tokens}, ignore_eos  |  "
+          f"prompt tokens mean {meta['prompt_mean']:.0f} (min {meta['prompt_min']}, max {meta['prompt_max']})")
+    print(f"identical final prompts: {meta['identical']}")
+    for concurrency, arms in results.items():
+        d, g = arms["direct"], arms["graft"]
+        rows = [("p50 latency (ms)", percentile(d.latencies, 50) * 1000, percentile(g.latencies, 50) * 1000),
+                ("p99 latency (ms)", percentile(d.latencies, 99) * 1000, percentile(g.latencies, 99) * 1000),
+                ("throughput (req/s)", len(d.latencies) / d.wall_s, len(g.latencies) / g.wall_s),
+                ("generated tokens/s", d.tokens / d.wall_s, g.tokens / g.wall_s)]
+        print(line)
+        print(f"concurrency {concurrency}: {len(g.latencies)} measured requests per arm, "
+              f"{args.rounds} interleaved rounds (ABBA), warm-up {max(concurrency, 4)} per arm")
+        print(f"  {'':24}{'direct':>12}{'graft':>12}{'graft/direct':>15}")
+        for name, dv, gv in rows:
+            print(f"  {name:24}{dv:12.1f}{gv:12.1f}{gv / dv:15.3f}")
+        added = rows[0][2] - rows[0][1]
+        ratio = rows[2][2] / rows[2][1]
+        graft_sum = sum(g.latencies)
+        share = g.retrieval_s / graft_sum if graft_sum else float("nan")
+        print(f"  added p50 latency: {added:+.1f} ms  |  mean added latency: "
+              f"{(statistics.mean(g.latencies) - statistics.mean(d.latencies)) * 1000:+.1f} ms")
+        print(f"  retrieval share of graft latency: {share * 100:.2f} %  "
+              f"(graft_retrieval_seconds {g.retrieval_s * 1000 / max(g.retrieval_n, 1):.1f} ms mean over "
+              f"{g.retrieval_n} requests; gateway-side request time {g.server_s * 1000 / max(g.retrieval_n, 1):.1f} "
+              f"ms mean vs client-seen {statistics.mean(g.latencies) * 1000:.1f} ms)")
+        verdict_t = "PASS" if ratio >= GOAL_THROUGHPUT_RATIO else "FAIL"
+        verdict_l = "PASS" if added <= GOAL_ADDED_P50_MS else "FAIL"
+        print(f"  goal: throughput ratio {ratio:.3f} >= {GOAL_THROUGHPUT_RATIO}: {verdict_t}  |  "
+              f"added p50 {added:+.1f} ms <= {GOAL_ADDED_P50_MS:.0f} ms: {verdict_l}")
+    print(line)
+    print("planner steps, in-process, serial (ms per question)")
+    print(f"  {'step':30}{'p50':>9}{'p99':>9}{'mean':>9}")
+    for name, values in meta["breakdown"].items():
+        print(f"  {name:30}{percentile(values, 50):9.2f}{percentile(values, 99):9.2f}"
+              f"{statistics.mean(values):9.2f}")
+    print(line)
+
+
+async def main(args) -> int:
+    concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    docs, questions = corpus_and_questions(args.documents)
+    base_model = Path(args.base_model)
+    with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmp:
+        tmp = Path(tmp)
+        started = time.perf_counter()
+        async with engine_url(args.engine_url, tmp / "engine", base_model) as engine:
+            print(f"[bench] engine {engine} ready after {time.perf_counter() - started:.0f}s", file=sys.stderr)
+            settings = migrated_settings(tmp / "data", base_model, engine_urls=[engine], port=free_port())
+            payloads, meta = await prepare(settings, questions, docs, args.max_tokens)
+            print(f"[bench] corpus and plans ready after {time.perf_counter() - started:.0f}s", file=sys.stderr)
+            bodies = {"graft": [chat_body(q, args.max_tokens) for q in questions], "direct": payloads}
+            limits = httpx.Limits(max_connections=max(concurrencies) * 2, max_keepalive_connections=max(concurrencies) * 2)
+            results = {}
+            async with gateway(args.gateway, settings, tmp / "gateway.log") as url, \
+                    httpx.AsyncClient(base_url=engine, timeout=600, limits=limits, trust_env=False) as direct, \
+                    httpx.AsyncClient(base_url=url, timeout=600, limits=limits, trust_env=False) as graft:
+                for concurrency in concurrencies:
+                    results[concurrency] = await measure(direct, graft, bodies, concurrency, args.requests,
+                                                         args.rounds, args.max_tokens)
+                    print(f"[bench] concurrency {concurrency} done after {time.perf_counter() - started:.0f}s",
+                          file=sys.stderr)
+    seen_d = {i: t for arms in results.values() for i, t in arms["direct"].prompt_tokens.items()}
+    seen_g = {i: t for arms in results.values() for i, t in arms["graft"].prompt_tokens.items()}
+    same = [i for i in seen_g if seen_d.get(i) == seen_g[i]]
+    tokens = list(seen_g.values())
+    meta.update(model=base_model.name, engine="given" if args.engine_url else "local vLLM (CPU)",
+                questions=questions, prompt_mean=statistics.mean(tokens), prompt_min=min(tokens),
+                prompt_max=max(tokens),
+                identical=f"engine-counted prompt tokens equal for {len(same)}/{len(seen_g)} questions")
+    report(results, meta, args)
+    return 0
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=48,
+                        help="measured requests per arm and concurrency level (default 48)")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved direct/graft rounds (default 4)")
+    parser.add_argument("--max-tokens", type=int, default=32, help="generated tokens per request (default 32)")
+    parser.add_argument("--concurrency", default="1,16", help="comma-separated levels (default 1,16)")
+    parser.add_argument("--documents", type=int, default=36, help="made-up documents in the corpus (default 36)")
+    parser.add_argument("--engine-url", default=None, help="use this vLLM server instead of starting one")
+    parser.add_argument("--base-model", default=str(DEFAULT_BASE_MODEL),
+                        help="prepared HF model folder (must be what the engine serves)")
+    parser.add_argument("--gateway", choices=("subprocess", "inprocess"), default="subprocess",
+                        help="run the measured gateway as `python -m service serve` or in this process")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args())))
