@@ -5,7 +5,9 @@ binding, and one timed chat request."""
 import asyncio
 import contextlib
 import math
+import os
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -74,18 +76,43 @@ async def wait_job(http: httpx.AsyncClient, job_id: str, timeout_s: float = 300)
         await asyncio.sleep(0.1)
 
 
-async def wait_ready(url: str, timeout_s: float = 120, process=None) -> None:
-    """Poll `url` + /readyz until it answers 200 (or the process exits)."""
+async def wait_ready(url: str, timeout_s: float = 120, process=None, path: str = "/readyz") -> None:
+    """Poll `url` + path until it answers 200 (or the process exits)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
-    async with httpx.AsyncClient(timeout=2.0) as http:
+    async with httpx.AsyncClient(timeout=2.0, trust_env=False) as http:
         while asyncio.get_running_loop().time() < deadline:
             if process is not None and process.returncode is not None:
                 raise RuntimeError(f"process exited with code {process.returncode} during start-up")
             with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"{url}/readyz")).status_code == 200:
+                if (await http.get(f"{url}{path}")).status_code == 200:
                     return
             await asyncio.sleep(0.2)
-    raise TimeoutError(f"{url} was not ready after {timeout_s:.0f}s")
+    raise TimeoutError(f"{url}{path} did not answer 200 after {timeout_s:.0f}s")
+
+
+@contextlib.asynccontextmanager
+async def serve_subprocess(settings: Settings, log_path: Path, ready_path: str = "/readyz") -> AsyncIterator[str]:
+    """`python -m service serve` on `settings` in its own process (as in production, so a load
+    generator does not share its event loop); yields its URL once `ready_path` answers 200."""
+    env = dict(os.environ, GRAFT_DATA_DIR=str(settings.data_dir), GRAFT_BASE_MODEL=settings.base_model,
+               GRAFT_ENGINE_URLS=",".join(settings.engine_urls), GRAFT_HOST="127.0.0.1",
+               GRAFT_PORT=str(settings.port), HF_HUB_OFFLINE="1")
+    with log_path.open("ab") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service", "serve", env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=log, stderr=asyncio.subprocess.STDOUT)
+    url = f"http://127.0.0.1:{settings.port}"
+    try:
+        await wait_ready(url, timeout_s=300, process=process, path=ready_path)
+        yield url
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
 
 
 # --- a vLLM + gateway stack, adapters, timed requests (bench/swap.py, bench/adapters.py) -----

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
 import re
 import statistics
@@ -36,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and the project i
 import httpx
 
 from bench.common import (DEFAULT_BASE_MODEL, engine_url, free_port, migrated_settings, percentile,
-                          wait_job, wait_ready)
+                          serve_subprocess, wait_job)
 
 DOMAIN = "bench"
 CORPUS = "bench-lore"
@@ -180,25 +179,8 @@ async def gateway(kind: str, settings, log_path: Path):
         async with running_gateway(settings) as url:
             yield url
         return
-    env = dict(os.environ, GRAFT_DATA_DIR=str(settings.data_dir), GRAFT_BASE_MODEL=settings.base_model,
-               GRAFT_ENGINE_URLS=",".join(settings.engine_urls), GRAFT_HOST="127.0.0.1",
-               GRAFT_PORT=str(settings.port), HF_HUB_OFFLINE="1")
-    with log_path.open("ab") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", "serve", env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=log, stderr=asyncio.subprocess.STDOUT)
-    url = f"http://127.0.0.1:{settings.port}"
-    try:
-        await wait_ready(url, timeout_s=300, process=process)
+    async with serve_subprocess(settings, log_path) as url:
         yield url
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except asyncio.TimeoutError:
-                process.kill()
-                await process.wait()
 
 
 _METRIC = re.compile(r"^(graft_retrieval_seconds_(?:sum|count)|"

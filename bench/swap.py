@@ -127,7 +127,8 @@ async def run(args) -> int:
         http = stack.http
         name = f"swapbench-{uuid.uuid4().hex[:6]}"  # fresh engine names even on a reused engine
         domain = name
-        versions = {v: await upload(http, name, loras[v]) for v in (1, 2)}
+        for version in (1, 2):
+            await upload(http, name, loras[version])
         bind_s = await bind(http, domain, name, 1)
         print(f"adapter {name}: v1, v2 uploaded; domain {domain} -> {name}@1 in {bind_s:.2f} s", flush=True)
         direct_path = str(loras[2])  # same bytes as v2; the engine reads it from this disk

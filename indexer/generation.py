@@ -15,7 +15,7 @@ from pathlib import Path
 
 from indexer.durable import fsync_dir, write_bytes_durably
 from indexer.lexical import LexicalIndex
-from indexer.vector_index import VectorIndex
+from indexer.vector_index import LEGACY_EF_CONSTRUCTION, VectorIndex
 
 _VECTORS = "vectors.faiss"
 _LEXICAL = "lexical"
@@ -46,7 +46,8 @@ class GenerationStore:
             lexical.save(tmp / _LEXICAL)
             manifest = {"corpus_id": corpus_id, "generation": number, "dimension": vector_index.dimension,
                         "chunks": len(vector_index), "exact_max": vector_index.exact_max,
-                        "hnsw_m": vector_index.hnsw_m, "ef_search": vector_index.ef_search}
+                        "hnsw_m": vector_index.hnsw_m, "ef_construction": vector_index.ef_construction,
+                        "ef_search": vector_index.ef_search}
             write_bytes_durably(tmp / _MANIFEST, json.dumps(manifest, indent=2).encode())
             os.rename(tmp, final)
         except BaseException:
@@ -60,8 +61,9 @@ class GenerationStore:
         if not folder.is_dir():
             raise FileNotFoundError(f"generation {number} of corpus {corpus_id} not found at {folder}")
         manifest = json.loads((folder / _MANIFEST).read_text())
-        vector = VectorIndex.load(folder / _VECTORS, exact_max=manifest["exact_max"],
-                                  hnsw_m=manifest["hnsw_m"], ef_search=manifest["ef_search"])
+        vector = VectorIndex.load(folder / _VECTORS, exact_max=manifest["exact_max"], hnsw_m=manifest["hnsw_m"],
+                                  ef_construction=manifest.get("ef_construction", LEGACY_EF_CONSTRUCTION),
+                                  ef_search=manifest["ef_search"])
         return vector, LexicalIndex.load(folder / _LEXICAL)
 
     def generations(self, corpus_id: int) -> list[int]:

@@ -11,7 +11,7 @@ from indexer.embedding import Embedder
 from indexer.generation import GenerationStore
 from indexer.lexical import LexicalIndex
 from indexer.search import CorpusSearcher
-from indexer.vector_index import VectorIndex
+from indexer.vector_index import EF_CONSTRUCTION, EF_SEARCH, HNSW_M, VectorIndex
 
 
 @dataclass
@@ -25,9 +25,17 @@ class CorpusEntry:
 
 
 class CorpusRegistry:
-    def __init__(self, store: GenerationStore, exact_max: int = 50_000):
+    """`exact_max`, `hnsw_m` and `ef_construction` configure the vector index of a corpus created
+    from now on (an existing corpus keeps those its index generations record); `ef_search` is a
+    search-time setting, so it applies to every corpus loaded."""
+
+    def __init__(self, store: GenerationStore, exact_max: int = 50_000, *, hnsw_m: int = HNSW_M,
+                 ef_construction: int = EF_CONSTRUCTION, ef_search: int = EF_SEARCH):
         self.store = store
         self.exact_max = exact_max
+        self.hnsw_m = hnsw_m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
         self._entries: dict[int, CorpusEntry] = {}
         self._embedders: dict[str, Embedder] = {}
         self._lock = threading.Lock()
@@ -42,10 +50,12 @@ class CorpusRegistry:
         """Load a corpus at its committed generation (an empty index when it has none yet)."""
         embedder = self.embedder(embedding_model)
         if generation is None:
-            vector = VectorIndex.empty(embedder.dimension, exact_max=self.exact_max)
+            vector = VectorIndex.empty(embedder.dimension, exact_max=self.exact_max, hnsw_m=self.hnsw_m,
+                                       ef_construction=self.ef_construction, ef_search=self.ef_search)
             lexical = LexicalIndex.build([], [])
         else:
             vector, lexical = self.store.load(corpus_id, generation)
+            vector.ef_search = self.ef_search
         entry = CorpusEntry(corpus_id, embedding_model, generation,
                             CorpusSearcher(embedder, vector, lexical))
         with self._lock:

@@ -3,15 +3,30 @@
 Design: an `IndexIDMap2(IndexFlatIP)` is always the source of truth. It supports removal
 and reconstruction and gives exact search, which is used while the index holds at most
 `exact_max` vectors. Past that, searches go to an `IndexIDMap2(IndexHNSWFlat)` built from
-the flat index. Additions are applied to both; a removal only marks the HNSW index stale
-(HNSW cannot delete), and it is rebuilt from the flat vectors before the next search. So
-deletes in a large corpus cost one rebuild, paid once per batch of mutations.
+the flat index (graph degree `hnsw_m`, build beam `ef_construction`, search beam `ef_search`).
+Additions are applied to both; a removal only marks the HNSW index stale (HNSW cannot
+delete), and it is rebuilt from the flat vectors before the next search. So deletes in a large
+corpus cost one rebuild, paid once per batch of mutations.
+
+The HNSW defaults are measured (`bench/ingest.py`, part B: 100k MiniLM vectors, 1000 real
+queries, 2 CPU cores): faiss's default efConstruction 40 with efSearch 64 (graft's former
+setting) gave recall@10 0.72-0.86; M 32, efConstruction 200, efSearch 256 give 0.97 at about
+0.9 ms a query (efConstruction 100 needs efSearch 384 for 0.96 at 1.2 ms), for a graph build of
+about 45 s instead of 20 s per 100k vectors (paid when a corpus crosses `exact_max` and after
+deletes).
 
 A saved file holds the flat index, or, in HNSW mode, the HNSW index: its storage holds all
 the vectors, so the flat index is recovered from it on load without rebuilding the graph.
 All operations take one lock, so a VectorIndex may be shared between threads.
+
+A single query is searched with one OpenMP thread: faiss splits one flat search across its
+threads, and on a small, shared machine (or beside the embedder's own threads) waiting for the
+second core costs more than it saves (`bench/ingest.py`, part B, 2 shared cores: one exact
+query over 20k vectors 2 ms p50 on one thread vs 24 ms on two; over 100k, 10 vs 15 ms). An OpenMP thread count is per calling thread, so this
+touches neither other searches nor a graph being built in another thread.
 """
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -21,21 +36,31 @@ import numpy as np
 from indexer.durable import replace_durably, temp_sibling
 
 
+HNSW_M = 32
+EF_CONSTRUCTION = 200
+EF_SEARCH = 256
+# What generations written before `ef_construction` was recorded were built with (faiss's default).
+LEGACY_EF_CONSTRUCTION = 40
+
+
 class VectorIndex:
-    def __init__(self, flat: faiss.IndexIDMap2, *, exact_max: int = 50_000, hnsw_m: int = 32,
-                 ef_search: int = 64, hnsw: faiss.IndexIDMap2 | None = None):
+    def __init__(self, flat: faiss.IndexIDMap2, *, exact_max: int = 50_000, hnsw_m: int = HNSW_M,
+                 ef_construction: int = EF_CONSTRUCTION, ef_search: int = EF_SEARCH,
+                 hnsw: faiss.IndexIDMap2 | None = None):
         self._flat = flat
         self._hnsw = hnsw
         self.exact_max = exact_max
         self.hnsw_m = hnsw_m
+        self.ef_construction = ef_construction
         self.ef_search = ef_search
         self._lock = threading.RLock()
 
     @classmethod
-    def empty(cls, dimension: int, exact_max: int = 50_000, hnsw_m: int = 32,
-              ef_search: int = 64) -> "VectorIndex":
+    def empty(cls, dimension: int, exact_max: int = 50_000, hnsw_m: int = HNSW_M,
+              ef_construction: int = EF_CONSTRUCTION, ef_search: int = EF_SEARCH) -> "VectorIndex":
         flat = faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
-        return cls(flat, exact_max=exact_max, hnsw_m=hnsw_m, ef_search=ef_search)
+        return cls(flat, exact_max=exact_max, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                   ef_search=ef_search)
 
     @property
     def dimension(self) -> int:
@@ -84,12 +109,15 @@ class VectorIndex:
         queries = self._as_matrix(query_vectors)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        threads = _one_omp_thread() if len(queries) == 1 else contextlib.nullcontext()
         with self._lock:
             if self.kind == "flat":
-                return self._flat.search(queries, k)
-            hnsw = self._current_hnsw()
+                with threads:
+                    return self._flat.search(queries, k)
+            hnsw = self._current_hnsw()  # built (in parallel) before the thread count drops
             params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))
-            return hnsw.search(queries, k, params=params)
+            with threads:
+                return hnsw.search(queries, k, params=params)
 
     def search_one(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         """[(chunk id, score)] best first, for one query vector."""
@@ -101,7 +129,8 @@ class VectorIndex:
         with self._lock:
             hnsw = faiss.clone_index(self._hnsw) if self._hnsw is not None else None
             return VectorIndex(faiss.clone_index(self._flat), exact_max=self.exact_max,
-                               hnsw_m=self.hnsw_m, ef_search=self.ef_search, hnsw=hnsw)
+                               hnsw_m=self.hnsw_m, ef_construction=self.ef_construction,
+                               ef_search=self.ef_search, hnsw=hnsw)
 
     def save(self, path: Path) -> None:
         """Write durably: temp file in the same folder, fsync, rename, fsync the folder."""
@@ -117,21 +146,23 @@ class VectorIndex:
                 raise
 
     @classmethod
-    def load(cls, path: Path, exact_max: int = 50_000, hnsw_m: int = 32,
-             ef_search: int = 64) -> "VectorIndex":
+    def load(cls, path: Path, exact_max: int = 50_000, hnsw_m: int = HNSW_M,
+             ef_construction: int = EF_CONSTRUCTION, ef_search: int = EF_SEARCH) -> "VectorIndex":
         index = faiss.read_index(str(path))
         if not isinstance(index, faiss.IndexIDMap2):
             raise ValueError(f"{path} is not a graft vector index (got {type(index).__name__})")
         inner = faiss.downcast_index(index.index)
+        params = dict(exact_max=exact_max, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
         if isinstance(inner, faiss.IndexFlat):
-            return cls(index, exact_max=exact_max, hnsw_m=hnsw_m, ef_search=ef_search)
+            return cls(index, **params)
         if isinstance(inner, faiss.IndexHNSWFlat):
+            inner.hnsw.efConstruction = ef_construction  # for vectors added to the loaded graph
             storage = faiss.downcast_index(inner.storage)
             flat = faiss.IndexIDMap2(faiss.IndexFlatIP(index.d))
             if index.ntotal:
                 flat.add_with_ids(storage.reconstruct_n(0, storage.ntotal),
                                   faiss.vector_to_array(index.id_map).astype(np.int64))
-            return cls(flat, exact_max=exact_max, hnsw_m=hnsw_m, ef_search=ef_search, hnsw=index)
+            return cls(flat, **params, hnsw=index)
         raise ValueError(f"{path}: unsupported inner index {type(inner).__name__}")
 
     def _current_hnsw(self) -> faiss.IndexIDMap2:
@@ -140,7 +171,9 @@ class VectorIndex:
         return self._hnsw
 
     def _build_hnsw(self) -> faiss.IndexIDMap2:
-        hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(self.dimension, self.hnsw_m, faiss.METRIC_INNER_PRODUCT))
+        inner = faiss.IndexHNSWFlat(self.dimension, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = self.ef_construction
+        hnsw = faiss.IndexIDMap2(inner)
         n = self._flat.ntotal
         if n:
             vectors = faiss.downcast_index(self._flat.index).reconstruct_n(0, n)
@@ -152,3 +185,14 @@ class VectorIndex:
         if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
             raise ValueError(f"expected vectors of shape (n, {self.dimension}), got {vectors.shape}")
         return vectors
+
+
+@contextlib.contextmanager
+def _one_omp_thread():
+    """faiss uses one OpenMP thread in the calling thread for the duration (then what it had)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)

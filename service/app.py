@@ -75,7 +75,9 @@ async def _start(settings: Settings, local_engine: LocalEngine | None, transport
         raise StartupError("the database schema is not at the latest migration: run `graft db upgrade`")
     sessions = make_session_factory(db)
 
-    registry = CorpusRegistry(GenerationStore(settings.indexes_dir), settings.exact_search_max_vectors)
+    registry = CorpusRegistry(GenerationStore(settings.indexes_dir), settings.exact_search_max_vectors,
+                              hnsw_m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
+                              ef_search=settings.hnsw_ef_search)
     await asyncio.to_thread(_load_corpora, sessions, registry)
     retriever = Retriever(sessions, registry)
     worker = IngestionWorker(sessions, registry, IngestLimits(
@@ -112,6 +114,9 @@ async def _start(settings: Settings, local_engine: LocalEngine | None, transport
         local_engine=local_engine, owns_engine=owns_engine)
     worker.start()
     await pool.check_all()
+    for engine in pool.engines:
+        if not engine.healthy:  # the monitor logs changes only; say it once at start-up too
+            log.warning("engine %s is not reachable; completions answer 503 until it is", engine.url)
     pool.start_monitor()
     reconciler.start()
     if local_engine is not None:

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     base_model_name: str = DEFAULT_BASE_MODEL_NAME  # the name clients and the engine use
     max_lora_rank: int = 16
     max_loras: int = 8
+    # Layers the engine wraps with LoRA; empty = every one vLLM supports. Narrowing it (e.g.
+    # q_proj,v_proj) makes each LoRA step cheaper (bench/adapters.py) and refuses adapters that
+    # target other layers at upload.
+    lora_target_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_model_len: int = 2048
     engine_port: int = 8100
     engine_dtype: str = "float32"  # the CPU engine; bf16 needs AVX-512 to be fast
@@ -42,6 +46,11 @@ class Settings(BaseSettings):
     default_chunk_size: int = 200  # tokens of the embedder's tokenizer
     default_chunk_overlap: int = 32
     exact_search_max_vectors: int = 50_000  # above: HNSW
+    # HNSW graph degree and build beam: fixed per corpus when its index is created (recorded in
+    # each generation); the search beam applies to every corpus at load. See bench/ingest.py (B).
+    hnsw_m: int = Field(default=32, ge=4, le=256)
+    hnsw_ef_construction: int = Field(default=200, ge=8, le=4096)
+    hnsw_ef_search: int = Field(default=256, ge=1, le=32768)
     max_upload_bytes: int = 50 * 1024 * 1024
     max_request_bytes: int = 1 * 1024 * 1024  # JSON bodies
     max_pdf_pages: int = 2000
@@ -53,7 +62,7 @@ class Settings(BaseSettings):
     drain_timeout_s: float = 60.0
     reconcile_interval_s: float = 15.0
 
-    @field_validator("api_keys", "engine_urls", "engine_extra_args", mode="before")
+    @field_validator("api_keys", "engine_urls", "engine_extra_args", "lora_target_modules", mode="before")
     @classmethod
     def _split_list(cls, value):
         if isinstance(value, str):

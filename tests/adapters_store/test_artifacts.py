@@ -1,6 +1,5 @@
 import io
 import os
-import shutil
 import struct
 import tarfile
 import zipfile

@@ -57,3 +57,37 @@ def test_remove_except_keeps_only_the_named_generations(tmp_path):
     store.remove_except(99, set())  # unknown corpus: nothing to do
     store.remove_corpus(4)
     assert store.generations(4) == [] and not store.corpus_dir(4).exists()
+
+
+def test_manifest_records_ef_construction_and_old_manifests_load(tmp_path):
+    import json
+
+    from indexer.vector_index import LEGACY_EF_CONSTRUCTION
+
+    store = GenerationStore(tmp_path)
+    vector, lexical = make_indexes(30, seed=3)
+    vector.ef_construction = 60
+    folder = store.write(1, 1, vector, lexical)
+    assert store.load(1, 1)[0].ef_construction == 60
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["ef_construction"]  # a generation written before it was recorded
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    loaded = store.load(1, 1)[0]
+    assert (loaded.ef_construction, loaded.hnsw_m, loaded.ef_search) == (LEGACY_EF_CONSTRUCTION, 8, 40)
+
+
+def test_registry_configures_new_indexes_and_the_search_beam_of_loaded_ones(tmp_path, monkeypatch):
+    from indexer.registry import CorpusRegistry
+
+    class FakeEmbedder:
+        dimension = 8
+
+    store = GenerationStore(tmp_path)
+    vector, lexical = make_indexes(30, seed=4)  # hnsw_m 8, ef_search 40
+    store.write(2, 1, vector, lexical)
+    registry = CorpusRegistry(store, exact_max=20, hnsw_m=24, ef_construction=90, ef_search=300)
+    monkeypatch.setattr(registry, "embedder", lambda name: FakeEmbedder())
+    fresh = registry.load(1, "any", None).searcher.vector
+    assert (fresh.exact_max, fresh.hnsw_m, fresh.ef_construction, fresh.ef_search) == (20, 24, 90, 300)
+    loaded = registry.load(2, "any", 1).searcher.vector
+    assert (loaded.hnsw_m, loaded.ef_search) == (8, 300)  # the graph keeps its degree; the beam follows

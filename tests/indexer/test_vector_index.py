@@ -104,3 +104,45 @@ def test_copy_is_independent():
     copy.remove(np.arange(250))
     assert (len(index), len(copy), copy.kind) == (300, 50, "flat")
     np.testing.assert_array_equal(index.search(queries, 5)[1], expected[1])
+
+
+def test_hnsw_parameters_reach_the_graph_and_survive_copy_save_load(tmp_path):
+    import faiss
+
+    vectors = unit_vectors(300, 8, seed=10)
+    index = VectorIndex.empty(8, exact_max=100, hnsw_m=12, ef_construction=77, ef_search=33)
+    index.add(np.arange(300), vectors)
+    index.search_one(vectors[0], 5)  # builds the graph
+    for candidate in (index, index.copy()):
+        graph = faiss.downcast_index(candidate._current_hnsw().index)
+        assert (candidate.hnsw_m, candidate.ef_construction, candidate.ef_search) == (12, 77, 33)
+        assert graph.hnsw.efConstruction == 77 and graph.hnsw.nb_neighbors(1) == 12
+    index.save(tmp_path / "v.faiss")
+    loaded = VectorIndex.load(tmp_path / "v.faiss", exact_max=100, hnsw_m=12, ef_construction=77, ef_search=33)
+    assert faiss.downcast_index(loaded._current_hnsw().index).hnsw.efConstruction == 77
+    assert loaded.search_one(vectors[3], 1)[0][0] == 3
+
+
+def test_defaults_search_wider_than_faiss():
+    index = VectorIndex.empty(8)
+    assert (index.hnsw_m, index.ef_construction, index.ef_search) == (32, 200, 256)
+
+
+def test_a_single_query_runs_on_one_omp_thread_and_restores_the_count(monkeypatch):
+    import faiss
+
+    index = VectorIndex.empty(8, exact_max=50)
+    vectors = unit_vectors(120, 8, seed=11)
+    index.add(np.arange(120), vectors)
+    seen = []
+    search = faiss.IndexIDMap2.search
+
+    def spy(self, *args, **kwargs):
+        seen.append(faiss.omp_get_max_threads())
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(faiss.IndexIDMap2, "search", spy)
+    before = faiss.omp_get_max_threads()
+    assert index.search_one(vectors[4], 3)[0][0] == 4  # HNSW (120 > 50)
+    index.search(vectors[:5], 3)
+    assert seen == [1, before] and faiss.omp_get_max_threads() == before
