@@ -6,6 +6,7 @@ ever unpickled.
 
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,9 @@ def _weight_files(model_dir: Path) -> list[Path]:
     raise ValueError(f"{model_dir} has neither model.safetensors nor model.safetensors.index.json")
 
 
-def validate_adapter(folder: Path, base: BaseModelShapes, max_rank: int) -> AdapterInfo:
+def validate_adapter(folder: Path, base: BaseModelShapes, max_rank: int,
+                     served_modules: Collection[str] = ()) -> AdapterInfo:
+    """served_modules: the layers the engine wraps with LoRA (empty: all it supports)."""
     folder = Path(folder)
     pickles = sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
     if pickles:
@@ -95,6 +98,11 @@ def validate_adapter(folder: Path, base: BaseModelShapes, max_rank: int) -> Adap
     # With a rank_pattern, each module's rank comes from its tensors (still bounded by max_rank).
     exact_rank = None if config.get("rank_pattern") else rank
     leaves = _check_tensors(headers, base, targeted, exact_rank, max_rank)
+    unserved = sorted(set(leaves) - set(served_modules)) if served_modules else []
+    if unserved:
+        raise AdapterValidationError(
+            "module_not_served", f"the engine applies LoRA to {', '.join(sorted(served_modules))} only; "
+            f"this adapter also targets {', '.join(unserved)}")
     base_name = config.get("base_model_name_or_path")
     return AdapterInfo(
         rank=max([rank, *_pattern_ranks(config.get("rank_pattern"))]),

@@ -73,6 +73,7 @@ class LocalEngine:
             "--max-model-len", str(s.max_model_len),
             "--enable-lora", "--max-lora-rank", str(s.max_lora_rank), "--max-loras", str(s.max_loras),
             "--disable-uvicorn-access-log",
+            *(["--lora-target-modules", *s.lora_target_modules] if s.lora_target_modules else []),
             *s.engine_extra_args,
         ]  # fmt: skip
 

@@ -56,7 +56,8 @@ def _unpack_and_validate(state: GatewayState, received, folder):
         unpack_upload([(f.filename, f.path) for f in received], folder,
                       max_members=state.settings.max_archive_members,
                       max_total_bytes=state.settings.max_adapter_bytes)
-        return validate_adapter(folder, state.base_shapes(), state.settings.max_lora_rank)
+        return validate_adapter(folder, state.base_shapes(), state.settings.max_lora_rank,
+                                state.settings.lora_target_modules)
     except UploadRejected as exc:
         raise ApiError(exc.status_code, str(exc), param="files", code=exc.check) from exc
     except AdapterValidationError as exc:

@@ -81,6 +81,13 @@ def test_rank_too_high(good_lora, base):
     assert "rank 8 exceeds the engine's max LoRA rank 4" in str(error)
 
 
+def test_layers_the_engine_does_not_wrap_refused(good_lora, base):
+    assert validate_adapter(good_lora, base, MAX_RANK, ["q_proj", "v_proj", "o_proj"]).rank == 8
+    with pytest.raises(AdapterValidationError) as caught:
+        validate_adapter(good_lora, base, MAX_RANK, ["q_proj"])
+    assert caught.value.check == "module_not_served" and "v_proj" in str(caught.value)
+
+
 def test_target_module_the_base_lacks(lora, base):
     edit_config(lora, target_modules=["q_proj", "c_attn"])
     error = rejected(lora, base)
