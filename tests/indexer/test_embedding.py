@@ -2,6 +2,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from indexer.embedding import Embedder, packaged_model_dir, resolve_model_dir
 
@@ -47,3 +48,12 @@ def test_encode_from_several_threads(embedder):
     assert len(results) == 4
     for result in results:
         np.testing.assert_allclose(result, expected, atol=1e-5)
+
+
+def test_a_query_on_one_thread_matches_the_batch_and_restores_the_thread_count(embedder):
+    before = torch.get_num_threads()
+    texts = [f"sentence number {i} about lighthouses" for i in range(8)]
+    batch = embedder.encode(texts)
+    single = embedder.encode(texts[:1])
+    assert torch.get_num_threads() == before
+    np.testing.assert_allclose(single[0], batch[0], atol=1e-5)
