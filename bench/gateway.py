@@ -1,6 +1,6 @@
 """graft vs. vLLM called directly, with the identical final prompts: latency and throughput.
 
-    .venv/bin/python -m bench.gateway [--requests 48] [--max-tokens 32] [--concurrency 1,16]
+    .venv/bin/python -m bench.gateway [--requests 24] [--max-tokens 16] [--concurrency 1,16]
                                       [--engine-url http://127.0.0.1:8100] [--gateway subprocess]
 
 Set-up: one vLLM engine (started here unless --engine-url), a migrated SQLite data dir, a corpus
@@ -348,10 +348,10 @@ async def main(args) -> int:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=48,
-                        help="measured requests per arm and concurrency level (default 48)")
+    parser.add_argument("--requests", type=int, default=24,
+                        help="measured requests per arm and concurrency level (default 24)")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved direct/graft rounds (default 4)")
-    parser.add_argument("--max-tokens", type=int, default=32, help="generated tokens per request (default 32)")
+    parser.add_argument("--max-tokens", type=int, default=16, help="generated tokens per request (default 16)")
     parser.add_argument("--concurrency", default="1,16", help="comma-separated levels (default 1,16)")
     parser.add_argument("--documents", type=int, default=36, help="made-up documents in the corpus (default 36)")
     parser.add_argument("--engine-url", default=None, help="use this vLLM server instead of starting one")
