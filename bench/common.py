@@ -96,7 +96,8 @@ async def serve_subprocess(settings: Settings, log_path: Path, ready_path: str =
     generator does not share its event loop); yields its URL once `ready_path` answers 200."""
     env = dict(os.environ, GRAFT_DATA_DIR=str(settings.data_dir), GRAFT_BASE_MODEL=settings.base_model,
                GRAFT_ENGINE_URLS=",".join(settings.engine_urls), GRAFT_HOST="127.0.0.1",
-               GRAFT_PORT=str(settings.port), HF_HUB_OFFLINE="1")
+               GRAFT_PORT=str(settings.port), GRAFT_EMBEDDING_BACKEND=settings.embedding_backend,
+               HF_HUB_OFFLINE="1")
     with log_path.open("ab") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "service", "serve", env=env, stdin=asyncio.subprocess.DEVNULL,

@@ -1,9 +1,9 @@
-"""Part C of bench/ingest.py: a faster embedding backend (ONNX Runtime, fp32 or int8) exported
-here from the packaged model, against fp32 SentenceTransformer.encode: speed and retrieval quality.
-Needs onnxruntime and onnx, which graft itself does not depend on.
+"""Part C of bench/ingest.py: embedding backends against fp32 SentenceTransformer.encode: batch
+throughput, one-query latency (on one thread, as graft embeds queries) and retrieval quality.
+`onnx` is graft's own backend (indexer/onnx_backend.py); `onnx-int8` is that export dynamically
+quantised here (int8 weights, per channel), which graft does not offer.
 """
 
-import sys
 import time
 from pathlib import Path
 
@@ -13,70 +13,42 @@ import numpy as np
 from bench.search_scale import K, LINE, recall_at_k
 
 GOAL_BACKEND_RECALL = 0.99  # retrieval with the faster backend keeps 99 % of fp32's top 10
+QUERY_REPEATS = 200
 
 
-def _torch_threads() -> int:
+def onnx_encoder(model, model_dir: Path, backend: str, folder: Path):
+    """encode(texts, batch_size, single_thread=False) of the backend."""
     import torch
 
-    return torch.get_num_threads()
+    from indexer.onnx_backend import OnnxEncoder, export, input_names
+
+    if backend == "onnx":
+        return OnnxEncoder.load(model, model_dir, folder).encode
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    export(model, folder / "model.onnx", input_names(model))
+    quantize_dynamic(str(folder / "model.onnx"), str(folder / "model-int8.onnx"), weight_type=QuantType.QInt8,
+                     per_channel=True)
+    return OnnxEncoder(model, folder / "model-int8.onnx", torch.get_num_threads()).encode
 
 
-def onnx_encoder(model, backend: str, folder: Path):
-    """encode(texts, batch_size) with ONNX Runtime: the packaged model exported here by torch
-    (nothing fetched), `onnx-int8` dynamically quantised (int8 weights, per channel). Mean pooling
-    and normalisation as the model's sentence-transformers pipeline does them."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        sys.exit("--backend onnx needs onnxruntime and onnx, which graft does not depend on: "
-                 ".venv/bin/pip install onnxruntime==1.30.0 onnx==1.23.1 (or put them on PYTHONPATH)")
-    import torch
-
-    class LastHidden(torch.nn.Module):
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                             token_type_ids=token_type_ids).last_hidden_state
-
-    tokenizer, names = model.tokenizer, ["input_ids", "attention_mask", "token_type_ids"]
-    sample = tokenizer(["an example", "a slightly longer example sentence"], padding=True, return_tensors="pt")
-    path = folder / "model.onnx"
-    torch.onnx.export(LastHidden(model[0].auto_model.eval()), tuple(sample[n] for n in names), str(path),
-                      input_names=names, output_names=["last_hidden_state"], opset_version=17, dynamo=False,
-                      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names + ["last_hidden_state"]})
-    if backend == "onnx-int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(str(path), str(folder / "model-int8.onnx"), weight_type=QuantType.QInt8, per_channel=True)
-        path = folder / "model-int8.onnx"
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = _torch_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def encode(texts: list[str], batch_size: int) -> np.ndarray:
-        order = np.argsort([-len(t) for t in texts], kind="stable")  # as sentence-transformers does
-        out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            rows = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                              max_length=model.max_seq_length, return_tensors="np")
-            hidden = session.run(None, {n: batch[n].astype(np.int64) for n in names})[0]
-            mask = batch["attention_mask"][..., None].astype(np.float32)
-            pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-            out[rows] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
-        return out
-
-    return encode
+def query_latency_ms(encode, queries: list[str]) -> float:
+    """p50 of one query at a time."""
+    times = []
+    for query in (queries * (QUERY_REPEATS // max(len(queries), 1) + 1))[:QUERY_REPEATS]:
+        started = time.perf_counter()
+        encode(query)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
 
 
 def bench_backend(args, settings, model, texts: list[str], fp32: np.ndarray, queries: list[str],
                   query_fp32: np.ndarray, tmp: Path) -> None:
+    from indexer.embedding import Embedder, resolve_model_dir
+
     batch = settings.embedding_batch_size
     started = time.perf_counter()
-    fast = onnx_encoder(model, args.backend, tmp)
+    fast = onnx_encoder(model, resolve_model_dir(settings.embedding_model), args.backend, tmp)
     prepare_s = time.perf_counter() - started
     fast(texts[:batch], batch)
     sample = texts[: args.backend_chunks]
@@ -106,12 +78,16 @@ def bench_backend(args, settings, model, texts: list[str], fp32: np.ndarray, que
     _, found = candidate.search(fast_queries, K)
     recall = recall_at_k(list(found), truth)
     top1 = float(np.mean(found[:, 0] == truth[:, 0]))
+    torch_query = query_latency_ms(lambda q: Embedder(settings.embedding_model, model).encode([q]), queries)
+    fast_query = query_latency_ms(lambda q: fast([q], batch, True), queries)
     n, ratio = len(sample), times["fp32"] / times[args.backend]
     print(LINE)
     print(f"C. embedding backend {args.backend!r} (ONNX Runtime, exported here from the packaged model in "
           f"{prepare_s:.0f}s) vs fp32 SentenceTransformer.encode: {n} chunks, batch {batch}, ABBA halves")
     print(f"  {'':22}{'fp32 torch':>12}{args.backend:>14}{'ratio':>10}")
     print(f"  {'chunks/s':22}{n / times['fp32']:12.1f}{n / times[args.backend]:14.1f}{ratio:10.3f}")
+    print(f"  {'one query p50 (ms)':22}{torch_query:12.2f}{fast_query:14.2f}{torch_query / fast_query:10.3f}"
+          f"   (one thread, {QUERY_REPEATS} held-out queries one at a time)")
     print(f"  cosine(fp32, {args.backend}) per chunk: mean {cosine.mean():.4f}, min {cosine.min():.4f}")
     print(f"  retrieval over {len(texts)} chunks with {len(queries)} queries: recall@10 of "
           f"{args.backend} (queries and chunks) vs fp32 {recall:.4f}, same top-1 {top1 * 100:.1f}%")

@@ -5,6 +5,7 @@ committed in SQL, so a search always sees one consistent generation.
 """
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from indexer.embedding import Embedder
@@ -27,11 +28,14 @@ class CorpusEntry:
 class CorpusRegistry:
     """`exact_max`, `hnsw_m` and `ef_construction` configure the vector index of a corpus created
     from now on (an existing corpus keeps those its index generations record); `ef_search` is a
-    search-time setting, so it applies to every corpus loaded."""
+    search-time setting, so it applies to every corpus loaded. `load_embedder` turns a corpus's
+    embedding model name into an Embedder (once per name)."""
 
     def __init__(self, store: GenerationStore, exact_max: int = 50_000, *, hnsw_m: int = HNSW_M,
-                 ef_construction: int = EF_CONSTRUCTION, ef_search: int = EF_SEARCH):
+                 ef_construction: int = EF_CONSTRUCTION, ef_search: int = EF_SEARCH,
+                 load_embedder: Callable[[str], Embedder] = Embedder.load):
         self.store = store
+        self.load_embedder = load_embedder
         self.exact_max = exact_max
         self.hnsw_m = hnsw_m
         self.ef_construction = ef_construction
@@ -43,7 +47,7 @@ class CorpusRegistry:
     def embedder(self, name: str) -> Embedder:
         with self._lock:
             if name not in self._embedders:
-                self._embedders[name] = Embedder.load(name)
+                self._embedders[name] = self.load_embedder(name)
             return self._embedders[name]
 
     def load(self, corpus_id: int, embedding_model: str, generation: int | None) -> CorpusEntry:

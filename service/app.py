@@ -1,7 +1,9 @@
 """The FastAPI app factory. Settings are passed in; the lifespan owns the engine, DB and indexes."""
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -13,6 +15,7 @@ from adapters_store.db import make_engine, make_session_factory
 from adapters_store.hotload import HotLoader
 from adapters_store.models import Corpus
 from adapters_store.reconciler import Reconciler
+from indexer.embedding import Embedder
 from indexer.generation import GenerationStore
 from indexer.jobs import IngestionWorker, IngestLimits
 from indexer.registry import CorpusRegistry
@@ -77,7 +80,7 @@ async def _start(settings: Settings, local_engine: LocalEngine | None, transport
 
     registry = CorpusRegistry(GenerationStore(settings.indexes_dir), settings.exact_search_max_vectors,
                               hnsw_m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
-                              ef_search=settings.hnsw_ef_search)
+                              ef_search=settings.hnsw_ef_search, load_embedder=embedder_loader(settings))
     await asyncio.to_thread(_load_corpora, sessions, registry)
     retriever = Retriever(sessions, registry)
     worker = IngestionWorker(sessions, registry, IngestLimits(
@@ -122,6 +125,12 @@ async def _start(settings: Settings, local_engine: LocalEngine | None, transport
     if local_engine is not None:
         local_engine.watch()
     return state
+
+
+def embedder_loader(settings: Settings) -> Callable[[str], Embedder]:
+    """Loads an embedding model by name with the configured backend."""
+    return functools.partial(Embedder.load, backend=settings.embedding_backend,
+                             onnx_cache_dir=settings.resolved_embedding_cache_dir)
 
 
 def _load_corpora(sessions, registry: CorpusRegistry) -> None:

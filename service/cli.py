@@ -52,7 +52,9 @@ def db_upgrade() -> None:
 
 @model_app.command("prepare")
 def model_prepare() -> None:
-    """Convert the packaged SmolLM2 GGUF into a safetensors folder in the data dir (once)."""
+    """Convert the packaged SmolLM2 GGUF into a safetensors folder in the data dir, and export the
+    embedding model for its backend (each once)."""
+    from service.app import embedder_loader
     from service.basemodel import BaseModelError, prepare_base_model
 
     settings = Settings()
@@ -61,6 +63,11 @@ def model_prepare() -> None:
     except BaseModelError as exc:
         fail(str(exc))
     typer.echo(f"base model ready: {path}")
+    try:
+        embedder = embedder_loader(settings)(settings.embedding_model)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"embedding model ready: {embedder.name} ({embedder.backend})")
 
 
 @app.command()

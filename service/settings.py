@@ -1,7 +1,7 @@
 """The one settings class of graft. Built once at start-up and passed in; never read globally."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,6 +42,10 @@ class Settings(BaseSettings):
 
     # indexing and retrieval
     embedding_model: str = "all-MiniLM-L6-v2"
+    # "onnx": the model exported once (by torch, from the local folder) and run by ONNX Runtime,
+    # identical embeddings at less cost (bench/ingest.py C); "torch": SentenceTransformer.encode.
+    embedding_backend: Literal["onnx", "torch"] = "onnx"
+    embedding_cache_dir: Path | None = None  # exported models; default data_dir/models/embedders
     embedding_batch_size: int = 64
     default_chunk_size: int = 200  # tokens of the embedder's tokenizer
     default_chunk_overlap: int = 32
@@ -76,6 +80,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def resolved_embedding_cache_dir(self) -> Path:
+        return self.embedding_cache_dir or self.models_dir / "embedders"
 
     @property
     def prepared_model_dir(self) -> Path:

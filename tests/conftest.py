@@ -32,12 +32,19 @@ async def local_engine(base_model_dir, tmp_path_factory) -> LocalEngine:
     await engine.stop()
 
 
+@pytest.fixture(scope="session")
+def embedding_cache_dir(tmp_path_factory) -> Path:
+    """One folder of exported embedding models for the session (an export takes ~2 s)."""
+    return tmp_path_factory.mktemp("embedders")
+
+
 @pytest.fixture
-def make_settings(tmp_path, base_model_dir):
+def make_settings(tmp_path, base_model_dir, embedding_cache_dir):
     """Settings for a gateway in a fresh data dir with a migrated SQLite database."""
     from migrations.runner import upgrade
 
     def make(**overrides) -> Settings:
+        overrides.setdefault("embedding_cache_dir", embedding_cache_dir)
         settings = Settings(data_dir=tmp_path / "data", base_model=str(base_model_dir),
                             port=free_port(), **overrides)
         settings.data_dir.mkdir(parents=True, exist_ok=True)

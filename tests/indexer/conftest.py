@@ -6,5 +6,12 @@ from indexer.embedding import Embedder
 
 
 @pytest.fixture(scope="session")
-def embedder() -> Embedder:
-    return Embedder.load()
+def embedder(embedding_cache_dir) -> Embedder:
+    """The model as graft runs it by default (ONNX Runtime)."""
+    return Embedder.load(backend="onnx", onnx_cache_dir=embedding_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def torch_embedder() -> Embedder:
+    """The same model through SentenceTransformer.encode (the reference)."""
+    return Embedder.load(backend="torch")
