@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.gateway [--requests 24] [--max-tokens 16] [--concurrency 1,16]
                                       [--engine-url http://127.0.0.1:8100] [--gateway subprocess]
+    .venv/bin/python -m bench.gateway --planner-only   # the planner's steps alone, no engine (~1 min)
 
 Set-up: one vLLM engine (started here unless --engine-url), a migrated SQLite data dir, a corpus
 of made-up documents uploaded over REST and a domain binding it (k=4, hybrid). Each question's
@@ -14,6 +15,12 @@ production, so the load generator does not share its event loop); `--gateway inp
 in this process instead. Direct and graft batches alternate (ABBA rounds) after a warm-up, to
 cancel drift on a shared machine. The retrieval share is the gateway's own
 `graft_retrieval_seconds` (sum over the measured requests) / the client-seen graft latency sum.
+
+Added latency: on a 2-core CPU engine the same request varies by hundreds of ms from run to run,
+so the difference of the two arms' percentiles cannot resolve a few ms. Each graft response
+carries a Server-Timing header with the time graft waited on the engine; client-seen latency
+minus that is what graft itself added to that request (HTTP hop, planning, relaying), and its
+p50 is what the goal is judged on. The arms' difference is printed beside it.
 """
 
 import argparse
@@ -205,9 +212,13 @@ class Arm:
     retrieval_s: float = 0.0
     retrieval_n: int = 0
     server_s: float = 0.0
+    own_s: list[float] = field(default_factory=list)  # graft: client-seen - engine time (Server-Timing)
+    plan_s: list[float] = field(default_factory=list)  # graft: planning (retrieval + prompt) time
 
     def add(self, other: "Arm") -> None:
         self.latencies += other.latencies
+        self.own_s += other.own_s
+        self.plan_s += other.plan_s
         self.wall_s += other.wall_s
         self.tokens += other.tokens
         self.prompt_tokens.update(other.prompt_tokens)
@@ -228,6 +239,10 @@ async def run_batch(http: httpx.AsyncClient, jobs: list[tuple[int, dict]], concu
         if usage["completion_tokens"] != max_tokens:
             raise RuntimeError(f"expected {max_tokens} generated tokens, got {usage}")
         arm.latencies.append(elapsed)
+        timing = _server_timing_ms(response.headers.get("server-timing", ""))
+        if "engine" in timing:
+            arm.own_s.append(elapsed - timing["engine"] / 1000)
+            arm.plan_s.append(timing["plan"] / 1000)
         arm.tokens += usage["completion_tokens"]
         arm.prompt_tokens[index] = usage["prompt_tokens"]
 
@@ -235,6 +250,11 @@ async def run_batch(http: httpx.AsyncClient, jobs: list[tuple[int, dict]], concu
     await asyncio.gather(*(one(i, body) for i, body in jobs))
     arm.wall_s = time.perf_counter() - started
     return arm
+
+
+def _server_timing_ms(header: str) -> dict[str, float]:
+    """{"retrieval": ms, "plan": ms, "engine": ms} from a graft response ({} from vLLM's)."""
+    return {name: float(ms) for name, ms in re.findall(r"(\w+);dur=([0-9.]+)", header)}
 
 
 async def measure(direct: httpx.AsyncClient, graft: httpx.AsyncClient, bodies: dict[str, list[dict]],
@@ -288,12 +308,17 @@ def report(results: dict[int, dict[str, Arm]], meta: dict, args) -> None:
         print(f"  {'':24}{'direct':>12}{'graft':>12}{'graft/direct':>15}")
         for name, dv, gv in rows:
             print(f"  {name:24}{dv:12.1f}{gv:12.1f}{gv / dv:15.3f}")
-        added = rows[0][2] - rows[0][1]
+        difference = rows[0][2] - rows[0][1]
+        added = percentile(g.own_s, 50) * 1000
         ratio = rows[2][2] / rows[2][1]
         graft_sum = sum(g.latencies)
         share = g.retrieval_s / graft_sum if graft_sum else float("nan")
-        print(f"  added p50 latency: {added:+.1f} ms  |  mean added latency: "
-              f"{(statistics.mean(g.latencies) - statistics.mean(d.latencies)) * 1000:+.1f} ms")
+        print(f"  added latency per graft request (client-seen - engine time, Server-Timing): "
+              f"p50 {added:.1f} ms, p99 {percentile(g.own_s, 99) * 1000:.1f} ms; of it planning "
+              f"p50 {percentile(g.plan_s, 50) * 1000:.1f} ms")
+        print(f"  difference of the arms' p50s: {difference:+.1f} ms, of their means: "
+              f"{(statistics.mean(g.latencies) - statistics.mean(d.latencies)) * 1000:+.1f} ms "
+              "(mostly engine run-to-run noise)")
         print(f"  retrieval share of graft latency: {share * 100:.2f} %  "
               f"(graft_retrieval_seconds {g.retrieval_s * 1000 / max(g.retrieval_n, 1):.1f} ms mean over "
               f"{g.retrieval_n} requests; gateway-side request time {g.server_s * 1000 / max(g.retrieval_n, 1):.1f} "
@@ -301,17 +326,34 @@ def report(results: dict[int, dict[str, Arm]], meta: dict, args) -> None:
         verdict_t = "PASS" if ratio >= GOAL_THROUGHPUT_RATIO else "FAIL"
         verdict_l = "PASS" if added <= GOAL_ADDED_P50_MS else "FAIL"
         print(f"  goal: throughput ratio {ratio:.3f} >= {GOAL_THROUGHPUT_RATIO}: {verdict_t}  |  "
-              f"added p50 {added:+.1f} ms <= {GOAL_ADDED_P50_MS:.0f} ms: {verdict_l}")
+              f"added p50 {added:.1f} ms <= {GOAL_ADDED_P50_MS:.0f} ms: {verdict_l}")
     print(line)
+    print_breakdown(meta["breakdown"])
+    print(line)
+
+
+def print_breakdown(breakdown: dict[str, list[float]]) -> None:
     print("planner steps, in-process, serial (ms per question)")
     print(f"  {'step':30}{'p50':>9}{'p99':>9}{'mean':>9}")
-    for name, values in meta["breakdown"].items():
+    for name, values in breakdown.items():
         print(f"  {name:30}{percentile(values, 50):9.2f}{percentile(values, 99):9.2f}"
               f"{statistics.mean(values):9.2f}")
-    print(line)
+
+
+async def planner_only(args) -> int:
+    docs, questions = corpus_and_questions(args.documents)
+    with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmp:
+        # No engine: planning never calls it (completions would answer 503).
+        settings = migrated_settings(Path(tmp), Path(args.base_model), port=free_port(),
+                                     engine_urls=["http://127.0.0.1:9"])
+        _, meta = await prepare(settings, questions, docs, args.max_tokens)
+    print_breakdown(meta["breakdown"])
+    return 0
 
 
 async def main(args) -> int:
+    if args.planner_only:
+        return await planner_only(args)
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
     docs, questions = corpus_and_questions(args.documents)
     base_model = Path(args.base_model)
@@ -359,6 +401,8 @@ def parse_args(argv=None):
                         help="prepared HF model folder (must be what the engine serves)")
     parser.add_argument("--gateway", choices=("subprocess", "inprocess"), default="subprocess",
                         help="run the measured gateway as `python -m service serve` or in this process")
+    parser.add_argument("--planner-only", action="store_true",
+                        help="only time the planner's steps in process (no engine started)")
     return parser.parse_args(argv)
 
 

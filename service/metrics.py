@@ -18,6 +18,9 @@ class Metrics:
                                  ["method", "route"], registry=r)
         self.retrieval_latency = Histogram("graft_retrieval_seconds", "Retrieval time per request",
                                            registry=r, buckets=(.001, .002, .005, .01, .02, .05, .1, .5))
+        self.plan_latency = Histogram("graft_plan_seconds", "Planning time per request: retrieval "
+                                      "and prompt building", registry=r,
+                                      buckets=(.001, .002, .005, .01, .015, .02, .05, .1, .5))
         self.engine_ready = Gauge("graft_engines_ready", "Engines ready to take traffic", registry=r)
         self.completion_tokens = Counter("graft_completion_tokens_total", "Generated tokens",
                                          ["model"], registry=r)

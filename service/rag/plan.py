@@ -14,7 +14,8 @@ class Plan:
     engine_model: str  # base model name or `adapter@version`
     payload: dict[str, Any]
     citations: list[dict[str, Any]] = field(default_factory=list)
-    retrieval_s: float = 0.0
+    retrieval_s: float = 0.0  # corpus lookup, search and hydration
+    plan_s: float = 0.0  # all of planning: retrieval and prompt building
 
 
 def validate_request(kind: str, body: dict[str, Any]) -> None:

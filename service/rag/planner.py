@@ -1,6 +1,7 @@
 """Resolve `model` to the base model or a domain and build the engine request for it."""
 
 import asyncio
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,14 +39,13 @@ class Planner:
         if route is None:
             raise ApiError(404, f"model {model!r} does not exist: name a domain or {self.base_model!r} "
                            "(GET /v1/models lists them)", param="model", code="model_not_found")
+        started = time.perf_counter()
         settings = self._retrieval_settings(route, body.get("retrieval"))
         query = _query_of(kind, body)
         passages, seconds = [], 0.0
         if settings is not None and query and settings["k"] > 0 and settings["corpora"]:
-            corpora = self._corpora(settings["corpora"])
-            hits, seconds = await asyncio.to_thread(
-                self.retriever.search, corpora, query, settings["k"], settings["mode"],
-                settings["min_score"])
+            # One hop off the event loop for all of it: SQL and embedding both block.
+            hits, seconds = await asyncio.to_thread(self._retrieve, settings, query)
             passages = [Passage(h.corpus, h.document_id, h.chunk_id, h.score, h.text, h.metadata)
                         for h in hits]
         payload = {k: v for k, v in body.items() if k not in GRAFT_FIELDS}
@@ -64,7 +64,14 @@ class Planner:
                       "chunk_id": p.chunk_id, "score": p.score, "text": p.text, "metadata": p.metadata}
                      for i, p in enumerate(used)]
         return Plan(engine_model=route.engine_model, payload=payload, citations=citations,
-                    retrieval_s=seconds)
+                    retrieval_s=seconds, plan_s=time.perf_counter() - started)
+
+    def _retrieve(self, settings: dict, query: str) -> tuple[list, float]:
+        started = time.perf_counter()
+        corpora = self._corpora(settings["corpora"])
+        hits, _ = self.retriever.search(corpora, query, settings["k"], settings["mode"],
+                                        settings["min_score"])
+        return hits, time.perf_counter() - started
 
     def _retrieval_settings(self, route: DomainRoute, override: Any) -> dict | None:
         if override is False:

@@ -63,15 +63,15 @@ class Retriever:
         if not ranked:
             return []
         ids = [cid for cid, _ in ranked]
-        with self.sessions() as session:
-            rows = {row.Chunk.id: row for row in session.execute(
-                select(Chunk, Document.external_id, Document.doc_metadata)
+        with self.sessions() as session:  # plain columns: no ORM objects to build per hit
+            rows = {row.id: row for row in session.execute(
+                select(Chunk.id, Chunk.text, Document.external_id, Document.doc_metadata)
                 .join(Document, Chunk.document_id == Document.id).where(Chunk.id.in_(ids)))}
         hits = []
         for cid, score in ranked:
             row = rows.get(cid)
             if row is None:  # deleted between search and hydration
                 continue
-            hits.append(Hit(owners[cid], row.external_id, cid, float(score), row.Chunk.text,
+            hits.append(Hit(owners[cid], row.external_id, cid, float(score), row.text,
                             row.doc_metadata or {}))
         return hits

@@ -1,6 +1,7 @@
 """OpenAI-compatible completions: plan (retrieval, routing) then relay to an engine."""
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -36,15 +37,27 @@ async def _complete(kind: str, request: Request, state: GatewayState):
     validate_request(kind, body)
     plan: Plan = await state.planner.plan(kind, body)
     state.metrics.retrieval_latency.observe(plan.retrieval_s)
+    state.metrics.plan_latency.observe(plan.plan_s)
     path = ENGINE_PATHS[kind]
     if body.get("stream"):
         return await _stream(state, path, body["model"], plan)
     async with state.pool.lease(plan.engine_model) as engine:
+        started = time.perf_counter()
         result = await engine.client.complete(path, plan.payload)
+        engine_s = time.perf_counter() - started
     _decorate(result, body["model"], plan)
     usage = result.get("usage") or {}
     state.metrics.completion_tokens.labels(plan.engine_model).inc(usage.get("completion_tokens", 0))
-    return JSONResponse(result)
+    return JSONResponse(result, headers={"Server-Timing": _server_timing(plan, engine_s)})
+
+
+def _server_timing(plan: Plan, engine_s: float | None = None) -> str:
+    """W3C Server-Timing, in ms: where a request's time went (browsers' dev tools show it; the
+    gateway bench reads it to take graft's own share out of each request's latency)."""
+    parts = [f"retrieval;dur={plan.retrieval_s * 1000:.2f}", f"plan;dur={plan.plan_s * 1000:.2f}"]
+    if engine_s is not None:
+        parts.append(f"engine;dur={engine_s * 1000:.2f}")
+    return ", ".join(parts)
 
 
 def _decorate(event: dict[str, Any], requested_model: str, plan: Plan) -> None:
@@ -68,7 +81,8 @@ async def _stream(state: GatewayState, path: str, requested_model: str, plan: Pl
         raise
     return StreamingResponse(_relay(lease, events, first, requested_model, plan),
                              media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                      "Server-Timing": _server_timing(plan)})
 
 
 async def _relay(lease, events: AsyncIterator[dict], first: dict | None, requested_model: str,

@@ -76,6 +76,9 @@ async def test_prompt_carries_numbered_passages_and_citations(gateway, fake_engi
     assert system["role"] == "system" and system["content"].startswith("You are the archivist.")
     assert "[1] (document: zorblax) The Zorblax Institute was founded in 1847" in system["content"]
     assert sent["messages"][-1] == {"role": "user", "content": "Who founded the Zorblax Institute?"}
+    timing = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
+    assert set(timing) == {"retrieval", "plan", "engine"}
+    assert 0 < float(timing["retrieval"]) <= float(timing["plan"])
 
     off = await gateway.post("/v1/chat/completions", json={
         "model": "lore", "retrieval": False, "messages": [{"role": "user", "content": "Who founded it?"}]})
@@ -93,10 +96,11 @@ async def test_prompt_carries_numbered_passages_and_citations(gateway, fake_engi
               if line.startswith("data:") and line != "data: [DONE]"]
     assert events[0]["citations"][0]["document_id"] == "zorblax"
     assert stream.text.rstrip().endswith("data: [DONE]")
+    assert stream.headers["server-timing"].startswith("retrieval;dur=")
 
     metrics = (await gateway.get("/metrics")).text
     assert 'graft_http_requests_total{method="POST",route="/v1/chat/completions",status="200"} 3.0' in metrics
-    assert "graft_retrieval_seconds_count 4.0" in metrics
+    assert "graft_retrieval_seconds_count 4.0" in metrics and "graft_plan_seconds_count 4.0" in metrics
 
 
 async def test_completion_errors(gateway, fake_engine):

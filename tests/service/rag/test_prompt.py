@@ -188,3 +188,54 @@ def test_special_tokens_in_passages_are_removed(tokenizer):
     messages, used = builder.build_chat([{"role": "user", "content": "q"}], [hostile], None, 16)
     assert used == [hostile]
     assert messages[0]["content"].count("<|im_end|>") == 0 and "<|im_start|>" not in messages[0]["content"]
+
+
+TRICKY_ENDINGS = ["plain words", "ends with a dot.", "trailing space ", "new line\n", "two lines\n\n",
+                  "tab\t", "ellipsis…", "[bracket]", "数字と漢字", "emoji 🙂", "url http://x.y/z?a=1",
+                  "code `x = [1]`", "  leading spaces", "\nleading newline", "1234567"]
+
+
+def test_join_slack_bounds_the_real_prompt(tokenizer):
+    """The fast path trusts the separately counted line parts plus _join_slack; the real count
+    must never exceed that bound, whatever the passages start or end with."""
+    import random
+
+    from service.rag.prompt import _join_slack, _line, _retrieval_block
+
+    rng = random.Random(3)
+    builder = PromptBuilder(tokenizer, max_model_len=8192)
+    for trial in range(150):
+        k = rng.randint(1, 6)
+        texts = [rng.choice(TRICKY_ENDINGS) + " " + " ".join(rng.choice(TRICKY_ENDINGS) for _ in range(3))
+                 + rng.choice(TRICKY_ENDINGS) for _ in range(k)]
+        passages = [Passage("kb", rng.choice(["d", "doc 1", "a/b.txt", "é"]), i, 1.0, t)
+                    for i, t in enumerate(texts)]
+        lines = [_line(i + 1, p, builder._specials) for i, p in enumerate(passages)]
+        costs = builder._line_costs(passages, 1)
+        system = rng.choice([None, "Be terse."])
+        base = builder.count_chat_tokens([{"role": "system", "content": "\n\n".join(
+            p for p in (system, _retrieval_block([])) if p)}, *QUESTION])
+        real = builder.count_chat_tokens([{"role": "system", "content": "\n\n".join(
+            p for p in (system, _retrieval_block(lines)) if p)}, *QUESTION])
+        assert real <= base + sum(costs) + _join_slack(k), (trial, texts)
+
+
+def test_cached_counts_match_fresh_ones(tokenizer):
+    builder = PromptBuilder(tokenizer, max_model_len=8192)
+    passages = [passage(i, words=10 + i) for i in range(5)]
+    fresh = builder._line_costs(passages, 1)
+    assert builder._line_costs(passages, 1) == fresh  # now from the cache
+    assert builder._line_costs(passages[2:], 3) == fresh[2:]
+    assert len(builder._body_tokens) == 5
+
+
+def test_fast_path_prompt_fits_exactly_at_the_edge(tokenizer):
+    """Budgets just around the fast-path threshold still give prompts that fit."""
+    passages = [passage(i, words=30) for i in range(4)]
+    needed = PromptBuilder(tokenizer, 100000).count_chat_tokens(
+        PromptBuilder(tokenizer, 100000).build_chat(QUESTION, passages, None, 0)[0])
+    for max_len in range(needed - 12, needed + 14):
+        builder = PromptBuilder(tokenizer, max_model_len=max_len)
+        messages, used = builder.build_chat(QUESTION, passages, None, 0)
+        assert builder.count_chat_tokens(messages) <= max_len
+        assert len(used) >= 3
