@@ -101,8 +101,7 @@ class IngestionWorker:
                 return
             job.status, job.reason = "running", None
             touch(job)
-        entry = self.registry.get(corpus.id) or self.registry.load(
-            corpus.id, corpus.embedding_model, corpus.current_generation)
+        entry = self.registry.current(corpus.id, corpus.embedding_model, corpus.current_generation)
         with entry.write_lock:
             try:
                 self._ingest(job_id, corpus, entry)

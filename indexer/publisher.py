@@ -2,6 +2,8 @@
 
 Order matters for crash safety: the generation folder is complete and fsynced before SQL
 points at it; SQL commits before the in-memory searcher switches; old folders go last.
+A change is built on the generation in memory; if SQL has moved past it (another gateway
+published meanwhile), the commit is refused rather than undoing that gateway's change.
 """
 
 from collections.abc import Callable, Sequence
@@ -13,6 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters_store.models import Chunk, Corpus, IndexGeneration
 from indexer.lexical import LexicalIndex
 from indexer.registry import CorpusEntry, CorpusRegistry
+
+
+class StaleGeneration(Exception):
+    """The corpus was changed elsewhere since the generation this change was built on."""
 
 
 def publish_change(
@@ -42,11 +48,19 @@ def publish_change(
     lexical = LexicalIndex.build(ids, texts)
 
     number = (entry.generation or 0) + 1
-    path = registry.store.write(entry.corpus_id, number, vector, lexical)
+    try:
+        path = registry.store.write(entry.corpus_id, number, vector, lexical)
+    except FileExistsError as exc:
+        raise StaleGeneration(f"generation {number} of this corpus is already on disk: another gateway "
+                              "published it since, or wrote it and failed before its commit; retry") from exc
     with sessions() as session, session.begin():
-        corpus = session.get(Corpus, entry.corpus_id)
+        corpus = session.get(Corpus, entry.corpus_id, with_for_update=True)  # PostgreSQL: one writer at a time
         if corpus is None:
             raise LookupError("the corpus was deleted while it was being changed")
+        if corpus.current_generation != entry.generation:
+            raise StaleGeneration(f"corpus {corpus.name!r} moved to generation {corpus.current_generation} "
+                                  f"(another gateway changed it) while this change was built on "
+                                  f"{entry.generation}; retry it")
         apply_rows(session)
         session.add(IndexGeneration(corpus_id=corpus.id, number=number, path=str(path),
                                     chunk_count=len(vector), index_kind=vector.kind))

@@ -1,9 +1,12 @@
 """The searchable state of every corpus: its current generation loaded in memory.
 
 A corpus's generation is replaced as a whole (`publish`), after it is durable on disk and
-committed in SQL, so a search always sees one consistent generation.
+committed in SQL, so a search always sees one consistent generation. Gateways sharing the index
+folder and database follow SQL's generation pointer (`current`): a generation another gateway
+published is loaded on the first request that sees the pointer move.
 """
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +16,8 @@ from indexer.generation import GenerationStore
 from indexer.lexical import LexicalIndex
 from indexer.search import CorpusSearcher
 from indexer.vector_index import EF_CONSTRUCTION, EF_SEARCH, HNSW_M, VectorIndex
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,8 +63,7 @@ class CorpusRegistry:
                                        ef_construction=self.ef_construction, ef_search=self.ef_search)
             lexical = LexicalIndex.build([], [])
         else:
-            vector, lexical = self.store.load(corpus_id, generation)
-            vector.ef_search = self.ef_search
+            vector, lexical = self._read(corpus_id, generation)
         entry = CorpusEntry(corpus_id, embedding_model, generation,
                             CorpusSearcher(embedder, vector, lexical))
         with self._lock:
@@ -72,11 +76,41 @@ class CorpusRegistry:
     def get(self, corpus_id: int) -> CorpusEntry | None:
         return self._entries.get(corpus_id)
 
+    def current(self, corpus_id: int, embedding_model: str, generation: int | None) -> CorpusEntry:
+        """The corpus's entry at SQL's `generation` or newer, loading it when another gateway has
+        published it. Never waits for a writer: while one holds the corpus's write lock here, the
+        generation in memory is served (the writer publishes its own in a moment)."""
+        entry = self._entries.get(corpus_id)
+        if entry is None:
+            return self.load(corpus_id, embedding_model, generation)
+        if not _is_behind(entry, generation) or not entry.write_lock.acquire(blocking=False):
+            return entry
+        try:
+            if _is_behind(entry, generation):
+                _switch(entry, generation, *self._read(corpus_id, generation))
+        except FileNotFoundError as exc:  # already superseded and removed by its writer
+            log.warning("corpus %s stays at generation %s: %s", corpus_id, entry.generation, exc)
+        finally:
+            entry.write_lock.release()
+        return entry
+
+    def _read(self, corpus_id: int, generation: int) -> tuple[VectorIndex, LexicalIndex]:
+        vector, lexical = self.store.load(corpus_id, generation)
+        vector.ef_search = self.ef_search
+        return vector, lexical
+
     def publish(self, corpus_id: int, generation: int, vector: VectorIndex, lexical: LexicalIndex) -> None:
-        entry = self._entries[corpus_id]
-        entry.searcher = CorpusSearcher(entry.searcher.embedder, vector, lexical)
-        entry.generation = generation
+        _switch(self._entries[corpus_id], generation, vector, lexical)
 
     def drop(self, corpus_id: int) -> None:
         with self._lock:
             self._entries.pop(corpus_id, None)
+
+
+def _switch(entry: CorpusEntry, generation: int, vector: VectorIndex, lexical: LexicalIndex) -> None:
+    entry.searcher = CorpusSearcher(entry.searcher.embedder, vector, lexical)
+    entry.generation = generation
+
+
+def _is_behind(entry: CorpusEntry, generation: int | None) -> bool:
+    return generation is not None and (entry.generation is None or entry.generation < generation)

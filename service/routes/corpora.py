@@ -12,6 +12,7 @@ from adapters_store import corpus_repo as repo
 from adapters_store.models import Corpus
 from indexer.deletion import delete_document
 from indexer.durable import fsync_dir
+from indexer.publisher import StaleGeneration
 from service.errors import ApiError
 from service.ingest_request import items_from_json, items_from_multipart
 from service.state import GatewayState, admin_principal, get_state, inference_principal
@@ -146,7 +147,10 @@ async def remove_document(name: str, document_id: str, state: GatewayState = Dep
         except repo.NotFound as exc:
             raise ApiError(404, str(exc), param="document_id", code="document_not_found") from exc
     entry = state.retriever.entry(corpus)
-    generation = await asyncio.to_thread(delete_document, state.sessions, state.registry, entry, document.id)
+    try:
+        generation = await asyncio.to_thread(delete_document, state.sessions, state.registry, entry, document.id)
+    except StaleGeneration as exc:
+        raise ApiError(409, str(exc), param="document_id", code="corpus_changed") from exc
     return {"object": "document.deleted", "id": document_id, "deleted": True, "generation": generation}
 
 

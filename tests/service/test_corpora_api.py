@@ -176,3 +176,28 @@ async def test_corpus_validation_errors(gateway):
     empty = await search(gateway, "one", "anything at all")
     assert empty == []
     assert json.loads((await gateway.get("/v1/corpora")).text)["data"][0]["name"] == "one"
+
+
+async def test_gateways_sharing_the_data_follow_each_others_generations(make_settings):
+    """Two replicas on one database and index folder: each serves what the other published."""
+    engine = FakeEngine().transport()
+    first, second = make_settings(engine_urls=["http://fake-engine"]), make_settings(engine_urls=["http://fake-engine"])
+    assert first.data_dir == second.data_dir and first.port != second.port
+    async with running_gateway(first, engine_transport=engine) as url_a, \
+            running_gateway(second, engine_transport=engine) as url_b, client(url_a) as a, client(url_b) as b:
+        assert (await a.post("/v1/corpora", json={"name": "shared"})).status_code == 201
+        assert await search(b, "shared", "otters") == []  # b loads the empty corpus
+
+        job = await upload(a, "shared", [("otters.txt", b"Sea otters hold hands while they sleep.", "text/plain")])
+        assert job["status"] == "succeeded"
+        assert [h["document_id"] for h in await search(b, "shared", "otters sleep")] == ["otters.txt"]
+
+        job = await upload(b, "shared", [("koalas.txt", b"Koalas sleep up to 22 hours a day.", "text/plain")])
+        assert job["status"] == "succeeded"  # built on a's generation, which b followed
+        for http in (a, b):
+            assert {h["document_id"] for h in await search(http, "shared", "sleep", k=5)} == {"otters.txt", "koalas.txt"}
+            assert (await http.get("/v1/corpora/shared")).json()["generation"] == 2
+
+        deleted = await a.delete("/v1/corpora/shared/documents/otters.txt")
+        assert deleted.status_code == 200, deleted.text
+        assert [h["document_id"] for h in await search(b, "shared", "sleep", k=5)] == ["koalas.txt"]
