@@ -101,7 +101,8 @@ class IngestionWorker:
                 return
             job.status, job.reason = "running", None
             touch(job)
-        entry = self.registry.current(corpus.id, corpus.embedding_model, corpus.current_generation)
+        entry = self.registry.current(corpus.id, corpus.embedding_model, corpus.current_generation,
+                                       corpus.created_at)
         with entry.write_lock:
             try:
                 self._ingest(job_id, corpus, entry)

@@ -28,6 +28,9 @@ class CorpusEntry:
     searcher: CorpusSearcher
     # Serialises the writers of this corpus (ingestion jobs, deletes); readers never take it.
     write_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Tells a corpus from a later one that got the same id (SQLite reuses the largest id after a
+    # delete): its created_at, compared as read from SQL.
+    incarnation: object = None
 
 
 class CorpusRegistry:
@@ -55,7 +58,8 @@ class CorpusRegistry:
                 self._embedders[name] = self.load_embedder(name)
             return self._embedders[name]
 
-    def load(self, corpus_id: int, embedding_model: str, generation: int | None) -> CorpusEntry:
+    def load(self, corpus_id: int, embedding_model: str, generation: int | None,
+             incarnation: object = None) -> CorpusEntry:
         """Load a corpus at its committed generation (an empty index when it has none yet)."""
         embedder = self.embedder(embedding_model)
         if generation is None:
@@ -65,7 +69,7 @@ class CorpusRegistry:
         else:
             vector, lexical = self._read(corpus_id, generation)
         entry = CorpusEntry(corpus_id, embedding_model, generation,
-                            CorpusSearcher(embedder, vector, lexical))
+                            CorpusSearcher(embedder, vector, lexical), incarnation=incarnation)
         with self._lock:
             previous = self._entries.get(corpus_id)
             if previous is not None:
@@ -76,13 +80,15 @@ class CorpusRegistry:
     def get(self, corpus_id: int) -> CorpusEntry | None:
         return self._entries.get(corpus_id)
 
-    def current(self, corpus_id: int, embedding_model: str, generation: int | None) -> CorpusEntry:
+    def current(self, corpus_id: int, embedding_model: str, generation: int | None,
+                incarnation: object = None) -> CorpusEntry:
         """The corpus's entry at SQL's `generation` or newer, loading it when another gateway has
-        published it. Never waits for a writer: while one holds the corpus's write lock here, the
-        generation in memory is served (the writer publishes its own in a moment)."""
+        published it (or deleted the corpus and created another under its id). Never waits for a
+        writer: while one holds the corpus's write lock here, the generation in memory is served
+        (the writer publishes its own in a moment)."""
         entry = self._entries.get(corpus_id)
-        if entry is None:
-            return self.load(corpus_id, embedding_model, generation)
+        if entry is None or entry.incarnation != incarnation:
+            return self.load(corpus_id, embedding_model, generation, incarnation)
         if not _is_behind(entry, generation) or not entry.write_lock.acquire(blocking=False):
             return entry
         try:

@@ -33,7 +33,8 @@ class Retriever:
         self.registry = registry
 
     def entry(self, corpus: Corpus) -> CorpusEntry:
-        return self.registry.current(corpus.id, corpus.embedding_model, corpus.current_generation)
+        return self.registry.current(corpus.id, corpus.embedding_model, corpus.current_generation,
+                                     corpus.created_at)
 
     def search(self, corpora: list[Corpus], query: str, k: int, mode: str,
                min_score: float | None = None) -> tuple[list[Hit], float]:

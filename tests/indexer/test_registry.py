@@ -75,3 +75,14 @@ def test_a_generation_already_removed_keeps_the_one_in_memory(tmp_path, caplog):
     assert (entry.generation, len(entry.searcher.vector)) == (1, 10)
     assert "stays at generation 1" in caplog.text
     assert not entry.write_lock.locked()
+
+
+def test_a_new_corpus_under_a_reused_id_is_not_served_the_old_ones_index(tmp_path):
+    store = GenerationStore(tmp_path)
+    store.write(3, 5, *make_indexes(10, seed=1))
+    here = registry_over(store)
+    old = here.current(3, "any", 5, "created 09:00")
+    store.remove_corpus(3)  # deleted through another gateway, then created again: SQLite gave it id 3
+    new = here.current(3, "any", None, "created 10:00")
+    assert new is not old and new.generation is None and len(new.searcher.vector) == 0
+    assert here.current(3, "any", None, "created 10:00") is new
