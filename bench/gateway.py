@@ -107,7 +107,7 @@ async def planner_breakdown(state, questions: list[str], max_tokens: int) -> dic
         route = planner.routes.get(DOMAIN)
         corpora = planner._corpora(list(route.corpora))
         t = note("corpus lookup (SQL)", t)
-        searcher = retriever.entry(corpora[0]).searcher
+        searcher = retriever.registry.entry_for(corpora[0]).searcher
         vector = searcher.embedder.encode([question])[0]
         t = note("query embedding", t)
         dense = searcher.search_vector(vector, hybrid_candidates(K))

@@ -101,8 +101,7 @@ class IngestionWorker:
                 return
             job.status, job.reason = "running", None
             touch(job)
-        entry = self.registry.current(corpus.id, corpus.embedding_model, corpus.current_generation,
-                                       corpus.created_at)
+        entry = self.registry.entry_for(corpus)
         with entry.write_lock:
             try:
                 self._ingest(job_id, corpus, entry)

@@ -100,6 +100,11 @@ class CorpusRegistry:
             entry.write_lock.release()
         return entry
 
+    def entry_for(self, corpus) -> CorpusEntry:
+        """`current` for a corpus row as read from SQL (id, embedding_model, current_generation,
+        created_at)."""
+        return self.current(corpus.id, corpus.embedding_model, corpus.current_generation, corpus.created_at)
+
     def _read(self, corpus_id: int, generation: int) -> tuple[VectorIndex, LexicalIndex]:
         vector, lexical = self.store.load(corpus_id, generation)
         vector.ef_search = self.ef_search

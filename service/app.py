@@ -138,7 +138,7 @@ def _load_corpora(sessions, registry: CorpusRegistry) -> None:
     with sessions() as session:
         corpora = list(session.scalars(select(Corpus)))
     for corpus in corpora:
-        registry.load(corpus.id, corpus.embedding_model, corpus.current_generation, corpus.created_at)
+        registry.entry_for(corpus)
         keep = {corpus.current_generation} if corpus.current_generation else set()
         registry.store.remove_except(corpus.id, keep)
 

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters_store.models import Chunk, Corpus, Document
 from indexer.hybrid import reciprocal_rank_fusion
-from indexer.registry import CorpusEntry, CorpusRegistry
+from indexer.registry import CorpusRegistry
 
 MODES = ("dense", "bm25", "hybrid")
 
@@ -32,10 +32,6 @@ class Retriever:
         self.sessions = sessions
         self.registry = registry
 
-    def entry(self, corpus: Corpus) -> CorpusEntry:
-        return self.registry.current(corpus.id, corpus.embedding_model, corpus.current_generation,
-                                     corpus.created_at)
-
     def search(self, corpora: list[Corpus], query: str, k: int, mode: str,
                min_score: float | None = None) -> tuple[list[Hit], float]:
         """Top-k hits over `corpora` (fused by rank when there are several), and seconds spent."""
@@ -43,7 +39,7 @@ class Retriever:
         vectors: dict[str, object] = {}  # one query embedding per embedding model
         rankings, owners = [], {}
         for corpus in corpora:
-            entry = self.entry(corpus)
+            entry = self.registry.entry_for(corpus)
             searcher = entry.searcher
             if mode != "bm25" and corpus.embedding_model not in vectors:
                 vectors[corpus.embedding_model] = searcher.embedder.encode([query])[0]

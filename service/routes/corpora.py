@@ -146,9 +146,12 @@ async def remove_document(name: str, document_id: str, state: GatewayState = Dep
             document = repo.get_document(session, corpus, document_id)
         except repo.NotFound as exc:
             raise ApiError(404, str(exc), param="document_id", code="document_not_found") from exc
-    entry = state.retriever.entry(corpus)
+
+    def delete() -> int:  # in a thread: following the generation pointer may read it from disk
+        return delete_document(state.sessions, state.registry, state.registry.entry_for(corpus), document.id)
+
     try:
-        generation = await asyncio.to_thread(delete_document, state.sessions, state.registry, entry, document.id)
+        generation = await asyncio.to_thread(delete)
     except StaleGeneration as exc:
         raise ApiError(409, str(exc), param="document_id", code="corpus_changed") from exc
     return {"object": "document.deleted", "id": document_id, "deleted": True, "generation": generation}
