@@ -6,6 +6,11 @@ from typing import Any
 
 import httpx
 
+# vLLM's server closes an idle keep-alive connection after 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE). A request
+# sent on a connection at that moment fails with "server disconnected"; dropping idle connections well
+# before that keeps the gateway from ever reusing one the engine is about to close.
+IDLE_CONNECTION_EXPIRY_S = 2.0
+
 
 class EngineError(Exception):
     """The engine answered with an error; carries its status and message for the client."""
@@ -42,18 +47,23 @@ class EngineClient:
             transport=transport,
             headers=headers,
             timeout=httpx.Timeout(request_timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64,
+                                keepalive_expiry=IDLE_CONNECTION_EXPIRY_S),
         )
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def health(self, timeout_s: float = 2.0) -> bool:
-        try:
-            response = await self._http.get("/health", timeout=timeout_s)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+    async def health(self, timeout_s: float = 2.0, attempts: int = 2) -> bool:
+        """Whether /health answers 200. A failed probe is tried once more before the engine is called
+        down, since a down engine is taken out of rotation and has its adapters reloaded."""
+        for _ in range(attempts):
+            try:
+                response = await self._http.get("/health", timeout=timeout_s)
+            except httpx.HTTPError:
+                continue
+            return response.status_code == 200
+        return False
 
     async def model_names(self) -> list[str]:
         body = await self.post_or_get("GET", "/v1/models")

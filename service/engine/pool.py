@@ -65,10 +65,6 @@ class EnginePool:
             log.exception("engine %s could not be prepared; keeping it out of rotation", engine.url)
             engine.healthy = False
 
-    def mark_down(self, engine: EngineHandle) -> None:
-        engine.healthy = engine.ready = False
-        engine.loaded_adapters.clear()
-
     def start_monitor(self) -> None:
         self._monitor = asyncio.create_task(self._monitor_loop(), name="engine-monitor")
 

@@ -99,6 +99,7 @@ async def test_client_disconnect_cancels_the_engine_request(gateway_url, local_e
         async with http.stream("POST", "/v1/chat/completions", json={
                 "model": "lore", "messages": QUESTION, "max_tokens": 1500, "ignore_eos": True,
                 "stream": True}) as response:
+            assert response.status_code == 200, (response.status_code, await response.aread())
             lines = response.aiter_lines()
             for _ in range(3):
                 await anext(lines)

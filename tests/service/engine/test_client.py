@@ -23,6 +23,19 @@ async def test_connection_failure_is_unavailable():
             pass
 
 
+async def test_health_survives_one_dropped_probe():
+    probes = []
+
+    def flaky(request):
+        probes.append(request)
+        if len(probes) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200)
+
+    assert await _client(flaky).health() is True
+    assert len(probes) == 2
+
+
 async def test_engine_4xx_keeps_status_and_message():
     client = _client(lambda r: httpx.Response(400, json={"error": {"message": "bad temperature"}}))
     with pytest.raises(EngineError) as info:
