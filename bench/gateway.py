@@ -105,7 +105,7 @@ async def planner_breakdown(state, questions: list[str], max_tokens: int) -> dic
         body = chat_body(question, max_tokens)
         t = t0 = time.perf_counter()
         route = planner.routes.get(DOMAIN)
-        corpora = planner._corpora(list(route.corpora))
+        corpora = retriever._lookup(list(route.corpora))
         t = note("corpus lookup (SQL)", t)
         searcher = retriever.registry.entry_for(corpora[0]).searcher
         vector = searcher.embedder.encode([question])[0]

@@ -82,7 +82,7 @@ async def _start(settings: Settings, local_engine: LocalEngine | None, transport
                               hnsw_m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
                               ef_search=settings.hnsw_ef_search, load_embedder=embedder_loader(settings))
     await asyncio.to_thread(_load_corpora, sessions, registry)
-    retriever = Retriever(sessions, registry)
+    retriever = Retriever(db, registry)
     worker = IngestionWorker(sessions, registry, IngestLimits(
         settings.max_pdf_pages, settings.extract_timeout_s, settings.embedding_batch_size))
     routes = RoutingTable(settings.base_model_name)

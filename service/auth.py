@@ -4,6 +4,7 @@ Keys come from the database (`graft keys create`) and from GRAFT_API_KEYS (boots
 With no key at all, the gateway is open, and `graft serve` refuses to bind beyond loopback.
 """
 
+import asyncio
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ class Authenticator:
         with session_factory() as session:
             self.open_mode = not any_key_configured(session, bootstrap_keys)
 
-    def authenticate(self, request: Request, scope: str) -> Principal:
+    async def authenticate(self, request: Request, scope: str) -> Principal:
         if self.open_mode:
             return Principal(None, "admin")
         header = request.headers.get("authorization", "")
@@ -64,7 +65,7 @@ class Authenticator:
             raise ApiError(401, "missing API key: send Authorization: Bearer <key>",
                            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
         digest = hash_key(token.strip())
-        principal = self._lookup(digest)
+        principal = self._bootstrap_principal(digest) or await asyncio.to_thread(self._lookup, digest)
         if principal is None:
             raise ApiError(401, "invalid API key", code="invalid_api_key",
                            headers={"WWW-Authenticate": "Bearer"})
@@ -73,9 +74,10 @@ class Authenticator:
                            code="insufficient_scope")
         return principal
 
+    def _bootstrap_principal(self, digest: str) -> Principal | None:
+        return Principal(None, "admin") if digest in self._bootstrap else None
+
     def _lookup(self, digest: str) -> Principal | None:
-        if digest in self._bootstrap:
-            return Principal(None, "admin")
         with self._sessions() as session:
             row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
         if row is None or row.revoked:

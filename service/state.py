@@ -58,13 +58,15 @@ class GatewayState:
             return self._shapes
 
 
-def get_state(request: Request) -> GatewayState:
+# Dependencies are coroutines: FastAPI runs a plain function one in a worker thread, a hop that
+# costs more than the function itself.
+async def get_state(request: Request) -> GatewayState:
     return request.app.state.graft
 
 
-def inference_principal(request: Request) -> Principal:
-    return get_state(request).auth.authenticate(request, "inference")
+async def inference_principal(request: Request) -> Principal:
+    return await request.app.state.graft.auth.authenticate(request, "inference")
 
 
-def admin_principal(request: Request) -> Principal:
-    return get_state(request).auth.authenticate(request, "admin")
+async def admin_principal(request: Request) -> Principal:
+    return await request.app.state.graft.auth.authenticate(request, "admin")

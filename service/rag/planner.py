@@ -5,14 +5,12 @@ import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select
 
-from adapters_store.models import Corpus
 from service.domains import DomainRoute, RoutingTable
 from service.errors import ApiError
 from service.rag.plan import GRAFT_FIELDS, Plan, base_plan
 from service.rag.prompt import ContextTooLong, Passage, PromptBuilder
-from service.rag.retrieval import Retriever
+from service.rag.retrieval import Retriever, UnknownCorpus
 
 
 class RetrievalOverride(BaseModel):
@@ -41,11 +39,19 @@ class Planner:
                            "(GET /v1/models lists them)", param="model", code="model_not_found")
         started = time.perf_counter()
         settings = self._retrieval_settings(route, body.get("retrieval"))
+        # One hop off the event loop for all the rest: SQL, embedding and tokenizing all block.
+        return await asyncio.to_thread(self._plan_domain, kind, body, route, settings, started)
+
+    def _plan_domain(self, kind: str, body: dict[str, Any], route: DomainRoute, settings: dict | None,
+                     started: float) -> Plan:
         query = _query_of(kind, body)
         passages, seconds = [], 0.0
         if settings is not None and query and settings["k"] > 0 and settings["corpora"]:
-            # One hop off the event loop for all of it: SQL and embedding both block.
-            hits, seconds = await asyncio.to_thread(self._retrieve, settings, query)
+            try:
+                hits, seconds = self.retriever.search(settings["corpora"], query, settings["k"],
+                                                      settings["mode"], settings["min_score"])
+            except UnknownCorpus as exc:
+                raise ApiError(404, str(exc), param="retrieval.corpora", code="corpus_not_found") from exc
             passages = [Passage(h.corpus, h.document_id, h.chunk_id, h.score, h.text, h.metadata)
                         for h in hits]
         payload = {k: v for k, v in body.items() if k not in GRAFT_FIELDS}
@@ -66,13 +72,6 @@ class Planner:
         return Plan(engine_model=route.engine_model, payload=payload, citations=citations,
                     retrieval_s=seconds, plan_s=time.perf_counter() - started)
 
-    def _retrieve(self, settings: dict, query: str) -> tuple[list, float]:
-        started = time.perf_counter()
-        corpora = self._corpora(settings["corpora"])
-        hits, _ = self.retriever.search(corpora, query, settings["k"], settings["mode"],
-                                        settings["min_score"])
-        return hits, time.perf_counter() - started
-
     def _retrieval_settings(self, route: DomainRoute, override: Any) -> dict | None:
         if override is False:
             return None
@@ -90,15 +89,6 @@ class Planner:
             raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_parameter") from exc
         settings.update({k: v for k, v in parsed.model_dump().items() if v is not None})
         return settings
-
-    def _corpora(self, names: list[str]) -> list[Corpus]:
-        with self.retriever.sessions() as session:
-            found = {c.name: c for c in session.scalars(select(Corpus).where(Corpus.name.in_(names)))}
-        missing = [n for n in names if n not in found]
-        if missing:
-            raise ApiError(404, f"corpus {missing[0]!r} does not exist", param="retrieval.corpora",
-                           code="corpus_not_found")
-        return [found[n] for n in names]
 
 
 def _query_of(kind: str, body: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from indexer.durable import fsync_dir
 from indexer.publisher import StaleGeneration
 from service.errors import ApiError
 from service.ingest_request import items_from_json, items_from_multipart
+from service.rag.retrieval import UnknownCorpus
 from service.state import GatewayState, admin_principal, get_state, inference_principal
 from service.uploads import multipart_boundary
 
@@ -159,8 +160,10 @@ async def remove_document(name: str, document_id: str, state: GatewayState = Dep
 
 @router.post("/v1/corpora/{name}/search", dependencies=[Depends(inference_principal)])
 async def search(name: str, body: SearchRequest, state: GatewayState = Depends(get_state)):
-    corpus = _corpus_or_404(state, name)
-    hits, _ = await asyncio.to_thread(state.retriever.search, [corpus], body.query, body.k, body.mode)
+    try:
+        hits, _ = await asyncio.to_thread(state.retriever.search, [name], body.query, body.k, body.mode)
+    except UnknownCorpus as exc:
+        raise ApiError(404, str(exc), param="corpus", code="corpus_not_found") from exc
     return {"object": "list", "hits": [hit.as_dict() for hit in hits]}
 
 

@@ -112,6 +112,7 @@ async def test_completion_errors(gateway, fake_engine):
         assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
     missing = await gateway.post("/v1/chat/completions", json={**ask, "retrieval": {"corpora": ["nope"]}})
     assert missing.status_code == 404
+    assert (missing.json()["error"]["param"], missing.json()["error"]["code"]) == ("retrieval.corpora", "corpus_not_found")
     huge = await gateway.post("/v1/chat/completions", json={
         "model": "lore", "messages": [{"role": "user", "content": "word " * 3000}]})
     assert huge.status_code == 400 and huge.json()["error"]["code"] == "context_length_exceeded"
