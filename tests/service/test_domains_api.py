@@ -77,8 +77,9 @@ async def test_prompt_carries_numbered_passages_and_citations(gateway, fake_engi
     assert "[1] (document: zorblax) The Zorblax Institute was founded in 1847" in system["content"]
     assert sent["messages"][-1] == {"role": "user", "content": "Who founded the Zorblax Institute?"}
     timing = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
-    assert set(timing) == {"retrieval", "plan", "engine"}
+    assert set(timing) == {"retrieval", "plan", "engine", "gateway"}
     assert 0 < float(timing["retrieval"]) <= float(timing["plan"])
+    assert float(timing["plan"]) + float(timing["engine"]) <= float(timing["gateway"])
 
     off = await gateway.post("/v1/chat/completions", json={
         "model": "lore", "retrieval": False, "messages": [{"role": "user", "content": "Who founded it?"}]})
