@@ -9,8 +9,6 @@ from adapters_store.models import Chunk, Corpus, Document
 from indexer.hybrid import reciprocal_rank_fusion
 from indexer.registry import CorpusRegistry
 
-MODES = ("dense", "bm25", "hybrid")
-
 # Built once: constructing a statement costs more than SQLite takes to run it. Plain columns on a
 # connection, no ORM session: per request this is a few hundred microseconds less.
 _CORPORA_BY_NAME = select(Corpus.id, Corpus.name, Corpus.embedding_model, Corpus.current_generation,
