@@ -38,6 +38,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` and the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import aiohttp
 import httpx
 
 from bench.common import (DEFAULT_BASE_MODEL, engine_url, free_port, migrated_settings, percentile,
@@ -152,8 +153,9 @@ _METRIC = re.compile(r"^(graft_retrieval_seconds_(?:sum|count)|"
                      r" ([0-9.e+-]+)$", re.M)
 
 
-async def scrape(http: httpx.AsyncClient) -> dict[str, float]:
-    text = (await http.get("/metrics")).text
+async def scrape(http: aiohttp.ClientSession) -> dict[str, float]:
+    async with http.get("/metrics") as response:
+        text = await response.text()
     return {m.group(1).split("{")[0]: float(m.group(2)) for m in _METRIC.finditer(text)}
 
 
@@ -183,18 +185,27 @@ class Arm:
         self.prompt_tokens.update(other.prompt_tokens)
 
 
-async def run_batch(http: httpx.AsyncClient, jobs: list[tuple[int, dict]], concurrency: int,
+def load_client(base_url: str, concurrency: int) -> aiohttp.ClientSession:
+    """The load generator's HTTP client for one arm. aiohttp, the library graft's engine client
+    uses: the client's own per-request cost counts in graft's added time (client-seen - engine
+    time), and graft's cost calling the engine is hidden in its engine time, so the two must match."""
+    return aiohttp.ClientSession(base_url, connector=aiohttp.TCPConnector(limit=concurrency * 2),
+                                 timeout=aiohttp.ClientTimeout(total=600), trust_env=False)
+
+
+async def run_batch(http: aiohttp.ClientSession, jobs: list[tuple[int, dict]], concurrency: int,
                     max_tokens: int) -> Arm:
     arm, gate = Arm(), asyncio.Semaphore(concurrency)
 
     async def one(index: int, body: dict) -> None:
         async with gate:
             started = time.perf_counter()
-            response = await http.post("/v1/chat/completions", json=body)
+            async with http.post("/v1/chat/completions", json=body) as response:
+                status, content = response.status, await response.read()
             elapsed = time.perf_counter() - started
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text[:300]}")
-        usage = response.json()["usage"]
+        if status != 200:
+            raise RuntimeError(f"{response.url}: {status} {content[:300]!r}")
+        usage = json.loads(content)["usage"]
         if usage["completion_tokens"] != max_tokens:
             raise RuntimeError(f"expected {max_tokens} generated tokens, got {usage}")
         arm.latencies.append(elapsed)
@@ -217,7 +228,7 @@ def _server_timing_ms(header: str) -> dict[str, float]:
     return {name: float(ms) for name, ms in re.findall(r"(\w+);dur=([0-9.]+)", header)}
 
 
-async def measure(direct: httpx.AsyncClient, graft: httpx.AsyncClient, bodies: dict[str, list[dict]],
+async def measure(direct: aiohttp.ClientSession, graft: aiohttp.ClientSession, bodies: dict[str, list[dict]],
                   concurrency: int, requests: int, rounds: int, max_tokens: int) -> dict[str, Arm]:
     n = len(bodies["graft"])
 
@@ -327,11 +338,9 @@ async def main(args) -> int:
             payloads, meta = await prepare(settings, questions, docs, args.max_tokens)
             print(f"[bench] corpus and plans ready after {time.perf_counter() - started:.0f}s", file=sys.stderr)
             bodies = {"graft": [chat_body(q, args.max_tokens) for q in questions], "direct": payloads}
-            limits = httpx.Limits(max_connections=max(concurrencies) * 2, max_keepalive_connections=max(concurrencies) * 2)
             results = {}
             async with gateway(args.gateway, settings, tmp / "gateway.log") as url, \
-                    httpx.AsyncClient(base_url=engine, timeout=600, limits=limits, trust_env=False) as direct, \
-                    httpx.AsyncClient(base_url=url, timeout=600, limits=limits, trust_env=False) as graft:
+                    load_client(engine, max(concurrencies)) as direct, load_client(url, max(concurrencies)) as graft:
                 for concurrency in concurrencies:
                     results[concurrency] = await measure(direct, graft, bodies, concurrency, args.requests,
                                                          args.rounds, args.max_tokens)

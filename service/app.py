@@ -42,18 +42,17 @@ class StartupError(Exception):
     pass
 
 
-def create_app(settings: Settings, *, local_engine: LocalEngine | None = None,
-               engine_transport=None) -> FastAPI:
+def create_app(settings: Settings, *, local_engine: LocalEngine | None = None) -> FastAPI:
     """Build the gateway.
 
     With `settings.engine_urls` empty, the gateway runs a local vLLM: `local_engine` if one was
     started already (by `graft serve` or a test; its starter stops it), else it starts and
-    stops one itself. `engine_transport` is the httpx seam for tests that fake the engine.
+    stops one itself.
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state = await _start(settings, local_engine, engine_transport)
+        state = await _start(settings, local_engine)
         app.state.graft = state
         try:
             yield
@@ -68,7 +67,7 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None,
     return app
 
 
-async def _start(settings: Settings, local_engine: LocalEngine | None, transport) -> GatewayState:
+async def _start(settings: Settings, local_engine: LocalEngine | None) -> GatewayState:
     for folder in (settings.data_dir, settings.indexes_dir, settings.uploads_dir,
                    settings.adapters_dir, settings.logs_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -100,8 +99,8 @@ async def _start(settings: Settings, local_engine: LocalEngine | None, transport
             await local_engine.start()
         urls = [local_engine.url]
     pool = EnginePool([EngineClient(url, connect_timeout_s=settings.engine_connect_timeout_s,
-                                    request_timeout_s=settings.engine_request_timeout_s,
-                                    transport=transport) for url in urls])
+                                    request_timeout_s=settings.engine_request_timeout_s)
+                          for url in urls])
     loader = HotLoader(pool, settings.drain_timeout_s)
     reconciler = Reconciler(loader, routes.needed_adapters, settings.base_model_name,
                             settings.reconcile_interval_s)

@@ -1,4 +1,4 @@
-"""Shared fixtures: the prepared base model, a real local vLLM engine, a real PostgreSQL server."""
+"""Shared fixtures: the prepared base model, a real local vLLM engine, a fake one, a real PostgreSQL server."""
 
 import os
 from pathlib import Path
@@ -9,6 +9,7 @@ from service.basemodel import prepare_base_model
 from service.engine.supervisor import LocalEngine
 from service.settings import Settings
 from tests.adapters_store.lora_factory import make_lora
+from tests.fake_engine import FakeEngine
 from tests.harness import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,6 +53,14 @@ def make_settings(tmp_path, base_model_dir, embedding_cache_dir):
         return settings
 
     return make
+
+
+@pytest.fixture
+async def fake_engine():
+    """The echoing fake engine (tests/fake_engine.py), served on a loopback port."""
+    engine = FakeEngine()
+    async with engine.serving():
+        yield engine
 
 
 @pytest.fixture(scope="session")

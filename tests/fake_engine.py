@@ -1,12 +1,16 @@
-"""A fake OpenAI-compatible engine as an httpx transport: for fast tests of the gateway's own logic.
+"""A fake OpenAI-compatible engine on a loopback port: for fast tests of the gateway's own logic.
 
 It echoes what it received, so tests can see the exact prompt graft built. The real vLLM engine
 is exercised by the tests marked `engine`.
 """
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-import httpx
+from aiohttp import web
+
+from tests.harness import free_port
 
 
 class FakeEngine:
@@ -14,39 +18,60 @@ class FakeEngine:
         self.base_model = base_model
         self.loaded: set[str] = set()
         self.requests: list[dict] = []
-        self.healthy = True
+        self.healthy = True  # False: every connection is dropped without an answer, as a dead engine's
         self.refuse_loads: set[str] = set()  # adapter names whose load fails, as a bad adapter would
+        self.url = ""  # set while serving
 
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[str]:
+        """Serve this engine on a free loopback port; yields its base URL."""
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._respond)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+        try:
+            yield self.url
+        finally:
+            await runner.cleanup()
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
+    async def _respond(self, request: web.Request) -> web.StreamResponse:
         if not self.healthy:
-            raise httpx.ConnectError("engine down", request=request)
-        path = request.url.path
-        body = json.loads(request.content) if request.content else {}
+            request.transport.close()
+            raise web.HTTPServiceUnavailable()  # never sent: the connection is gone
+        raw = await request.read()
+        status, answer = self.handle(request.path, json.loads(raw) if raw else {})
+        if isinstance(answer, bytes):
+            return web.Response(status=status, body=answer, content_type="text/event-stream")
+        if isinstance(answer, str):
+            return web.Response(status=status, text=answer)
+        return web.json_response(answer, status=status)
+
+    def handle(self, path: str, body: dict) -> tuple[int, dict | str | bytes]:
         if path == "/health":
-            return httpx.Response(200)
+            return 200, ""
         if path == "/v1/models":
             names = [self.base_model, *sorted(self.loaded)]
-            return httpx.Response(200, json={"data": [{"id": n} for n in names]})
+            return 200, {"data": [{"id": n} for n in names]}
         if path == "/v1/load_lora_adapter":
             if body["lora_name"] in self.refuse_loads:
-                return httpx.Response(400, json={"error": {"message": "adapter failed to load"}})
+                return 400, {"error": {"message": "adapter failed to load"}}
             self.loaded.add(body["lora_name"])
-            return httpx.Response(200, text="ok")
+            return 200, "ok"
         if path == "/v1/unload_lora_adapter":
             self.loaded.discard(body["lora_name"])
-            return httpx.Response(200, text="ok")
+            return 200, "ok"
         self.requests.append(body)
         if body["model"] != self.base_model and body["model"] not in self.loaded:
-            return httpx.Response(404, json={"error": {"message": f"model {body['model']} not found"}})
+            return 404, {"error": {"message": f"model {body['model']} not found"}}
         if path == "/v1/chat/completions":
             text = json.dumps(body["messages"])
             return self._answer(body, {"message": {"role": "assistant", "content": text}}, "chat.completion")
         return self._answer(body, {"text": body["prompt"]}, "text_completion")
 
-    def _answer(self, body: dict, choice: dict, kind: str) -> httpx.Response:
+    def _answer(self, body: dict, choice: dict, kind: str) -> tuple[int, dict | bytes]:
         result = {"id": "x", "object": kind, "model": body["model"],
                   "choices": [{"index": 0, "finish_reason": "stop", **choice}],
                   "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
@@ -54,5 +79,5 @@ class FakeEngine:
             delta = choice.get("message", {"content": choice.get("text")})
             chunk = {**result, "object": "chat.completion.chunk",
                      "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-            return httpx.Response(200, content=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
-        return httpx.Response(200, json=result)
+            return 200, f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+        return 200, result

@@ -1,15 +1,24 @@
-"""Async client for one OpenAI-compatible vLLM server. The httpx transport is the test seam."""
+"""Async client for one OpenAI-compatible vLLM server.
 
+aiohttp rather than httpx: every completion pays this client's per-request cost on top of the
+engine's, and aiohttp's is about 1 ms lower (bench/gateway.py's load generator uses it too, so
+the added latency it reports stays comparable).
+"""
+
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 
 # vLLM's server closes an idle keep-alive connection after 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE). A request
 # sent on a connection at that moment fails with "server disconnected"; dropping idle connections well
 # before that keeps the gateway from ever reusing one the engine is about to close.
 IDLE_CONNECTION_EXPIRY_S = 2.0
+MAX_CONNECTIONS = 256
+# What a failed call to the engine raises, whatever the cause: refused, reset, timed out, cut short.
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
 class EngineError(Exception):
@@ -31,38 +40,40 @@ class EngineUnavailable(EngineError):
 
 
 class EngineClient:
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        connect_timeout_s: float = 5.0,
-        request_timeout_s: float = 300.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-        api_key: str | None = None,
-    ):
+    def __init__(self, base_url: str, *, connect_timeout_s: float = 5.0, request_timeout_s: float = 300.0,
+                 api_key: str | None = None):
         self.base_url = base_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            transport=transport,
-            headers=headers,
-            timeout=httpx.Timeout(request_timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64,
-                                keepalive_expiry=IDLE_CONNECTION_EXPIRY_S),
-        )
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # No total limit: a long generation streams for as long as it produces tokens; a read
+        # that waits longer than request_timeout_s for the next bytes fails.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s,
+                                              sock_read=request_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Made on first use: an aiohttp session belongs to the event loop that creates it.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=IDLE_CONNECTION_EXPIRY_S)
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers,
+                                                  timeout=self._timeout, trust_env=False)
+        return self._session
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def health(self, timeout_s: float = 2.0, attempts: int = 2) -> bool:
         """Whether /health answers 200. A failed probe is tried once more before the engine is called
         down, since a down engine is taken out of rotation and has its adapters reloaded."""
         for _ in range(attempts):
             try:
-                response = await self._http.get("/health", timeout=timeout_s)
-            except httpx.HTTPError:
+                probe = self._http().get(f"{self.base_url}/health", timeout=aiohttp.ClientTimeout(total=timeout_s))
+                async with probe as response:
+                    await response.read()
+                    return response.status == 200
+            except _TRANSPORT_ERRORS:
                 continue
-            return response.status_code == 200
         return False
 
     async def model_names(self) -> list[str]:
@@ -77,21 +88,26 @@ class EngineClient:
         """Yield each SSE `data:` JSON event as the engine produces it, until `[DONE]`.
 
         Closing the iterator (e.g. because the gateway's client went away) closes the HTTP
-        response, and vLLM aborts the request when its connection closes.
+        connection, and vLLM aborts the request when its connection closes.
         """
+        finished = False
         try:
-            async with self._http.stream("POST", path, json=payload) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise _error_from(response)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    yield json.loads(data)
-        except httpx.TransportError as exc:
+            async with self._http().post(self.base_url + path, json=payload) as response:
+                try:
+                    if response.status != 200:
+                        raise _error_from(response.status, await response.read())
+                    async for line in response.content:
+                        if not line.startswith(b"data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            finished = True
+                            return
+                        yield json.loads(data)
+                finally:
+                    if not finished:
+                        response.close()  # drop the connection, not back to the pool: vLLM aborts
+        except _TRANSPORT_ERRORS as exc:
             raise EngineUnavailable(f"engine at {self.base_url} unreachable: {exc!r}") from exc
 
     async def load_lora(self, name: str, path: str) -> None:
@@ -102,28 +118,28 @@ class EngineClient:
 
     async def post_or_get(self, method: str, path: str, payload: dict | None = None) -> dict[str, Any]:
         try:
-            response = await self._http.request(method, path, json=payload)
-        except httpx.TransportError as exc:
+            async with self._http().request(method, self.base_url + path, json=payload) as response:
+                status, content = response.status, await response.read()
+        except _TRANSPORT_ERRORS as exc:
             raise EngineUnavailable(f"engine at {self.base_url} unreachable: {exc!r}") from exc
-        if response.status_code != 200:
-            raise _error_from(response)
-        if not response.content:
+        if status != 200:
+            raise _error_from(status, content)
+        if not content:
             return {}
         try:
-            return response.json()
+            return json.loads(content)
         except ValueError:
-            return {"text": response.text}
+            return {"text": content.decode(errors="replace")}
 
 
-def _error_from(response: httpx.Response) -> EngineError:
-    message = response.text
+def _error_from(status: int, content: bytes) -> EngineError:
+    message = content.decode(errors="replace")
     try:
-        body = response.json()
+        body = json.loads(content)
         error = body.get("error", body)
         message = error.get("message", message) if isinstance(error, dict) else str(error)
     except (ValueError, AttributeError):
         pass
-    status = response.status_code
     if status >= 500:
         return EngineUnavailable(f"engine error {status}: {message}")
     return EngineError(status, message, "invalid_request_error")

@@ -14,8 +14,7 @@ import socket
 import sys
 import time
 
-import httpx
-
+from service.engine.client import EngineClient
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,8 @@ class LocalEngine:
 
     async def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.settings.engine_start_timeout_s
-        async with httpx.AsyncClient(timeout=2.0) as http:
+        probe = EngineClient(self.url)
+        try:
             while time.monotonic() < deadline:
                 if self.process is None or self.process.returncode is not None:
                     code = None if self.process is None else self.process.returncode
@@ -124,10 +124,11 @@ class LocalEngine:
                         f"vLLM exited with code {code} during start-up (log: {self.log_path})",
                         self.log_tail(),
                     )
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{self.url}/health")).status_code == 200:
-                        return
+                if await probe.health(attempts=1):
+                    return
                 await asyncio.sleep(1.0)
+        finally:
+            await probe.aclose()
         await self._terminate()
         raise EngineStartError(
             f"vLLM was not healthy after {self.settings.engine_start_timeout_s:.0f}s "

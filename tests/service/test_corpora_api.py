@@ -6,14 +6,13 @@ import shutil
 
 import pytest
 
-from tests.fake_engine import FakeEngine
 from tests.harness import client, running_gateway
 
 
 @pytest.fixture
-async def gateway(make_settings):
-    settings = make_settings(engine_urls=["http://fake-engine"], max_upload_bytes=200_000)
-    async with running_gateway(settings, engine_transport=FakeEngine().transport()) as url:
+async def gateway(make_settings, fake_engine):
+    settings = make_settings(engine_urls=[fake_engine.url], max_upload_bytes=200_000)
+    async with running_gateway(settings) as url:
         async with client(url) as http:
             yield http
 
@@ -178,13 +177,12 @@ async def test_corpus_validation_errors(gateway):
     assert json.loads((await gateway.get("/v1/corpora")).text)["data"][0]["name"] == "one"
 
 
-async def test_gateways_sharing_the_data_follow_each_others_generations(make_settings):
+async def test_gateways_sharing_the_data_follow_each_others_generations(make_settings, fake_engine):
     """Two replicas on one database and index folder: each serves what the other published."""
-    engine = FakeEngine().transport()
-    first, second = make_settings(engine_urls=["http://fake-engine"]), make_settings(engine_urls=["http://fake-engine"])
+    first, second = make_settings(engine_urls=[fake_engine.url]), make_settings(engine_urls=[fake_engine.url])
     assert first.data_dir == second.data_dir and first.port != second.port
-    async with running_gateway(first, engine_transport=engine) as url_a, \
-            running_gateway(second, engine_transport=engine) as url_b, client(url_a) as a, client(url_b) as b:
+    async with running_gateway(first) as url_a, running_gateway(second) as url_b, \
+            client(url_a) as a, client(url_b) as b:
         assert (await a.post("/v1/corpora", json={"name": "shared"})).status_code == 201
         assert await search(b, "shared", "otters") == []  # b loads the empty corpus
 

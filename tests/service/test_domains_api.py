@@ -11,7 +11,6 @@ from sqlalchemy.orm import sessionmaker
 
 from adapters_store.db import make_engine, session_scope
 from service.auth import create_key
-from tests.fake_engine import FakeEngine
 from tests.harness import client, running_gateway
 from tests.service.test_corpora_api import wait_job
 
@@ -19,14 +18,9 @@ BASE = "SmolLM2-135M-Instruct"
 
 
 @pytest.fixture
-def fake_engine():
-    return FakeEngine()
-
-
-@pytest.fixture
 async def gateway(make_settings, fake_engine):
-    settings = make_settings(engine_urls=["http://fake-engine"])
-    async with running_gateway(settings, engine_transport=fake_engine.transport()) as url:
+    settings = make_settings(engine_urls=[fake_engine.url])
+    async with running_gateway(settings) as url:
         async with client(url) as http:
             await http.post("/v1/corpora", json={"name": "lore"})
             docs = {"documents": [
@@ -125,14 +119,14 @@ async def test_completion_errors(gateway, fake_engine):
 
 
 async def test_api_keys(make_settings, fake_engine):
-    settings = make_settings(engine_urls=["http://fake-engine"], api_keys=["boot-admin"])
+    settings = make_settings(engine_urls=[fake_engine.url], api_keys=["boot-admin"])
     db = make_engine(settings.resolved_database_url)
     with session_scope(sessionmaker(db)) as session:
         _, inference = create_key(session, "app", "inference")
         _, admin = create_key(session, "ops", "admin")
     db.dispose()
     ask = {"model": BASE, "messages": [{"role": "user", "content": "hi"}]}
-    async with running_gateway(settings, engine_transport=fake_engine.transport()) as url:
+    async with running_gateway(settings) as url:
         async with client(url) as anonymous, client(url, "wrong") as wrong, \
                 client(url, inference) as app, client(url, admin) as ops, client(url, "boot-admin") as boot:
             assert (await anonymous.post("/v1/chat/completions", json=ask)).status_code == 401

@@ -4,20 +4,14 @@ import asyncio
 
 import pytest
 
-from tests.fake_engine import FakeEngine
 from tests.harness import client, running_gateway
 from tests.service.test_adapters_engine import adapter_files
 
 
 @pytest.fixture
-def fake_engine():
-    return FakeEngine()
-
-
-@pytest.fixture
 async def gateway(make_settings, fake_engine, good_lora):
-    settings = make_settings(engine_urls=["http://fake-engine"])
-    async with running_gateway(settings, engine_transport=fake_engine.transport()) as url:
+    settings = make_settings(engine_urls=[fake_engine.url])
+    async with running_gateway(settings) as url:
         async with client(url) as http:
             for _ in range(2):
                 uploaded = await http.post("/v1/adapters/tone/versions", files=adapter_files(good_lora))
