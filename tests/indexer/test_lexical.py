@@ -56,3 +56,22 @@ def test_save_load_round_trip(lexical, tmp_path):
 def test_mismatched_lengths():
     with pytest.raises(ValueError):
         LexicalIndex.build([1, 2], ["only one"])
+
+
+def test_same_ranking_as_bm25s_retrieve():
+    """search() scores and ranks as bm25s's own retrieve(), with ties in chunk order."""
+    import bm25s
+
+    from indexer.lexical import tokenize
+
+    words = "otter river stone moss fern heron pike reed delta marsh".split()
+    texts = [" ".join(words[(i * 7 + j) % 10] for j in range(i % 5 + 1)) for i in range(60)]
+    index = LexicalIndex.build(list(range(100, 160)), texts)
+    reference = bm25s.BM25()
+    reference.index(tokenize(texts), show_progress=False)
+    for query in ["otter", "moss fern", "heron pike reed", "delta marsh otter stone"]:
+        hits = index.search(query, 10)
+        docs, scores = reference.retrieve(tokenize([query]), k=len(texts), show_progress=False)
+        expected = sorted(((float(s), 100 + int(d)) for d, s in zip(docs[0], scores[0]) if s > 0),
+                          key=lambda pair: (-pair[0], pair[1]))[:10]
+        assert [(round(s, 5), i) for i, s in hits] == [(round(s, 5), i) for s, i in expected]
