@@ -7,6 +7,7 @@ and PR_SET_PDEATHSIG (so it dies with the gateway even when the gateway is SIGKI
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -30,9 +31,12 @@ class EngineStartError(Exception):
         self.log_tail = log_tail
 
 
-def _die_with_parent() -> None:
+def _prepare_child(nice: int) -> None:
+    """In the child before exec: die with the gateway, run at the given niceness."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if nice:
+        os.nice(nice)
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -107,7 +111,7 @@ class LocalEngine:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.environment(),
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_prepare_child, self.settings.engine_nice),
             )
         finally:
             log_file.close()

@@ -24,7 +24,7 @@ ELLIPSIS = " …"
 ELLIPSIS_TOKENS = 3  # room kept for ELLIPSIS and a word re-encoded differently after the cut
 TOKENIZE_BATCH = 8
 JOIN_SLACK_BASE, JOIN_SLACK_PER_LINE = 4, 2
-BODY_TOKENS_CACHE = 8192  # passage texts whose token counts are kept (a few MB)
+LINE_PART_TOKENS_CACHE = 16384  # line prefixes and passage texts whose token counts are kept (a few MB)
 
 
 @dataclass
@@ -58,8 +58,8 @@ class PromptBuilder:
         # "<|im_end|>"): special-token strings are removed from passages.
         specials = sorted(set(getattr(tokenizer, "all_special_tokens", [])), key=len, reverse=True)
         self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
-        self._body_tokens: LRUCache[str, int] = LRUCache(BODY_TOKENS_CACHE)
-        self._body_tokens_lock = threading.Lock()
+        self._part_tokens: LRUCache[str, int] = LRUCache(LINE_PART_TOKENS_CACHE)
+        self._part_tokens_lock = threading.Lock()
 
     def build_chat(self, messages: list[dict], passages: list[Passage], system_prompt: str | None,
                    max_tokens: int | None) -> tuple[list[dict], list[Passage]]:
@@ -160,19 +160,20 @@ class PromptBuilder:
 
     def _line_costs(self, passages: list[Passage], first_number: int) -> list[int]:
         """Tokens of each passage's line, +1 for the newline after it, counted as prefix + body.
-        Bodies' counts are cached by text: retrieved chunks recur, and tokenizing them is most
-        of the time spent building a prompt."""
+        Both parts' counts are cached by text: retrieved chunks (and their numbered prefixes)
+        recur, and tokenizing them is most of the time spent building a prompt."""
         prefixes = [_line_prefix(first_number + i, p) for i, p in enumerate(passages)]
         bodies = [_line_body(p, self._specials) for p in passages]
-        with self._body_tokens_lock:
-            counts = {body: self._body_tokens.get(body) for body in bodies}
-        missing = [body for body, n in counts.items() if n is None]
-        ids = self.tokenizer(prefixes + missing, add_special_tokens=False)["input_ids"]
-        fresh = {body: len(x) for body, x in zip(missing, ids[len(prefixes):])}
-        with self._body_tokens_lock:
-            self._body_tokens.update(fresh)
-        counts.update(fresh)
-        return [len(x) + counts[body] + 1 for x, body in zip(ids, bodies)]
+        with self._part_tokens_lock:
+            counts = {part: self._part_tokens.get(part) for part in prefixes + bodies}
+        missing = [part for part, n in counts.items() if n is None]
+        if missing:
+            fresh = {part: len(ids) for part, ids in
+                     zip(missing, self.tokenizer(missing, add_special_tokens=False)["input_ids"])}
+            with self._part_tokens_lock:
+                self._part_tokens.update(fresh)
+            counts.update(fresh)
+        return [counts[prefix] + counts[body] + 1 for prefix, body in zip(prefixes, bodies)]
 
     def _truncate(self, ids: list[int], keep: int) -> str:
         text = self.tokenizer.decode(ids[:keep]).rstrip("\ufffd")  # a cut mid-character

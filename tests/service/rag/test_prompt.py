@@ -226,8 +226,10 @@ def test_cached_counts_match_fresh_ones(tokenizer):
     fresh = builder._line_costs(passages, 1)
     assert builder._line_costs(passages, 1) == fresh  # now from the cache
     assert builder._line_costs(passages[2:], 3) == fresh[2:]
-    assert len(builder._body_tokens) == 5
-
+    assert len(builder._part_tokens) == 10  # 5 bodies, 5 numbered prefixes
+    renumbered = builder._line_costs(passages[1:], 1)  # same bodies, new prefixes "[1] (document: doc1)"...
+    assert renumbered == PromptBuilder(tokenizer, max_model_len=8192)._line_costs(passages[1:], 1)
+    assert len(builder._part_tokens) == 14
 
 def test_fast_path_prompt_fits_exactly_at_the_edge(tokenizer):
     """Budgets just around the fast-path threshold still give prompts that fit."""
