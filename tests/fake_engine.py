@@ -25,17 +25,8 @@ class FakeEngine:
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[str]:
         """Serve this engine on a free loopback port; yields its base URL."""
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", self._respond)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
-        try:
+        async with serving_handler(self._respond) as self.url:
             yield self.url
-        finally:
-            await runner.cleanup()
 
     async def _respond(self, request: web.Request) -> web.StreamResponse:
         if not self.healthy:
@@ -81,3 +72,18 @@ class FakeEngine:
                      "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
             return 200, f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
         return 200, result
+
+
+@asynccontextmanager
+async def serving_handler(handler) -> AsyncIterator[str]:
+    """An aiohttp server on a free loopback port that answers every request with `handler`."""
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

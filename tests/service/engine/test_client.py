@@ -7,24 +7,19 @@ import pytest
 from aiohttp import web
 
 from service.engine.client import EngineClient, EngineError, EngineUnavailable
+from tests.fake_engine import serving_handler
 from tests.harness import free_port
 
 
 @asynccontextmanager
 async def serving(handler, prefix: str = ""):
     """An EngineClient for a server that answers every request with `handler`."""
-    app = web.Application()
-    app.router.add_route("*", "/{path:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    client = EngineClient(f"http://127.0.0.1:{port}{prefix}")
-    try:
-        yield client
-    finally:
-        await client.aclose()
-        await runner.cleanup()
+    async with serving_handler(handler) as url:
+        client = EngineClient(url + prefix)
+        try:
+            yield client
+        finally:
+            await client.aclose()
 
 
 def _drop(request: web.Request):
