@@ -3,7 +3,8 @@
 from dataclasses import dataclass
 
 from semantic_text_splitter import MarkdownSplitter, TextSplitter
-from tokenizers import Tokenizer
+
+from indexer.fast_tokenizer import private_copy
 
 
 @dataclass
@@ -12,22 +13,6 @@ class Chunk:
     start: int  # character offsets of text in the document: document[start:end] == text
     end: int
     index: int
-
-
-def splitter_tokenizer(tokenizer) -> Tokenizer:
-    """A private `tokenizers.Tokenizer` copy without truncation or padding.
-
-    Accepts a transformers fast tokenizer or a `tokenizers.Tokenizer`. The copy matters:
-    the model's tokenizer may carry truncation/padding settings that would make every piece
-    look the same length, and we must not change the shared one.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-    if not isinstance(backend, Tokenizer):
-        raise TypeError("chunking needs a Hugging Face fast tokenizer")
-    copy = Tokenizer.from_str(backend.to_str())
-    copy.no_truncation()
-    copy.no_padding()
-    return copy
 
 
 class Chunker:
@@ -39,7 +24,8 @@ class Chunker:
                              f"({chunk_size}), got {chunk_overlap}")
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
-        tok = splitter_tokenizer(tokenizer)
+        # Without truncation: with it every long piece would look max_length tokens long.
+        tok = private_copy(tokenizer)
         self._text = TextSplitter.from_huggingface_tokenizer(tok, chunk_size, overlap=chunk_overlap)
         self._markdown = MarkdownSplitter.from_huggingface_tokenizer(tok, chunk_size, overlap=chunk_overlap)
 

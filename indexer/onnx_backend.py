@@ -21,6 +21,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from indexer.durable import fsync_dir, replace_durably, temp_sibling
+from indexer.fast_tokenizer import padded_copy
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,10 @@ class OnnxEncoder:
     """encode(texts, batch_size) -> L2-normalised float32 rows, as SentenceTransformer.encode."""
 
     def __init__(self, model: SentenceTransformer, model_path: Path, batch_threads: int):
-        self._tokenizer = model.tokenizer
-        self._max_length = model.max_seq_length
+        try:
+            self._tokenizer = padded_copy(model.tokenizer, model.max_seq_length)
+        except TypeError as exc:
+            raise OnnxUnsupported(str(exc)) from exc
         self._pooling = pooling_mode(model)
         self._input_names = input_names(model)
         self._dimension = model.get_embedding_dimension()
@@ -136,9 +139,8 @@ class OnnxEncoder:
         order = np.argsort([-len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
-            tokens = self._tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                     max_length=self._max_length, return_tensors="np")
-            hidden = session.run(None, {n: tokens[n].astype(np.int64) for n in self._input_names})[0]
+            tokens = _arrays(self._tokenizer.encode_batch([texts[i] for i in rows]))
+            hidden = session.run(None, {n: tokens[n] for n in self._input_names})[0]
             out[rows] = self._pool(hidden, tokens["attention_mask"])
         return out
 
@@ -149,6 +151,13 @@ class OnnxEncoder:
             mask = attention_mask[..., None].astype(np.float32)
             pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
         return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+
+
+def _arrays(encodings) -> dict[str, np.ndarray]:
+    """The model inputs of a padded batch of encodings, as int64 arrays."""
+    return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
 
 
 def input_names(model: SentenceTransformer) -> list[str]:

@@ -16,6 +16,8 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from indexer.fast_tokenizer import private_copy
+
 INSTRUCTION = ("Answer the question using the numbered passages below. Cite them as [n]. "
                "If they do not contain the answer, say so.")
 # A shorter fragment of the top passage is more noise than help: drop it instead.
@@ -58,6 +60,10 @@ class PromptBuilder:
         # "<|im_end|>"): special-token strings are removed from passages.
         specials = sorted(set(getattr(tokenizer, "all_special_tokens", [])), key=len, reverse=True)
         self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
+        try:  # tokenizes without the transformers wrapper around it (per-call overhead)
+            self._core = private_copy(tokenizer)
+        except TypeError:  # a slow tokenizer: through transformers
+            self._core = None
         self._part_tokens: LRUCache[str, int] = LRUCache(LINE_PART_TOKENS_CACHE)
         self._part_tokens_lock = threading.Lock()
 
@@ -83,17 +89,22 @@ class PromptBuilder:
                 f"{_retrieval_block(lines)}\n\nQuestion: {prompt}\nAnswer:")
             return f"{system_prompt}\n\n{body}" if system_prompt else body
 
-        # Default add_special_tokens=True: what vLLM's /v1/completions does with a text prompt.
-        return self._fit(render, lambda text: len(self.tokenizer(text)["input_ids"]),
+        # add_special_tokens: what vLLM's /v1/completions does with a text prompt.
+        return self._fit(render, lambda text: len(self._token_ids([text], add_special_tokens=True)[0]),
                          passages, max_tokens)
 
     def count_chat_tokens(self, messages: list[dict]) -> int:
         # Flatten OpenAI content parts as vLLM does for string-content templates.
         flat = [{**m, "content": _text_of(m.get("content"))} for m in messages]
-        ids = self.tokenizer.apply_chat_template(flat, add_generation_prompt=True, tokenize=True)
-        if not isinstance(ids, list):  # transformers >= 5 returns a BatchEncoding
-            ids = ids["input_ids"]
-        return len(ids)
+        text = self.tokenizer.apply_chat_template(flat, add_generation_prompt=True, tokenize=False)
+        # The template writes the special tokens itself: none are added (as apply_chat_template's
+        # own tokenize=True does).
+        return len(self._token_ids([text])[0])
+
+    def _token_ids(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
+        if self._core is not None:
+            return [e.ids for e in self._core.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        return self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
     def _fit(self, render: Callable[[list[str] | None], Any], count: Callable[[Any], int],
              passages: list[Passage], max_tokens: int | None) -> tuple[Any, list[Passage]]:
@@ -112,7 +123,7 @@ class PromptBuilder:
             while k < len(lines):
                 if k == len(ids):
                     batch = lines[k:k + TOKENIZE_BATCH]
-                    ids += self.tokenizer(batch, add_special_tokens=False)["input_ids"]
+                    ids += self._token_ids(batch)
                     costs += [len(x) + 1 for x in ids[k:]]
                 if used + costs[k] > room:
                     break
@@ -169,7 +180,7 @@ class PromptBuilder:
         missing = [part for part, n in counts.items() if n is None]
         if missing:
             fresh = {part: len(ids) for part, ids in
-                     zip(missing, self.tokenizer(missing, add_special_tokens=False)["input_ids"])}
+                     zip(missing, self._token_ids(missing))}
             with self._part_tokens_lock:
                 self._part_tokens.update(fresh)
             counts.update(fresh)

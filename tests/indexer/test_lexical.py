@@ -75,3 +75,13 @@ def test_same_ranking_as_bm25s_retrieve():
         expected = sorted(((float(s), 100 + int(d)) for d, s in zip(docs[0], scores[0]) if s > 0),
                           key=lambda pair: (-pair[0], pair[1]))[:10]
         assert [(round(s, 5), i) for i, s in hits] == [(round(s, 5), i) for s, i in expected]
+
+
+def test_query_terms_are_what_bm25s_tokenize_makes_of_the_query():
+    from indexer.lexical import query_terms, tokenize
+
+    queries = ["Who founded the Zorblaven Observatory, and in which year?", "THE and OF", "a I x",
+               "snake_case über-Straße 3.14 v2 n°7", "naïve café — déjà vu", "", "   ", "日本語のテキスト",
+               "it's an API's can't won't", "e-mail: ops@graft.dev (24/7)"]
+    for query in queries:
+        assert query_terms(query) == tokenize([query])[0], query

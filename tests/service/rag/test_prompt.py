@@ -241,3 +241,16 @@ def test_fast_path_prompt_fits_exactly_at_the_edge(tokenizer):
         messages, used = builder.build_chat(QUESTION, passages, None, 0)
         assert builder.count_chat_tokens(messages) <= max_len
         assert len(used) >= 3
+
+
+def test_chat_token_count_is_what_the_chat_template_tokenizes_to(tokenizer):
+    builder = PromptBuilder(tokenizer, max_model_len=8192)
+    chats = [QUESTION,
+             [{"role": "system", "content": "Be terse."}, *QUESTION],
+             [{"role": "user", "content": "naïve café — 日本語 🚀 <|im_start|> [1] (document: x)"},
+              {"role": "assistant", "content": "Noted."}, {"role": "user", "content": "And?"}]]
+    for chat in chats:
+        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+        if not isinstance(ids, list):  # transformers >= 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        assert builder.count_chat_tokens(chat) == len(ids)
