@@ -20,6 +20,10 @@ from indexer.vector_index import EF_CONSTRUCTION, EF_SEARCH, HNSW_M, VectorIndex
 log = logging.getLogger(__name__)
 
 
+class NotLoaded(LookupError):
+    """The corpus's current generation is not in memory: serving it means reading it from disk."""
+
+
 @dataclass
 class CorpusEntry:
     corpus_id: int
@@ -81,13 +85,17 @@ class CorpusRegistry:
         return self._entries.get(corpus_id)
 
     def current(self, corpus_id: int, embedding_model: str, generation: int | None,
-                incarnation: object = None) -> CorpusEntry:
+                incarnation: object = None, *, may_load: bool = True) -> CorpusEntry:
         """The corpus's entry at SQL's `generation` or newer, loading it when another gateway has
         published it (or deleted the corpus and created another under its id). Never waits for a
         writer: while one holds the corpus's write lock here, the generation in memory is served
-        (the writer publishes its own in a moment)."""
+        (the writer publishes its own in a moment). With `may_load` false, raises NotLoaded
+        instead of reading anything (or taking any lock)."""
         entry = self._entries.get(corpus_id)
-        if entry is None or entry.incarnation != incarnation:
+        stale = entry is None or entry.incarnation != incarnation
+        if not may_load and (stale or _is_behind(entry, generation)):
+            raise NotLoaded(corpus_id)
+        if stale:
             return self.load(corpus_id, embedding_model, generation, incarnation)
         if not _is_behind(entry, generation) or not entry.write_lock.acquire(blocking=False):
             return entry
@@ -100,10 +108,11 @@ class CorpusRegistry:
             entry.write_lock.release()
         return entry
 
-    def entry_for(self, corpus) -> CorpusEntry:
+    def entry_for(self, corpus, *, may_load: bool = True) -> CorpusEntry:
         """`current` for a corpus row as read from SQL (id, embedding_model, current_generation,
         created_at)."""
-        return self.current(corpus.id, corpus.embedding_model, corpus.current_generation, corpus.created_at)
+        return self.current(corpus.id, corpus.embedding_model, corpus.current_generation, corpus.created_at,
+                            may_load=may_load)
 
     def _read(self, corpus_id: int, generation: int) -> tuple[VectorIndex, LexicalIndex]:
         vector, lexical = self.store.load(corpus_id, generation)

@@ -83,6 +83,11 @@ class EnginePool:
             await engine.client.aclose()
 
     @property
+    def idle(self) -> bool:
+        """No request is in flight on any engine."""
+        return all(engine.in_flight == 0 for engine in self.engines)
+
+    @property
     def any_ready(self) -> bool:
         return any(engine.ready for engine in self.engines)
 

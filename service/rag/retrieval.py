@@ -45,15 +45,16 @@ class Retriever:
         self.registry = registry
 
     def search(self, names: list[str], query: str, k: int, mode: str,
-               min_score: float | None = None) -> tuple[list[Hit], float]:
+               min_score: float | None = None, *, may_load: bool = True) -> tuple[list[Hit], float]:
         """Top-k hits over the corpora `names` (fused by rank when there are several), and
-        seconds spent. Raises UnknownCorpus for a name no corpus has."""
+        seconds spent. Raises UnknownCorpus for a name no corpus has; with `may_load` false,
+        NotLoaded for a corpus whose index (or embedding model) would have to be read first."""
         started = time.perf_counter()
         corpora = self._lookup(names)
         vectors: dict[str, object] = {}  # one query embedding per embedding model
         rankings, owners = [], {}
         for corpus in corpora:
-            searcher = self.registry.entry_for(corpus).searcher
+            searcher = self.registry.entry_for(corpus, may_load=may_load).searcher
             if mode != "bm25" and corpus.embedding_model not in vectors:
                 vectors[corpus.embedding_model] = searcher.embedder.encode([query])[0]
             ranked = searcher.search(query, k, mode, query_vector=vectors.get(corpus.embedding_model))

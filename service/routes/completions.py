@@ -36,7 +36,7 @@ async def _complete(kind: str, request: Request, state: GatewayState):
     received = time.perf_counter()
     body = await read_json_object(request, state.settings.max_request_bytes)
     validate_request(kind, body)
-    plan: Plan = await state.planner.plan(kind, body)
+    plan: Plan = await state.planner.plan(kind, body, gateway_idle=state.pool.idle)
     state.metrics.retrieval_latency.observe(plan.retrieval_s)
     state.metrics.plan_latency.observe(plan.plan_s)
     path = ENGINE_PATHS[kind]

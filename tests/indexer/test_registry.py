@@ -4,9 +4,10 @@ import logging
 import threading
 
 import numpy as np
+import pytest
 
 from indexer.generation import GenerationStore
-from indexer.registry import CorpusRegistry
+from indexer.registry import CorpusRegistry, NotLoaded
 from tests.indexer.test_generation import make_indexes
 
 
@@ -86,3 +87,21 @@ def test_a_new_corpus_under_a_reused_id_is_not_served_the_old_ones_index(tmp_pat
     new = here.current(3, "any", None, "created 10:00")
     assert new is not old and new.generation is None and len(new.searcher.vector) == 0
     assert here.current(3, "any", None, "created 10:00") is new
+
+
+def test_without_may_load_nothing_is_read_from_disk(tmp_path):
+    """What the gateway asks when it would plan on its event loop: serve what is in memory or say so."""
+    store = GenerationStore(tmp_path)
+    store.write(3, 1, *make_indexes(10, seed=1))
+    here = registry_over(store)
+    with pytest.raises(NotLoaded):  # never loaded here
+        here.current(3, "any", 1, may_load=False)
+    entry = here.current(3, "any", 1)
+    assert here.current(3, "any", 1, may_load=False) is entry
+    store.write(3, 2, *make_indexes(25, seed=2))
+    with pytest.raises(NotLoaded):  # another gateway published generation 2
+        here.current(3, "any", 2, may_load=False)
+    assert entry.generation == 1
+    with pytest.raises(NotLoaded):  # a new corpus under a reused id
+        here.current(3, "any", None, "created 10:00", may_load=False)
+    assert here.current(3, "any", 2).generation == 2
