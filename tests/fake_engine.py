@@ -4,7 +4,9 @@ It echoes what it received, so tests can see the exact prompt graft built. The r
 is exercised by the tests marked `engine`.
 """
 
+import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +22,7 @@ class FakeEngine:
         self.requests: list[dict] = []
         self.healthy = True  # False: every connection is dropped without an answer, as a dead engine's
         self.refuse_loads: set[str] = set()  # adapter names whose load fails, as a bad adapter would
+        self.stream_pace = 0.0  # > 0: a stream sends its events one by one, this many seconds apart
         self.url = ""  # set while serving
 
     @asynccontextmanager
@@ -35,10 +38,21 @@ class FakeEngine:
         raw = await request.read()
         status, answer = self.handle(request.path, json.loads(raw) if raw else {})
         if isinstance(answer, bytes):
+            if self.stream_pace:
+                return await self._paced(request, answer)
             return web.Response(status=status, body=answer, content_type="text/event-stream")
         if isinstance(answer, str):
             return web.Response(status=status, text=answer)
         return web.json_response(answer, status=status)
+
+    async def _paced(self, request: web.Request, answer: bytes) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in answer.split(b"\n\n")[:-1]:
+            await response.write(event + b"\n\n")
+            await asyncio.sleep(self.stream_pace)
+        await response.write_eof()
+        return response
 
     def handle(self, path: str, body: dict) -> tuple[int, dict | str | bytes]:
         if path == "/health":
@@ -68,9 +82,12 @@ class FakeEngine:
                   "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
         if body.get("stream"):
             delta = choice.get("message", {"content": choice.get("text")})
-            chunk = {**result, "object": "chat.completion.chunk",
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-            return 200, f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+            words = re.split(r"(?<= )", delta["content"])  # an event per word, as an engine sends tokens
+            chunks = [{**result, "object": "chat.completion.chunk",
+                       "choices": [{"index": 0, "delta": {**delta, "content": w}, "finish_reason": None}]}
+                      for w in words]
+            events = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks)
+            return 200, f"{events}data: [DONE]\n\n".encode()
         return 200, result
 
 

@@ -83,15 +83,17 @@ async def test_first_token_arrives_before_generation_ends(gateway_url):
             async for line in response.aiter_lines():
                 if line.startswith("data:") and '"content":"' in line:
                     arrivals.append(time.perf_counter() - started)
-    assert len(arrivals) >= 100
-    # Tokens are relayed as they are made: the first one long before the last one.
+    assert len(arrivals) >= 100  # an event per token, not one at the end
+    # The first token arrives long before the last one is made. (How evenly the rest arrive depends
+    # on how busy the machine is: a niced engine beside other work sends its tokens in bursts.
+    # test_domains_api.py checks the relay's pacing against an engine of fixed pace.)
     assert arrivals[0] < arrivals[-1] * 0.5, (arrivals[0], arrivals[-1])
-    assert len({round(t, 2) for t in arrivals}) > 20
 
 
 async def test_client_disconnect_cancels_the_engine_request(gateway_url, local_engine):
     async def running() -> float:
-        metrics = (await httpx.AsyncClient().get(f"{local_engine.url}/metrics")).text
+        async with httpx.AsyncClient(timeout=60) as http:  # a busy machine can be slow to answer
+            metrics = (await http.get(f"{local_engine.url}/metrics")).text
         match = re.search(r"^vllm:num_requests_running\{[^}]*\} ([0-9.]+)", metrics, re.M)
         return float(match.group(1))
 
