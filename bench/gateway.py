@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import re
 import statistics
 import sys
@@ -125,7 +126,7 @@ async def planner_breakdown(state, questions: list[str], max_tokens: int) -> dic
         t = note("prompt build (tokenize)", t)
         steps.setdefault("sum of steps", []).append((t - t0) * 1000)
         t = time.perf_counter()
-        plan = await planner.plan("chat", body)
+        plan = await planner.plan("chat", body, gateway_idle=True)  # as an idle gateway plans
         t = note("planner.plan() end to end", t)
         json.dumps(plan.payload)
         note("payload JSON encode", t)
@@ -165,6 +166,7 @@ async def scrape(http: aiohttp.ClientSession) -> dict[str, float]:
 @dataclass
 class Arm:
     latencies: list[float] = field(default_factory=list)  # seconds, client-seen
+    by_job: dict[int, float] = field(default_factory=dict)  # job number -> latency: pairs the arms
     wall_s: float = 0.0
     tokens: int = 0
     prompt_tokens: dict[int, int] = field(default_factory=dict)  # question index -> tokens
@@ -177,6 +179,7 @@ class Arm:
 
     def add(self, other: "Arm") -> None:
         self.latencies += other.latencies
+        self.by_job.update(other.by_job)
         self.own_s += other.own_s
         self.plan_s += other.plan_s
         self.hop_s += other.hop_s
@@ -193,11 +196,11 @@ def load_client(base_url: str, concurrency: int) -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=600), trust_env=False)
 
 
-async def run_batch(http: aiohttp.ClientSession, jobs: list[tuple[int, dict]], concurrency: int,
+async def run_batch(http: aiohttp.ClientSession, jobs: list[tuple[int, int, dict]], concurrency: int,
                     max_tokens: int) -> Arm:
     arm, gate = Arm(), asyncio.Semaphore(concurrency)
 
-    async def one(index: int, body: dict) -> None:
+    async def one(job: int, index: int, body: dict) -> None:
         async with gate:
             started = time.perf_counter()
             async with http.post("/v1/chat/completions", json=body) as response:
@@ -209,6 +212,7 @@ async def run_batch(http: aiohttp.ClientSession, jobs: list[tuple[int, dict]], c
         if usage["completion_tokens"] != max_tokens:
             raise RuntimeError(f"expected {max_tokens} generated tokens, got {usage}")
         arm.latencies.append(elapsed)
+        arm.by_job[job] = elapsed
         timing = _server_timing_ms(response.headers.get("server-timing", ""))
         if "engine" in timing:
             arm.own_s.append(elapsed - timing["engine"] / 1000)
@@ -218,7 +222,7 @@ async def run_batch(http: aiohttp.ClientSession, jobs: list[tuple[int, dict]], c
         arm.prompt_tokens[index] = usage["prompt_tokens"]
 
     started = time.perf_counter()
-    await asyncio.gather(*(one(i, body) for i, body in jobs))
+    await asyncio.gather(*(one(*job) for job in jobs))
     arm.wall_s = time.perf_counter() - started
     return arm
 
@@ -232,15 +236,17 @@ async def measure(direct: aiohttp.ClientSession, graft: aiohttp.ClientSession, b
                   concurrency: int, requests: int, rounds: int, max_tokens: int) -> dict[str, Arm]:
     n = len(bodies["graft"])
 
-    def jobs(arm: str, start: int, count: int) -> list[tuple[int, dict]]:
-        """The same questions, in the same order, for both arms: index -> body."""
-        return [(i % n, bodies[arm][i % n]) for i in range(start, start + count)]
+    def jobs(arm: str, start: int, count: int) -> list[tuple[int, int, dict]]:
+        """The same questions, in the same order, for both arms: (job number, question index, body)."""
+        return [(i, i % n, bodies[arm][i % n]) for i in range(start, start + count)]
 
     warm = max(concurrency, 4)
     for arm, http in (("direct", direct), ("graft", graft)):
         await run_batch(http, jobs(arm, 0, warm), concurrency, max_tokens)
     totals = {"direct": Arm(), "graft": Arm()}
-    per_round = max(1, requests // rounds)
+    # A round keeps `concurrency` requests in flight for most of its time, or the level is not
+    # the one measured.
+    per_round = max(1, requests // rounds, 2 * concurrency)
     for r in range(rounds):
         order = ("direct", "graft") if r % 2 == 0 else ("graft", "direct")
         for arm in order:
@@ -256,6 +262,20 @@ async def measure(direct: aiohttp.ClientSession, graft: aiohttp.ClientSession, b
                                          - before["graft_http_request_seconds_sum"])
             totals[arm].add(result)
     return totals
+
+
+def paired_ratio_interval(direct: dict[int, float], graft: dict[int, float],
+                          resamples: int = 2000) -> tuple[float, float, float]:
+    """mean(direct latency) / mean(graft latency) over the requests both arms ran (same question,
+    same round) -- at a fixed concurrency, the throughput ratio -- and its 95 % bootstrap interval."""
+    jobs = sorted(direct.keys() & graft.keys())
+    rng = random.Random(0)
+    ratios = sorted(_latency_ratio(direct, graft, [rng.choice(jobs) for _ in jobs]) for _ in range(resamples))
+    return _latency_ratio(direct, graft, jobs), ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+
+
+def _latency_ratio(direct: dict[int, float], graft: dict[int, float], jobs: list[int]) -> float:
+    return sum(direct[j] for j in jobs) / sum(graft[j] for j in jobs)
 
 
 def report(results: dict[int, dict[str, Arm]], meta: dict, args) -> None:
@@ -291,6 +311,10 @@ def report(results: dict[int, dict[str, Arm]], meta: dict, args) -> None:
         print(f"  difference of the arms' p50s: {difference:+.1f} ms, of their means: "
               f"{(statistics.mean(g.latencies) - statistics.mean(d.latencies)) * 1000:+.1f} ms "
               "(mostly engine run-to-run noise)")
+        paired, low, high = paired_ratio_interval(d.by_job, g.by_job)
+        print(f"  paired mean-latency ratio direct/graft {paired:.3f}, 95 % bootstrap interval "
+              f"{low:.3f}-{high:.3f} over {len(d.by_job.keys() & g.by_job.keys())} request pairs "
+              "(how far engine noise alone moves the throughput ratio)")
         print(f"  retrieval share of graft latency: {share * 100:.2f} %  "
               f"(graft_retrieval_seconds {g.retrieval_s * 1000 / max(g.retrieval_n, 1):.1f} ms mean over "
               f"{g.retrieval_n} requests; gateway-side request time {g.server_s * 1000 / max(g.retrieval_n, 1):.1f} "
@@ -361,7 +385,8 @@ async def main(args) -> int:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=24,
-                        help="measured requests per arm and concurrency level (default 24)")
+                        help="measured requests per arm and concurrency level (default 24; at least "
+                             "2 x concurrency per round)")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved direct/graft rounds (default 4)")
     parser.add_argument("--max-tokens", type=int, default=16, help="generated tokens per request (default 16)")
     parser.add_argument("--concurrency", default="1,16", help="comma-separated levels (default 1,16)")
