@@ -8,7 +8,9 @@ Set-up: one vLLM engine (started here unless --engine-url), a migrated SQLite da
 of made-up documents uploaded over REST and a domain binding it (k=4, hybrid). Each question's
 final engine payload is taken from graft's own planner (in-process, same data dir), so the
 "direct" arm sends vLLM exactly what graft sends it. Both arms: temperature 0, fixed max_tokens,
-ignore_eos, so every request generates the same number of tokens.
+ignore_eos, so every request generates the same number of tokens. vLLM's prefix cache is emptied
+before every batch (an engine given with --engine-url needs VLLM_SERVER_DEV_MODE=1 for that), or
+the arm that sends a question second would find its prompt cached.
 
 The measured gateway runs as `python -m service serve` in its own process by default (as in
 production, so the load generator does not share its event loop); `--gateway inprocess` runs it
@@ -27,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import re
 import statistics
@@ -176,10 +179,14 @@ class Arm:
     own_s: list[float] = field(default_factory=list)  # graft: client-seen - engine time (Server-Timing)
     plan_s: list[float] = field(default_factory=list)  # graft: planning (retrieval + prompt) time
     hop_s: list[float] = field(default_factory=list)  # graft: client-seen - handler time (HTTP hop)
+    cold_batches: int = 0  # batches that started with vLLM's prefix cache emptied
+    batches: int = 0
 
     def add(self, other: "Arm") -> None:
         self.latencies += other.latencies
         self.by_job.update(other.by_job)
+        self.cold_batches += other.cold_batches
+        self.batches += other.batches
         self.own_s += other.own_s
         self.plan_s += other.plan_s
         self.hop_s += other.hop_s
@@ -232,6 +239,15 @@ def _server_timing_ms(header: str) -> dict[str, float]:
     return {name: float(ms) for name, ms in re.findall(r"(\w+);dur=([0-9.]+)", header)}
 
 
+async def reset_prefix_cache(direct: aiohttp.ClientSession) -> bool:
+    """Empty vLLM's prefix cache (a dev-mode endpoint: VLLM_SERVER_DEV_MODE=1) so that every batch
+    starts cold. Both arms send the same prompts: otherwise the arm that sends a question second
+    finds its prompt cached (an 800-token prompt here: 6.4 s cold, 1.7 s cached), and that, not
+    graft, decides the ratio."""
+    async with direct.post("/reset_prefix_cache") as response:
+        return response.status == 200 and (await response.json()).get("success") is True
+
+
 async def measure(direct: aiohttp.ClientSession, graft: aiohttp.ClientSession, bodies: dict[str, list[dict]],
                   concurrency: int, requests: int, rounds: int, max_tokens: int) -> dict[str, Arm]:
     n = len(bodies["graft"])
@@ -242,18 +258,22 @@ async def measure(direct: aiohttp.ClientSession, graft: aiohttp.ClientSession, b
 
     warm = max(concurrency, 4)
     for arm, http in (("direct", direct), ("graft", graft)):
+        await reset_prefix_cache(direct)
         await run_batch(http, jobs(arm, 0, warm), concurrency, max_tokens)
     totals = {"direct": Arm(), "graft": Arm()}
     # A round keeps `concurrency` requests in flight for most of its time, or the level is not
-    # the one measured.
+    # the one measured: at least 2 x concurrency requests, in fewer rounds (2 at least) if need be.
     per_round = max(1, requests // rounds, 2 * concurrency)
+    rounds = max(2, min(rounds, requests // per_round))
     for r in range(rounds):
         order = ("direct", "graft") if r % 2 == 0 else ("graft", "direct")
         for arm in order:
             http = graft if arm == "graft" else direct
             before = await scrape(graft) if arm == "graft" else None
+            cold = await reset_prefix_cache(direct)
             result = await run_batch(http, jobs(arm, warm + r * per_round, per_round), concurrency,
                                      max_tokens)
+            result.batches, result.cold_batches = 1, int(cold)
             if before is not None:
                 after = await scrape(graft)
                 totals[arm].retrieval_s += after["graft_retrieval_seconds_sum"] - before["graft_retrieval_seconds_sum"]
@@ -295,7 +315,9 @@ def report(results: dict[int, dict[str, Arm]], meta: dict, args) -> None:
                 ("generated tokens/s", d.tokens / d.wall_s, g.tokens / g.wall_s)]
         print(line)
         print(f"concurrency {concurrency}: {len(g.latencies)} measured requests per arm, "
-              f"{args.rounds} interleaved rounds (ABBA), warm-up {max(concurrency, 4)} per arm")
+              f"{g.batches} interleaved rounds (ABBA), warm-up {max(concurrency, 4)} per arm; "
+              f"vLLM's prefix cache emptied before {d.cold_batches + g.cold_batches} of "
+              f"{d.batches + g.batches} batches")
         print(f"  {'':24}{'direct':>12}{'graft':>12}{'graft/direct':>15}")
         for name, dv, gv in rows:
             print(f"  {name:24}{dv:12.1f}{gv:12.1f}{gv / dv:15.3f}")
@@ -356,6 +378,7 @@ async def main(args) -> int:
     with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmp:
         tmp = Path(tmp)
         started = time.perf_counter()
+        os.environ.setdefault("VLLM_SERVER_DEV_MODE", "1")  # the engine started here: /reset_prefix_cache
         async with engine_url(args.engine_url, tmp / "engine", base_model) as engine:
             print(f"[bench] engine {engine} ready after {time.perf_counter() - started:.0f}s", file=sys.stderr)
             settings = migrated_settings(tmp / "data", base_model, engine_urls=[engine], port=free_port())
@@ -385,8 +408,8 @@ async def main(args) -> int:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=24,
-                        help="measured requests per arm and concurrency level (default 24; at least "
-                             "2 x concurrency per round)")
+                        help="measured requests per arm and concurrency level (default 24; a round "
+                             "holds at least 2 x concurrency, so c=16 runs 2 rounds of 32)")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved direct/graft rounds (default 4)")
     parser.add_argument("--max-tokens", type=int, default=16, help="generated tokens per request (default 16)")
     parser.add_argument("--concurrency", default="1,16", help="comma-separated levels (default 1,16)")
