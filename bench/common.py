@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import math
 import os
+import random
 import socket
 import sys
 import time
@@ -203,3 +204,17 @@ async def one_request(http: httpx.AsyncClient, body: dict) -> Req:
 
 def fmt_ms(seconds: float) -> str:
     return f"{seconds * 1000:8.0f}"
+
+
+def paired_ratio_interval(direct: dict[int, float], graft: dict[int, float],
+                          resamples: int = 2000) -> tuple[float, float, float]:
+    """mean(direct latency) / mean(graft latency) over the requests both arms ran (same question,
+    same round) -- at a fixed concurrency, the throughput ratio -- and its 95 % bootstrap interval."""
+    jobs = sorted(direct.keys() & graft.keys())
+    rng = random.Random(0)
+    ratios = sorted(_latency_ratio(direct, graft, [rng.choice(jobs) for _ in jobs]) for _ in range(resamples))
+    return _latency_ratio(direct, graft, jobs), ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+
+
+def _latency_ratio(direct: dict[int, float], graft: dict[int, float], jobs: list[int]) -> float:
+    return sum(direct[j] for j in jobs) / sum(graft[j] for j in jobs)

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import re
 import statistics
 import sys
@@ -45,9 +44,10 @@ if __package__ in (None, ""):  # run as a script: make `bench` and the project i
 import aiohttp
 import httpx
 
-from bench.common import (DEFAULT_BASE_MODEL, engine_url, free_port, migrated_settings, percentile,
-                          serve_subprocess, wait_job)
+from bench.common import (DEFAULT_BASE_MODEL, engine_url, free_port, migrated_settings, paired_ratio_interval,
+                          percentile, serve_subprocess, wait_job)
 from bench.lore import corpus_and_questions
+from bench.planner_steps import planner_breakdown, print_breakdown
 
 DOMAIN = "bench"
 CORPUS = "bench-lore"
@@ -87,54 +87,9 @@ async def prepare(settings, questions: list[str], docs: list[dict], max_tokens: 
         state = app.state.graft
         payloads = [(await state.planner.plan("chat", chat_body(q, max_tokens))).payload
                     for q in questions]
-        breakdown = await planner_breakdown(state, questions, max_tokens)
+        breakdown = await planner_breakdown(state, [chat_body(q, max_tokens) for q in questions], DOMAIN, K)
     return payloads, {"documents": stats.get("documents"), "chunks": stats.get("chunks"),
                       "breakdown": breakdown}
-
-
-async def planner_breakdown(state, questions: list[str], max_tokens: int) -> dict[str, list[float]]:
-    """Time each step the planner takes for a question, serially, in milliseconds."""
-    from indexer.hybrid import reciprocal_rank_fusion
-    from indexer.search import hybrid_candidates
-    from service.rag.prompt import Passage
-
-    planner, retriever = state.planner, state.retriever
-    steps: dict[str, list[float]] = {}
-
-    def note(name: str, started: float) -> float:
-        now = time.perf_counter()
-        steps.setdefault(name, []).append((now - started) * 1000)
-        return now
-
-    for question in questions * 2:  # the first pass warms caches; keep the second
-        body = chat_body(question, max_tokens)
-        t = t0 = time.perf_counter()
-        route = planner.routes.get(DOMAIN)
-        corpora = retriever._lookup(list(route.corpora))
-        t = note("corpus lookup (SQL)", t)
-        searcher = retriever.registry.entry_for(corpora[0]).searcher
-        vector = searcher.embedder.encode([question])[0]
-        t = note("query embedding", t)
-        dense = searcher.search_vector(vector, hybrid_candidates(K))
-        t = note("FAISS search", t)
-        lexical = searcher.lexical.search(question, hybrid_candidates(K))
-        t = note("BM25 search", t)
-        fused = reciprocal_rank_fusion([dense, lexical], K)
-        t = note("RRF fusion", t)
-        hits = retriever._hydrate(fused, {cid: CORPUS for cid, _ in fused})
-        t = note("hydration (SQL)", t)
-        passages = [Passage(h.corpus, h.document_id, h.chunk_id, h.score, h.text, h.metadata)
-                    for h in hits]
-        planner.prompts.build_chat(body["messages"], passages, route.system_prompt, max_tokens)
-        t = note("prompt build (tokenize)", t)
-        steps.setdefault("sum of steps", []).append((t - t0) * 1000)
-        t = time.perf_counter()
-        plan = await planner.plan("chat", body, gateway_idle=True)  # as an idle gateway plans
-        t = note("planner.plan() end to end", t)
-        json.dumps(plan.payload)
-        note("payload JSON encode", t)
-    half = len(questions)
-    return {name: values[half:] for name, values in steps.items()}
 
 
 # ---------------------------------------------------------------- the gateway under test
@@ -284,20 +239,6 @@ async def measure(direct: aiohttp.ClientSession, graft: aiohttp.ClientSession, b
     return totals
 
 
-def paired_ratio_interval(direct: dict[int, float], graft: dict[int, float],
-                          resamples: int = 2000) -> tuple[float, float, float]:
-    """mean(direct latency) / mean(graft latency) over the requests both arms ran (same question,
-    same round) -- at a fixed concurrency, the throughput ratio -- and its 95 % bootstrap interval."""
-    jobs = sorted(direct.keys() & graft.keys())
-    rng = random.Random(0)
-    ratios = sorted(_latency_ratio(direct, graft, [rng.choice(jobs) for _ in jobs]) for _ in range(resamples))
-    return _latency_ratio(direct, graft, jobs), ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
-
-
-def _latency_ratio(direct: dict[int, float], graft: dict[int, float], jobs: list[int]) -> float:
-    return sum(direct[j] for j in jobs) / sum(graft[j] for j in jobs)
-
-
 def report(results: dict[int, dict[str, Arm]], meta: dict, args) -> None:
     line = "=" * 78
     print(line)
@@ -348,14 +289,6 @@ def report(results: dict[int, dict[str, Arm]], meta: dict, args) -> None:
     print(line)
     print_breakdown(meta["breakdown"])
     print(line)
-
-
-def print_breakdown(breakdown: dict[str, list[float]]) -> None:
-    print("planner steps, in-process, serial (ms per question)")
-    print(f"  {'step':30}{'p50':>9}{'p99':>9}{'mean':>9}")
-    for name, values in breakdown.items():
-        print(f"  {name:30}{percentile(values, 50):9.2f}{percentile(values, 99):9.2f}"
-              f"{statistics.mean(values):9.2f}")
 
 
 async def planner_only(args) -> int:
