@@ -197,7 +197,7 @@ def _server_timing_ms(header: str) -> dict[str, float]:
 async def reset_prefix_cache(direct: aiohttp.ClientSession) -> bool:
     """Empty vLLM's prefix cache (a dev-mode endpoint: VLLM_SERVER_DEV_MODE=1) so that every batch
     starts cold. Both arms send the same prompts: otherwise the arm that sends a question second
-    finds its prompt cached (an 800-token prompt here: 6.4 s cold, 1.7 s cached), and that, not
+    finds its prompt cached (a 1,220-token prompt here: 6.4 s cold, 1.7 s cached), and that, not
     graft, decides the ratio."""
     async with direct.post("/reset_prefix_cache") as response:
         return response.status == 200 and (await response.json()).get("success") is True
