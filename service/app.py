@@ -89,7 +89,7 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
         routes.load(session)
     tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, settings.resolved_base_model)
     planner = Planner(settings.base_model_name, routes, retriever,
-                      PromptBuilder(tokenizer, settings.max_model_len))
+                      PromptBuilder(tokenizer, settings.max_model_len), threads=settings.resolved_plan_threads)
 
     urls = list(settings.engine_urls)
     owns_engine = False
@@ -147,6 +147,7 @@ async def _stop(state: GatewayState) -> None:
     await state.worker.stop()
     await state.swaps.wait_drained()
     await state.pool.close()
+    state.planner.close()
     if state.local_engine is not None and state.owns_engine:
         await state.local_engine.stop()
     state.db.dispose()

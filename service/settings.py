@@ -1,5 +1,6 @@
 """The one settings class of graft. Built once at start-up and passed in; never read globally."""
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,6 +21,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)  # bootstrap admin keys
+    # Request plans (retrieval, prompt) that run at once; 0 = one per CPU core this process may
+    # use. Plans are CPU-bound: more at once than cores makes a burst of requests finish later.
+    plan_threads: int = Field(default=0, ge=0, le=256)
 
     # engine: empty engine_urls means "start one local vLLM server as a child process"
     engine_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -76,6 +80,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @property
+    def resolved_plan_threads(self) -> int:
+        if self.plan_threads:
+            return self.plan_threads
+        try:
+            return len(os.sched_getaffinity(0))  # the cores this process may run on (Linux)
+        except AttributeError:
+            return os.cpu_count() or 1
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,7 +1,9 @@
 """Resolve `model` to the base model or a domain and build the engine request for it."""
 
 import asyncio
+import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,13 +25,24 @@ class RetrievalOverride(BaseModel):
 
 
 class Planner:
+    """`threads`: plans that run at once off the event loop. Plans are CPU work (the query
+    embedding most of all), so more of them than the cores only share the cores: a burst of
+    requests then all finish late together, where a queue served `threads` at a time (one per
+    core) finishes the first ones early and the median sooner (bench/gateway.py at c=16).
+    A pool of its own also keeps plans from waiting behind other blocking work (file removal,
+    key lookups) in the loop's default executor."""
+
     def __init__(self, base_model: str, routes: RoutingTable, retriever: Retriever,
-                 prompts: PromptBuilder):
+                 prompts: PromptBuilder, threads: int = 1):
         self.base_model = base_model
         self.routes = routes
         self.retriever = retriever
         self.prompts = prompts
-        self._in_threads = 0  # plans running in worker threads now
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="graft-plan")
+        self._in_threads = 0  # plans queued for or running in the pool now
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def plan(self, kind: str, body: dict[str, Any], *, gateway_idle: bool = False) -> Plan:
         """`gateway_idle`: the caller has nothing else in flight (no engine request). Then, unless
@@ -56,7 +69,8 @@ class Planner:
         # One hop off the event loop for all the rest: SQL, embedding and tokenizing all block.
         self._in_threads += 1
         try:
-            return await asyncio.to_thread(self._plan_domain, kind, body, route, settings, started)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, functools.partial(self._plan_domain, kind, body, route, settings, started))
         finally:
             self._in_threads -= 1
 

@@ -40,10 +40,10 @@ def prompts(base_model_dir):
     return PromptBuilder(AutoTokenizer.from_pretrained(base_model_dir), max_model_len=2048)
 
 
-def planner_with(retriever, prompts) -> Planner:
+def planner_with(retriever, prompts, threads: int = 1) -> Planner:
     routes = RoutingTable(BASE)
     routes.put(DomainRoute("lore", ("kb",), BASE, None, None))
-    return Planner(BASE, routes, retriever, prompts)
+    return Planner(BASE, routes, retriever, prompts, threads=threads)
 
 
 def chat(question: str) -> dict:
@@ -78,7 +78,7 @@ async def test_plans_in_a_worker_thread_while_other_requests_are_in_flight(promp
 async def test_a_plan_beside_one_running_in_a_thread_goes_to_a_thread_too(prompts):
     gate = threading.Event()
     retriever = RecordingRetriever(gate)
-    planner = planner_with(retriever, prompts)
+    planner = planner_with(retriever, prompts, threads=2)
     first = asyncio.create_task(planner.plan("chat", chat("first?"), gateway_idle=False))
     while not retriever.threads:  # the first plan is searching, held at the gate
         await asyncio.sleep(0.001)
@@ -92,3 +92,18 @@ async def test_a_plan_beside_one_running_in_a_thread_goes_to_a_thread_too(prompt
     # once nothing runs in a thread, an idle gateway plans on the loop again
     await planner.plan("chat", chat("third?"), gateway_idle=True)
     assert retriever.threads[-1] == loop_thread
+
+
+async def test_no_more_plans_run_at_once_than_its_threads(prompts):
+    gate = threading.Event()
+    retriever = RecordingRetriever(gate)
+    planner = planner_with(retriever, prompts, threads=2)
+    plans = [asyncio.create_task(planner.plan("chat", chat(f"q{i}?"), gateway_idle=False)) for i in range(5)]
+    while len(retriever.threads) < 2:
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.2)  # time for a third plan to start, were there a third thread
+    assert len(retriever.threads) == 2
+    gate.set()
+    done = await asyncio.gather(*plans)
+    assert len(done) == 5 and len(set(retriever.threads)) == 2
+    planner.close()
