@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 from service.settings import Settings
@@ -16,3 +17,9 @@ def test_defaults_live_in_the_data_dir(tmp_path):
     assert settings.resolved_database_url == f"sqlite:///{tmp_path.resolve() / 'graft.db'}"
     assert Path(settings.resolved_base_model) == tmp_path / "models" / "SmolLM2-135M-Instruct"
     assert Settings(data_dir=tmp_path, base_model="/m").resolved_base_model == "/m"
+
+
+def test_plan_threads_default_to_the_usable_cores(monkeypatch):
+    assert Settings().resolved_plan_threads == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("GRAFT_PLAN_THREADS", "3")
+    assert Settings().resolved_plan_threads == 3
