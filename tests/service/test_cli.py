@@ -79,8 +79,11 @@ def _engine_group(port: str) -> int | None:
 
 
 def _group_members(pgid: int) -> list[str]:
-    out = subprocess.run(["ps", "-ww", "-eo", "pgid,pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines()[1:] if int(line.split()[0]) == pgid]
+    """Live processes of group `pgid`. A zombie is dead and holds nothing; once its parent, the
+    vLLM server, is gone it waits for init to reap it, which graft cannot hurry."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pgid,pid,stat,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines()[1:]
+            if int(line.split()[0]) == pgid and not line.split()[2].startswith("Z")]
 
 
 @pytest.mark.engine
@@ -108,4 +111,7 @@ def test_serve_answers_and_ctrl_c_leaves_no_engine(env):
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
     assert process.returncode in (0, 130)
+    deadline = time.monotonic() + 10  # SIGKILLed members may take a moment to finish exiting
+    while _group_members(group) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert _group_members(group) == []
