@@ -32,11 +32,19 @@ class EngineStartError(Exception):
 
 
 def _prepare_child(nice: int) -> None:
-    """In the child before exec: die with the gateway, run at the given niceness."""
+    """In the child before exec: die with the gateway, run at the given niceness (its threads
+    and its session's autogroup)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if nice:
-        os.nice(nice)
+        niceness = os.nice(nice)
+        # start_new_session also gave the child a scheduling autogroup of its own (kernels with
+        # CONFIG_SCHED_AUTOGROUP, on by default on most distributions): the CPU is shared between
+        # autogroups first, and thread niceness only counts inside one. Without the group's own
+        # niceness a burst of query embeddings still gets half the cores, not nearly all of them.
+        with contextlib.suppress(OSError):
+            with open("/proc/self/autogroup", "w") as autogroup:
+                autogroup.write(str(niceness))
 
 
 def port_is_free(host: str, port: int) -> bool:

@@ -1,6 +1,8 @@
 import os
 import sys
 
+import pytest
+
 from service.engine.supervisor import LocalEngine
 from service.settings import Settings
 
@@ -15,15 +17,34 @@ def test_engine_wraps_only_the_configured_lora_layers(tmp_path, monkeypatch):
     assert command[at + 1:at + 3] == ["q_proj", "v_proj"]
 
 
+async def _niceness_of_child(settings: Settings, monkeypatch) -> tuple[int, str]:
+    """The spawned child's thread niceness and its /proc/self/autogroup line ("" where none)."""
+    engine = LocalEngine(settings)
+    probe = ("import os; print(os.nice(0)); "
+             "print(open('/proc/self/autogroup').read().strip() if os.path.exists('/proc/self/autogroup') else '')")
+    monkeypatch.setattr(engine, "command", lambda: [sys.executable, "-c", probe])
+    await engine._spawn()
+    assert await engine.process.wait() == 0
+    niceness, _, autogroup = engine.log_path.read_text().partition("\n")
+    return int(niceness), autogroup.strip()
+
+
 async def test_engine_processes_run_niced(tmp_path, monkeypatch):
     """vLLM busy-polls after every step; niced, it yields the CPU to the gateway's planning."""
-    async def niceness_of_child(settings: Settings) -> int:
-        engine = LocalEngine(settings)
-        monkeypatch.setattr(engine, "command", lambda: [sys.executable, "-c", "import os; print(os.nice(0))"])
-        await engine._spawn()
-        assert await engine.process.wait() == 0
-        return int(engine.log_path.read_text().split()[-1])
-
     ours = os.nice(0)
-    assert await niceness_of_child(Settings(data_dir=tmp_path / "a")) == min(ours + 10, 19)
-    assert await niceness_of_child(Settings(data_dir=tmp_path / "b", engine_nice=0)) == ours
+    niced, _ = await _niceness_of_child(Settings(data_dir=tmp_path / "a"), monkeypatch)
+    assert niced == min(ours + 10, 19)
+    not_niced, _ = await _niceness_of_child(Settings(data_dir=tmp_path / "b", engine_nice=0), monkeypatch)
+    assert not_niced == ours
+
+
+async def test_engine_session_autogroup_runs_niced(tmp_path, monkeypatch):
+    """The engine leads a session of its own, so with autogroups the group needs the niceness too:
+    thread niceness alone only orders threads inside one group (a burst's plans got half the CPU)."""
+    if not os.path.exists("/proc/self/autogroup"):
+        pytest.skip("this kernel has no scheduling autogroups (CONFIG_SCHED_AUTOGROUP)")
+    ours = os.nice(0)
+    _, autogroup = await _niceness_of_child(Settings(data_dir=tmp_path / "a"), monkeypatch)
+    assert autogroup.endswith(f"nice {min(ours + 10, 19)}"), autogroup
+    _, autogroup = await _niceness_of_child(Settings(data_dir=tmp_path / "b", engine_nice=0), monkeypatch)
+    assert autogroup.endswith("nice 0"), autogroup
