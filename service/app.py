@@ -82,8 +82,6 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
                               ef_search=settings.hnsw_ef_search, load_embedder=embedder_loader(settings))
     await asyncio.to_thread(_load_corpora, sessions, registry)
     retriever = Retriever(db, registry)
-    worker = IngestionWorker(sessions, registry, IngestLimits(
-        settings.max_pdf_pages, settings.extract_timeout_s, settings.embedding_batch_size))
     routes = RoutingTable(settings.base_model_name)
     with sessions() as session:
         routes.load(session)
@@ -98,6 +96,10 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
             local_engine, owns_engine = LocalEngine(settings), True
             await local_engine.start()
         urls = [local_engine.url]
+    engine_on_this_cpu = local_engine if not settings.engine_urls else None
+    worker = IngestionWorker(sessions, registry, IngestLimits(
+        settings.max_pdf_pages, settings.extract_timeout_s, settings.embedding_batch_size),
+        on_busy_change=None if engine_on_this_cpu is None else lambda busy: engine_on_this_cpu.yield_cpu(not busy))
     pool = EnginePool([EngineClient(url, connect_timeout_s=settings.engine_connect_timeout_s,
                                     request_timeout_s=settings.engine_request_timeout_s)
                           for url in urls])

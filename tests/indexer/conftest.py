@@ -1,8 +1,10 @@
-"""Indexer fixtures: the real packaged embedding model, loaded once per session."""
+"""Indexer fixtures: the real packaged embedding model, loaded once per session; a migrated SQLite."""
 
 import pytest
 
+from adapters_store.db import make_engine, make_session_factory
 from indexer.embedding import Embedder
+from migrations.runner import upgrade
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +17,12 @@ def embedder(embedding_cache_dir) -> Embedder:
 def torch_embedder() -> Embedder:
     """The same model through SentenceTransformer.encode (the reference)."""
     return Embedder.load(backend="torch")
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    url = f"sqlite:///{tmp_path / 'graft.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()

@@ -5,22 +5,11 @@ import pytest
 from sqlalchemy import select
 
 from adapters_store import corpus_repo
-from adapters_store.db import make_engine, make_session_factory
 from adapters_store.models import Corpus, IndexGeneration
 from indexer.generation import GenerationStore
 from indexer.publisher import StaleGeneration, publish_change
 from indexer.registry import CorpusRegistry
-from migrations.runner import upgrade
 from tests.indexer.test_registry import FakeEmbedder
-
-
-@pytest.fixture
-def sessions(tmp_path):
-    url = f"sqlite:///{tmp_path / 'graft.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def add_one(sessions, registry, entry, chunk: int) -> int:

@@ -48,3 +48,29 @@ async def test_engine_session_autogroup_runs_niced(tmp_path, monkeypatch):
     assert autogroup.endswith(f"nice {min(ours + 10, 19)}"), autogroup
     _, autogroup = await _niceness_of_child(Settings(data_dir=tmp_path / "b", engine_nice=0), monkeypatch)
     assert autogroup.endswith("nice 0"), autogroup
+
+
+async def test_engine_shares_the_cpu_equally_while_told_to(tmp_path, monkeypatch):
+    """While the gateway ingests it turns the engine's yielding off (autogroup back to 0), and on
+    again after; a restart in between keeps what it was told."""
+    if not os.path.exists("/proc/self/autogroup"):
+        pytest.skip("this kernel has no scheduling autogroups (CONFIG_SCHED_AUTOGROUP)")
+    engine = LocalEngine(Settings(data_dir=tmp_path, engine_nice=7))
+    monkeypatch.setattr(engine, "command", lambda: [sys.executable, "-c", "import time; time.sleep(60)"])
+
+    def autogroup() -> str:
+        with open(f"/proc/{engine.process.pid}/autogroup") as file:
+            return file.read().strip()
+
+    await engine._spawn()
+    try:
+        assert autogroup().endswith("nice 7")
+        engine.yield_cpu(False)
+        assert autogroup().endswith("nice 0")
+        await engine._kill_group()
+        await engine._spawn()  # a restart while ingesting
+        assert autogroup().endswith("nice 0")
+        engine.yield_cpu(True)
+        assert autogroup().endswith("nice 7")
+    finally:
+        await engine._kill_group()
