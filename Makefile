@@ -1,4 +1,5 @@
 # graft: two commands. `make serve` runs the gateway with a local vLLM on CPU; `make test` passes the suite.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,11 @@ TORCH_INDEX_URL ?=
 PIP_INDEX := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 PYTEST_ARGS ?=
 
-.PHONY: install model db serve test bench clean
+# Debian packages the tests read, each as package:a file it installs. PostgreSQL's server
+# binaries run a throwaway server; git-doc's pages are a corpus nobody here wrote.
+TEST_SYSTEM_PACKAGES := postgresql:/usr/lib/postgresql/*/bin/initdb git-doc:/usr/share/doc/git-doc/git-bisect.html
+
+.PHONY: install system-packages model db serve test bench clean
 
 install: $(VENV)/.installed
 
@@ -32,7 +37,24 @@ db: install
 serve: model db
 	HF_HUB_OFFLINE=1 $(BIN)/graft serve
 
-test: model
+# Installs what is missing when run as root on Debian; otherwise stops with the command to run.
+system-packages:
+	@missing=""; \
+	for entry in $(TEST_SYSTEM_PACKAGES); do \
+	  compgen -G "$${entry#*:}" >/dev/null || missing="$$missing $${entry%%:*}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian package(s):$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "graft: the tests need Debian package(s)$$missing: run sudo apt-get install -y$$missing" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+test: system-packages model
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: model db

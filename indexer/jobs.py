@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,16 +52,10 @@ class IngestLimits:
 
 
 class IngestionWorker:
-    """`on_busy_change(busy)`: called with True when the worker takes a job while idle and with
-    False once its queue is empty (the gateway lets a CPU-sharing engine keep its share meanwhile)."""
-
-    def __init__(self, sessions: sessionmaker[Session], registry: CorpusRegistry, limits: IngestLimits,
-                 on_busy_change: Callable[[bool], None] | None = None):
+    def __init__(self, sessions: sessionmaker[Session], registry: CorpusRegistry, limits: IngestLimits):
         self.sessions = sessions
         self.registry = registry
         self.limits = limits
-        self.on_busy_change = on_busy_change
-        self._busy = False
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._task: asyncio.Task | None = None
 
@@ -90,20 +83,12 @@ class IngestionWorker:
     async def _loop(self) -> None:
         while True:
             job_id = await self._queue.get()
-            self._set_busy(True)
             try:
                 await asyncio.to_thread(self.run_job, job_id)
             except Exception:
                 log.exception("ingestion job %s crashed", job_id)
             finally:
                 self._queue.task_done()
-                if self._queue.empty():
-                    self._set_busy(False)
-
-    def _set_busy(self, busy: bool) -> None:
-        if busy != self._busy and self.on_busy_change is not None:
-            self.on_busy_change(busy)
-        self._busy = busy
 
     def run_job(self, job_id: str) -> None:
         with self.sessions() as session, session.begin():

@@ -97,8 +97,7 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
             await local_engine.start()
         urls = [local_engine.url]
     worker = IngestionWorker(sessions, registry, IngestLimits(
-        settings.max_pdf_pages, settings.extract_timeout_s, settings.embedding_batch_size),
-        on_busy_change=_share_cpu_while_ingesting(local_engine) if not settings.engine_urls else None)
+        settings.max_pdf_pages, settings.extract_timeout_s, settings.embedding_batch_size))
     pool = EnginePool([EngineClient(url, connect_timeout_s=settings.engine_connect_timeout_s,
                                     request_timeout_s=settings.engine_request_timeout_s)
                           for url in urls])
@@ -141,12 +140,6 @@ def _load_corpora(sessions, registry: CorpusRegistry) -> None:
         registry.entry_for(corpus)
         keep = {corpus.current_generation} if corpus.current_generation else set()
         registry.store.remove_except(corpus.id, keep)
-
-
-def _share_cpu_while_ingesting(engine: LocalEngine):
-    """The ingestion worker's hook for a local engine: it yields the CPU to request planning, but
-    not to an ingestion job, which would otherwise starve generation (see LocalEngine.yield_cpu)."""
-    return lambda busy: engine.yield_cpu(not busy)
 
 
 async def _stop(state: GatewayState) -> None:

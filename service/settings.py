@@ -43,10 +43,6 @@ class Settings(BaseSettings):
     engine_request_timeout_s: float = 300.0
     engine_connect_timeout_s: float = 5.0
     engine_extra_args: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Niceness of the local vLLM processes. On a CPU shared with the engine, vLLM's processes
-    # busy-poll for a second after every step; niced, they give the core to the gateway's query
-    # embedding first (bench/gateway.py). 0 keeps them at the gateway's priority.
-    engine_nice: int = Field(default=10, ge=0, le=19)
 
     # indexing and retrieval
     embedding_model: str = "all-MiniLM-L6-v2"

@@ -7,7 +7,6 @@ and PR_SET_PDEATHSIG (so it dies with the gateway even when the gateway is SIGKI
 import asyncio
 import contextlib
 import ctypes
-import functools
 import logging
 import os
 import signal
@@ -31,24 +30,10 @@ class EngineStartError(Exception):
         self.log_tail = log_tail
 
 
-def _prepare_child(nice: int) -> None:
-    """In the child before exec: die with the gateway, run at the given niceness (its threads
-    and its session's autogroup)."""
+def _prepare_child() -> None:
+    """In the child before exec: die with the gateway."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if nice:
-        _set_autogroup_nice("self", os.nice(nice))
-
-
-def _set_autogroup_nice(pid: int | str, nice: int) -> None:
-    """start_new_session gives the engine a scheduling autogroup of its own (kernels with
-    CONFIG_SCHED_AUTOGROUP, on by default on most distributions): the CPU is shared between
-    autogroups first, and thread niceness only counts inside one. Without the group's own
-    niceness a burst of query embeddings still gets half the cores, not nearly all of them.
-    Raising it and lowering it back to 0 need no privilege; without autogroups this does nothing."""
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/autogroup", "w") as autogroup:
-            autogroup.write(str(nice))
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -69,7 +54,6 @@ class LocalEngine:
         self.port = settings.engine_port
         self.log_path = settings.logs_dir / "engine.log"
         self.process: asyncio.subprocess.Process | None = None
-        self._yields_cpu = True
         self.restarts = 0
         self._stopping = False
         self._watcher: asyncio.Task | None = None
@@ -124,24 +108,11 @@ class LocalEngine:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.environment(),
                 start_new_session=True,
-                preexec_fn=functools.partial(_prepare_child, self.settings.engine_nice),
+                preexec_fn=_prepare_child,
             )
         finally:
             log_file.close()
         log.info("started vLLM (pid %s), log: %s", self.process.pid, self.log_path)
-        if not self._yields_cpu:
-            self.yield_cpu(False)
-
-    def yield_cpu(self, yields: bool) -> None:
-        """Whether the engine gives the CPU to the gateway first (its autogroup at engine_nice) or
-        shares it equally (0). Request planning is short and in front of a waiting client, so it
-        goes first; ingestion is long batch work, so while a job runs the gateway turns this off
-        and generation keeps its share (completions beside a 300-document ingestion: 15 s each
-        with the engine yielding, 3.9 s sharing, 4.3 s with no ingestion)."""
-        self._yields_cpu = yields
-        if self.process is not None and self.process.returncode is None and self.settings.engine_nice:
-            niced = min(os.nice(0) + self.settings.engine_nice, 19)  # as os.nice() in the child
-            _set_autogroup_nice(self.process.pid, niced if yields else 0)
 
     async def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.settings.engine_start_timeout_s

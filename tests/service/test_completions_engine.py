@@ -1,7 +1,6 @@
 """Retrieval-augmented completions on the real CPU vLLM, through the official `openai` SDK."""
 
 import asyncio
-import os
 import re
 import time
 
@@ -113,35 +112,3 @@ async def test_client_disconnect_cancels_the_engine_request(gateway_url, local_e
             break
         await asyncio.sleep(0.1)
     assert await running() == 0.0
-
-
-async def test_the_engine_shares_the_cpu_while_a_corpus_is_ingested(gateway_url, local_engine):
-    """The local engine's autogroup yields to request planning, but not to ingestion, which would
-    starve generation: 0 while a job runs, niced again after."""
-    path = f"/proc/{local_engine.process.pid}/autogroup"
-    if not os.path.exists(path):
-        pytest.skip("this kernel has no scheduling autogroups (CONFIG_SCHED_AUTOGROUP)")
-
-    def autogroup_nice() -> int:
-        with open(path) as file:
-            return int(file.read().split()[-1])
-
-    niced = autogroup_nice()
-    assert niced == min(os.nice(0) + local_engine.settings.engine_nice, 19) > 0
-    seen = set()
-
-    async def watch():
-        while True:
-            seen.add(autogroup_nice())
-            await asyncio.sleep(0.002)
-
-    watcher = asyncio.create_task(watch())
-    try:
-        async with client(gateway_url) as http:
-            await http.post("/v1/corpora", json={"name": "more-lore"})
-            job = await upload(http, "more-lore", [(f"note-{i}.txt", FACT * 40, "text/plain") for i in range(8)])
-        assert job["status"] == "succeeded"
-    finally:
-        watcher.cancel()
-    assert 0 in seen
-    assert autogroup_nice() == niced
