@@ -3,7 +3,7 @@
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from adapters_store.corpus_repo import Conflict, NotFound
+from adapters_store.errors import Conflict, NotFound
 from adapters_store.models import Adapter, AdapterVersion, Domain, DomainHistory, utcnow
 
 
@@ -35,7 +35,8 @@ def get_version(session: Session, name: str, version: int) -> AdapterVersion:
                          .where(Adapter.name == name, AdapterVersion.version == version,
                                 AdapterVersion.deleted.is_(False)))
     if row is None:
-        raise NotFound(f"adapter version {name}@{version} does not exist")
+        raise NotFound(f"adapter version {name}@{version} does not exist", param="version",
+                       code="adapter_not_found")
     return row
 
 
@@ -48,7 +49,7 @@ def get_adapter(session: Session, name: str) -> Adapter:
     adapter = session.scalar(select(Adapter).options(selectinload(Adapter.versions))
                              .where(Adapter.name == name))
     if adapter is None:
-        raise NotFound(f"adapter {name!r} does not exist")
+        raise NotFound(f"adapter {name!r} does not exist", param="adapter", code="adapter_not_found")
     return adapter
 
 
@@ -63,11 +64,13 @@ def delete_version(session: Session, version: AdapterVersion) -> None:
     """Soft-delete; refused while a domain uses the version or could roll back to it."""
     users = session.scalars(select(Domain.name).where(Domain.adapter_version_id == version.id)).all()
     if users:
-        raise Conflict(f"{version.engine_name} is used by domain(s) {', '.join(users)}")
+        raise Conflict(f"{version.engine_name} is used by domain(s) {', '.join(users)}",
+                       param="version", code="adapter_in_use")
     in_history = session.scalar(select(DomainHistory.id).where(or_(
         DomainHistory.from_version_id == version.id, DomainHistory.to_version_id == version.id)).limit(1))
     if in_history is not None:
-        raise Conflict(f"{version.engine_name} is in a domain's rollback history")
+        raise Conflict(f"{version.engine_name} is in a domain's rollback history", param="version",
+                       code="adapter_in_use")
     version.deleted = True
 
 
@@ -76,7 +79,7 @@ def get_domain(session: Session, name: str) -> Domain:
         selectinload(Domain.adapter_version).selectinload(AdapterVersion.adapter))
         .where(Domain.name == name))
     if domain is None:
-        raise NotFound(f"domain {name!r} does not exist")
+        raise NotFound(f"domain {name!r} does not exist", param="domain", code="domain_not_found")
     return domain
 
 

@@ -20,6 +20,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapters_store.durable import fsync_dir, fsync_tree
+from adapters_store.errors import Invalid, TooLarge, Unsupported
 from adapters_store.validation import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME
 
 log = logging.getLogger(__name__)
@@ -32,12 +34,6 @@ CHUNK = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class UploadRejected(Exception):
-    def __init__(self, status_code: int, check: str, message: str):
-        super().__init__(message)
-        self.status_code, self.check, self.message = status_code, check, message
-
-
 class _Budget:
     """Counts bytes actually read or written, so lying archive headers cannot exceed a limit."""
 
@@ -48,7 +44,8 @@ class _Budget:
     def take(self, n: int) -> None:
         self.left -= n
         if self.left < 0:
-            raise UploadRejected(413, "too_large", f"{self.what} exceeds {self.limit} bytes uncompressed")
+            raise TooLarge(f"{self.what} exceeds {self.limit} bytes uncompressed",
+                           param="files", code="too_large")
 
 
 class _LimitedReader:
@@ -73,7 +70,7 @@ def unpack_upload(
     On rejection, the files written so far are removed again.
     """
     if not files:
-        raise UploadRejected(400, "no_files", "no files were uploaded")
+        raise Invalid("no files were uploaded", param="files", code="no_files")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
@@ -87,9 +84,9 @@ def unpack_upload(
         else:
             _copy_loose(files, dest, budget, written)
         if not (dest / CONFIG_NAME).is_file():
-            raise UploadRejected(400, "missing_config", f"the upload has no {CONFIG_NAME}")
+            raise Invalid(f"the upload has no {CONFIG_NAME}", param="files", code="missing_config")
         if not (dest / WEIGHTS_NAME).is_file():
-            raise UploadRejected(400, "missing_weights", f"the upload has no {WEIGHTS_NAME}")
+            raise Invalid(f"the upload has no {WEIGHTS_NAME}", param="files", code="missing_weights")
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -99,7 +96,8 @@ def unpack_upload(
 def _kept_name(basename: str) -> bool:
     """True for the files to keep; refuses pickles; False for other, ignorable names."""
     if basename.lower().endswith(PICKLE_SUFFIXES):
-        raise UploadRejected(415, "pickle_refused", f"{basename!r}: pickle files are refused, upload {WEIGHTS_NAME}")
+        raise Unsupported(f"{basename!r}: pickle files are refused, upload {WEIGHTS_NAME}",
+                          param="files", code="pickle_refused")
     return basename in KEPT_NAMES
 
 
@@ -107,12 +105,13 @@ def _copy_loose(files, dest: Path, budget: _Budget, written: list[Path]) -> None
     for name, path in files:
         _kept_name(name.replace("\\", "/").rsplit("/", 1)[-1])  # refuses pickles with 415
         if name.lower().endswith(OTHER_ARCHIVE_SUFFIXES):
-            raise UploadRejected(415, "unsupported_archive", f"{name!r}: archives must be {', '.join(ARCHIVE_SUFFIXES)}")
+            raise Unsupported(f"{name!r}: archives must be {', '.join(ARCHIVE_SUFFIXES)}",
+                              param="files", code="unsupported_archive")
         if name not in KEPT_NAMES:
             hint = f"upload {CONFIG_NAME} and {WEIGHTS_NAME}, or one {'/'.join(ARCHIVE_SUFFIXES)} archive of them"
-            raise UploadRejected(400, "unknown_file", f"unexpected file {name!r}: {hint}")
+            raise Invalid(f"unexpected file {name!r}: {hint}", param="files", code="unknown_file")
         if (dest / name).exists():
-            raise UploadRejected(400, "duplicate_file", f"{name} was uploaded twice")
+            raise Invalid(f"{name} was uploaded twice", param="files", code="duplicate_file")
         with open(path, "rb") as src:
             _write(src, dest / name, budget, written)
 
@@ -128,12 +127,12 @@ def _write(src, target: Path, budget: _Budget, written: list[Path]) -> None:
 
 def _member_parts(name: str) -> list[str]:
     if not name or "\x00" in name or "\\" in name:
-        raise UploadRejected(400, "unsafe_path", f"archive member name {name!r} is not allowed")
+        raise Invalid(f"archive member name {name!r} is not allowed", param="files", code="unsafe_path")
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise UploadRejected(400, "unsafe_path", f"archive member {name!r} has an absolute path")
+        raise Invalid(f"archive member {name!r} has an absolute path", param="files", code="unsafe_path")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise UploadRejected(400, "unsafe_path", f"archive member {name!r} has a '..' component")
+        raise Invalid(f"archive member {name!r} has a '..' component", param="files", code="unsafe_path")
     return parts
 
 
@@ -152,29 +151,36 @@ class _Plan:
         """Returns the basename to extract the member as, or None to skip it."""
         self.count += 1
         if self.count > self.max_members:
-            raise UploadRejected(413, "too_many_members", f"archive has more than {self.max_members} members")
+            raise TooLarge(f"archive has more than {self.max_members} members",
+                           param="files", code="too_many_members")
         parts = _member_parts(name)
         if kind == "dir":
             if len(parts) > 1:
-                raise UploadRejected(400, "archive_layout", f"{name!r}: at most one folder level is allowed")
+                raise Invalid(f"{name!r}: at most one folder level is allowed",
+                              param="files", code="archive_layout")
             return None
         if kind != "file":
-            raise UploadRejected(400, "unsafe_member", f"archive member {name!r} is a {kind}, not a regular file")
+            raise Invalid(f"archive member {name!r} is a {kind}, not a regular file",
+                          param="files", code="unsafe_member")
         self.declared += size
         if self.declared > self.max_total_bytes:
-            raise UploadRejected(413, "too_large", f"archive holds more than {self.max_total_bytes} bytes")
+            raise TooLarge(f"archive holds more than {self.max_total_bytes} bytes",
+                           param="files", code="too_large")
         if parts[0] == "__MACOSX":  # resource forks that macOS adds to zips
             return None
         if len(parts) > 2:
-            raise UploadRejected(400, "archive_layout", f"{name!r}: at most one folder level is allowed")
+            raise Invalid(f"{name!r}: at most one folder level is allowed",
+                          param="files", code="archive_layout")
         if not _kept_name(parts[-1]):
             return None
         folder = parts[0] if len(parts) == 2 else ""
         if self.folder is not None and folder != self.folder:
-            raise UploadRejected(400, "archive_layout", "the adapter files are spread over several folders")
+            raise Invalid("the adapter files are spread over several folders",
+                          param="files", code="archive_layout")
         self.folder = folder
         if parts[-1] in self.chosen:
-            raise UploadRejected(400, "duplicate_member", f"{parts[-1]} appears twice in the archive")
+            raise Invalid(f"{parts[-1]} appears twice in the archive",
+                          param="files", code="duplicate_member")
         self.chosen.add(parts[-1])
         return parts[-1]
 
@@ -188,7 +194,7 @@ def _unpack_zip(path: Path, dest: Path, plan: _Plan, budget: _Budget, written) -
                 file_type = stat.S_IFMT(info.external_attr >> 16)
                 kind = "dir" if info.is_dir() else "file" if file_type in (0, stat.S_IFREG) else "link or device"
                 if info.flag_bits & 0x1:
-                    raise UploadRejected(400, "bad_archive", f"{info.filename!r} is encrypted")
+                    raise Invalid(f"{info.filename!r} is encrypted", param="files", code="bad_archive")
                 basename = plan.admit(info.filename, kind, info.file_size)
                 if basename:
                     targets.append((info, basename))
@@ -197,7 +203,7 @@ def _unpack_zip(path: Path, dest: Path, plan: _Plan, budget: _Budget, written) -
                 with archive.open(info) as src:
                     _write(src, dest / basename, budget, written)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
-        raise UploadRejected(400, "bad_archive", f"not a readable zip archive: {exc}") from None
+        raise Invalid(f"not a readable zip archive: {exc}", param="files", code="bad_archive") from None
 
 
 def _unpack_tar(path: Path, dest: Path, plan: _Plan, budget: _Budget, written) -> None:
@@ -215,7 +221,8 @@ def _unpack_tar(path: Path, dest: Path, plan: _Plan, budget: _Budget, written) -
                     if basename:
                         _write(archive.extractfile(member), dest / basename, budget, written)
         except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
-            raise UploadRejected(400, "bad_archive", f"not a readable tar archive: {exc}") from None
+            raise Invalid(f"not a readable tar archive: {exc}",
+                          param="files", code="bad_archive") from None
 
 
 def content_sha256(folder: Path) -> str:
@@ -231,14 +238,6 @@ def content_sha256(folder: Path) -> str:
             while chunk := f.read(CHUNK):
                 digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AdapterArtifactStore:
@@ -266,8 +265,7 @@ class AdapterArtifactStore:
         if final.is_dir():
             shutil.rmtree(staging_folder)
             return digest, final
-        for path in [*staging_folder.iterdir(), staging_folder]:
-            _fsync_path(path)
+        fsync_tree(staging_folder)
         try:
             os.rename(staging_folder, final)
         except OSError as exc:
@@ -275,7 +273,7 @@ class AdapterArtifactStore:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not final.is_dir():
                 raise
             shutil.rmtree(staging_folder)
-        _fsync_path(self.root)
+        fsync_dir(self.root)
         log.info("stored adapter %s version content %s", adapter, digest)
         return digest, final
 
@@ -286,7 +284,7 @@ class AdapterArtifactStore:
         # Rename first, so a crash never leaves a half-deleted folder under a valid name.
         trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=self.root))
         os.rename(final, trash / sha256)
-        _fsync_path(self.root)
+        fsync_dir(self.root)
         shutil.rmtree(trash)
 
     def sweep_leftovers(self, older_than_s: float = 3600) -> None:

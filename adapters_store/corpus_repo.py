@@ -8,17 +8,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from adapters_store.errors import Conflict, NotFound
 from adapters_store.models import Chunk, Corpus, Document, IndexGeneration, Job, JobItem, utcnow
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class NotFound(Exception):
-    pass
-
-
-class Conflict(Exception):
-    pass
 
 
 @dataclass
@@ -45,14 +38,14 @@ def create_corpus(session: Session, name: str, chunk_size: int, chunk_overlap: i
         session.flush()
     except IntegrityError as exc:
         session.rollback()
-        raise Conflict(f"corpus {name!r} already exists") from exc
+        raise Conflict(f"corpus {name!r} already exists", param="name", code="corpus_exists") from exc
     return corpus
 
 
 def get_corpus(session: Session, name: str) -> Corpus:
     corpus = session.scalar(select(Corpus).where(Corpus.name == name))
     if corpus is None:
-        raise NotFound(f"corpus {name!r} does not exist")
+        raise NotFound(f"corpus {name!r} does not exist", param="corpus", code="corpus_not_found")
     return corpus
 
 
@@ -86,7 +79,8 @@ def get_document(session: Session, corpus: Corpus, external_id: str) -> Document
     document = session.scalar(select(Document).where(Document.corpus_id == corpus.id,
                                                      Document.external_id == external_id))
     if document is None:
-        raise NotFound(f"document {external_id!r} does not exist in corpus {corpus.name!r}")
+        raise NotFound(f"document {external_id!r} does not exist in corpus {corpus.name!r}",
+                       param="document_id", code="document_not_found")
     return document
 
 
@@ -113,7 +107,7 @@ def create_job(session: Session, corpus: Corpus, items: list[JobItem]) -> Job:
 def get_job(session: Session, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None:
-        raise NotFound(f"job {job_id!r} does not exist")
+        raise NotFound(f"job {job_id!r} does not exist", param="job_id", code="job_not_found")
     return job
 
 

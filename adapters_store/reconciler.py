@@ -1,7 +1,7 @@
-"""Keep every engine's loaded adapters equal to what the domains need.
+"""Keep every engine's adapters equal to what the domains need.
 
-`prepare` runs when an engine comes (back) up, before it takes traffic; `run` repairs drift
-periodically by comparing each engine's /v1/models with the needed set.
+`prepare` runs when an engine comes (back) up, before it takes traffic; `repair` runs
+periodically and reloads what an engine lost, reading each engine's own list of models.
 """
 
 import asyncio
@@ -15,28 +15,24 @@ log = logging.getLogger(__name__)
 
 
 class Reconciler:
-    def __init__(self, loader: HotLoader, needed: Callable[[], dict[str, str]], base_model: str,
-                 interval_s: float = 15.0):
+    def __init__(self, loader: HotLoader, needed: Callable[[], dict[str, str]], interval_s: float = 15.0):
         self.loader = loader
         self.needed = needed  # adapter name → folder
-        self.base_model = base_model
         self.interval_s = interval_s
         self._task: asyncio.Task | None = None
 
-    async def prepare(self, engine) -> None:
-        engine.loaded_adapters = await self._engine_adapters(engine)
+    async def prepare(self, engine: str) -> None:
+        held = await self.loader.host.refresh(engine)
         for name, path in self.needed().items():
             await self.loader.ensure_loaded(engine, name, path)
-        log.info("engine %s holds %d adapter(s)", engine.url, len(engine.loaded_adapters))
+        log.info("engine %s holds %d adapter(s)", engine, len(held | set(self.needed())))
 
     async def repair(self) -> None:
-        for engine in self.loader.pool.engines:
-            if engine.ready:
-                with contextlib.suppress(Exception):
-                    await self.prepare(engine)
-
-    async def _engine_adapters(self, engine) -> set[str]:
-        return {name for name in await engine.client.model_names() if name != self.base_model}
+        for engine in self.loader.host.ready_engines():
+            try:
+                await self.prepare(engine)
+            except Exception as exc:  # the next round tries again
+                log.warning("reconciling engine %s failed: %s", engine, exc)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="adapter-reconciler")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from adapters_store.errors import Invalid
+
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -22,11 +24,10 @@ PEFT_PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>A|B)\.weight$")
 
 
-class AdapterValidationError(Exception):
+class AdapterValidationError(Invalid):
     def __init__(self, check: str, message: str):
-        super().__init__(message)
+        super().__init__(message, param="files", code=check)
         self.check = check
-        self.message = message
 
 
 @dataclass

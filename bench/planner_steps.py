@@ -25,7 +25,7 @@ async def planner_breakdown(state, bodies: list[dict], domain: str, k: int) -> d
     for body in bodies * 2:  # the first pass warms caches; keep the second
         question = body["messages"][-1]["content"]
         t = t0 = time.perf_counter()
-        route = planner.routes.get(domain)
+        route = planner.routing.get(domain)
         corpora = retriever._lookup(list(route.corpora))
         t = note("corpus lookup (SQL)", t)
         searcher = retriever.registry.entry_for(corpora[0]).searcher

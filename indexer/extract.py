@@ -12,7 +12,7 @@ from lxml import html as lxml_html
 
 KINDS = ("txt", "md", "html", "pdf", "jsonl")
 
-_EXTENSIONS = {
+EXTENSIONS = {
     ".txt": "txt", ".text": "txt",
     ".md": "md", ".markdown": "md",
     ".html": "html", ".htm": "html",
@@ -44,7 +44,7 @@ class ExtractedDocument:
 
 def detect_kind(filename: str, content_type: str | None) -> str | None:
     """The extraction kind from the file extension, else from the content type; None if unsupported."""
-    kind = _EXTENSIONS.get(Path(filename or "").suffix.lower())
+    kind = EXTENSIONS.get(Path(filename or "").suffix.lower())
     if kind is None and content_type:
         kind = _CONTENT_TYPES.get(content_type.split(";")[0].strip().lower())
     return kind

@@ -13,7 +13,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from indexer.durable import fsync_dir, write_bytes_durably
+from adapters_store.durable import fsync_dir, write_bytes_durably
 from indexer.lexical import LexicalIndex
 from indexer.vector_index import LEGACY_EF_CONSTRUCTION, VectorIndex
 

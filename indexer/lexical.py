@@ -11,7 +11,7 @@ import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
 
-from indexer.durable import fsync_dir, fsync_tree
+from adapters_store.durable import fsync_dir, fsync_tree
 
 _IDS_FILE = "chunk_ids.npy"
 _META_FILE = "graft_lexical.json"

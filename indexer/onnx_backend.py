@@ -20,7 +20,7 @@ import onnxruntime as ort
 import torch
 from sentence_transformers import SentenceTransformer
 
-from indexer.durable import fsync_dir, replace_durably, temp_sibling
+from adapters_store.durable import fsync_dir, replace_durably, temp_sibling
 from indexer.fast_tokenizer import padded_copy
 
 log = logging.getLogger(__name__)

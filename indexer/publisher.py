@@ -12,13 +12,15 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapters_store.errors import Conflict
 from adapters_store.models import Chunk, Corpus, IndexGeneration
 from indexer.lexical import LexicalIndex
 from indexer.registry import CorpusEntry, CorpusRegistry
 
 
-class StaleGeneration(Exception):
+class StaleGeneration(Conflict):
     """The corpus was changed elsewhere since the generation this change was built on."""
+    default_code = "corpus_changed"
 
 
 def publish_change(

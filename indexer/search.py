@@ -1,5 +1,7 @@
 """Search of one corpus at one loaded generation: dense, BM25 or hybrid."""
 
+from typing import Literal, get_args
+
 import numpy as np
 
 from indexer.embedding import Embedder
@@ -7,7 +9,10 @@ from indexer.hybrid import reciprocal_rank_fusion
 from indexer.lexical import LexicalIndex
 from indexer.vector_index import VectorIndex
 
-MODES = ("dense", "bm25", "hybrid")
+# The one list of search modes and the one bound on k: routes, domains and requests take these.
+SearchMode = Literal["dense", "bm25", "hybrid"]
+MODES: tuple[str, ...] = get_args(SearchMode)
+MAX_K = 100
 # In hybrid mode each retriever proposes this many times k candidates to the fusion, and never
 # fewer than HYBRID_MIN_CANDIDATES: with short lists a chunk that both retrievers rank fairly
 # well is cut from them, so the first hits (and their scores) would change with k.

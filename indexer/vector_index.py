@@ -33,8 +33,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexer.durable import replace_durably, temp_sibling
-
+from adapters_store.durable import replace_durably, temp_sibling
 
 HNSW_M = 32
 EF_CONSTRUCTION = 200

@@ -1,6 +1,7 @@
 """Alembic environment: the URL comes from the caller (graft db upgrade), never from a global."""
 
 from alembic import context
+
 from adapters_store.db import make_engine
 from adapters_store.models import Base
 

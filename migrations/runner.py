@@ -33,3 +33,13 @@ def head_revision() -> str:
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+class SchemaBehind(Exception):
+    """The database is not at the latest migration; the message says what to run."""
+
+
+def require_head(engine: Engine) -> None:
+    """The one schema check the gateway and the CLI make before they touch the database."""
+    if current_revision(engine) != head_revision():
+        raise SchemaBehind("the database schema is not at the latest migration: run `graft db upgrade`")

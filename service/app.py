@@ -19,7 +19,7 @@ from indexer.embedding import Embedder
 from indexer.generation import GenerationStore
 from indexer.jobs import IngestionWorker, IngestLimits
 from indexer.registry import CorpusRegistry
-from migrations.runner import current_revision, head_revision
+from migrations.runner import SchemaBehind, require_head
 from service.auth import Authenticator
 from service.domains import RoutingTable
 from service.engine.client import EngineClient
@@ -72,9 +72,11 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
                    settings.adapters_dir, settings.logs_dir):
         folder.mkdir(parents=True, exist_ok=True)
     db = make_engine(settings.resolved_database_url)
-    if current_revision(db) != head_revision():
+    try:
+        require_head(db)
+    except SchemaBehind as exc:
         db.dispose()
-        raise StartupError("the database schema is not at the latest migration: run `graft db upgrade`")
+        raise StartupError(str(exc)) from exc
     sessions = make_session_factory(db)
 
     registry = CorpusRegistry(GenerationStore(settings.indexes_dir), settings.exact_search_max_vectors,
@@ -82,11 +84,11 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
                               ef_search=settings.hnsw_ef_search, load_embedder=embedder_loader(settings))
     await asyncio.to_thread(_load_corpora, sessions, registry)
     retriever = Retriever(db, registry)
-    routes = RoutingTable(settings.base_model_name)
+    routing = RoutingTable(settings.base_model_name)
     with sessions() as session:
-        routes.load(session)
+        routing.load(session)
     tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, settings.resolved_base_model)
-    planner = Planner(settings.base_model_name, routes, retriever,
+    planner = Planner(settings.base_model_name, routing, retriever,
                       PromptBuilder(tokenizer, settings.max_model_len), threads=settings.resolved_plan_threads)
 
     urls = list(settings.engine_urls)
@@ -100,10 +102,9 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
         settings.max_pdf_pages, settings.extract_timeout_s, settings.embedding_batch_size))
     pool = EnginePool([EngineClient(url, connect_timeout_s=settings.engine_connect_timeout_s,
                                     request_timeout_s=settings.engine_request_timeout_s)
-                          for url in urls])
+                       for url in urls], settings.base_model_name)
     loader = HotLoader(pool, settings.drain_timeout_s)
-    reconciler = Reconciler(loader, routes.needed_adapters, settings.base_model_name,
-                            settings.reconcile_interval_s)
+    reconciler = Reconciler(loader, routing.needed_adapters, settings.reconcile_interval_s)
     pool.on_recover = reconciler.prepare
 
     artifacts = AdapterArtifactStore(settings.adapters_dir / "store")
@@ -111,7 +112,7 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
     state = GatewayState(
         settings=settings, db=db, sessions=sessions, pool=pool, metrics=Metrics(),
         auth=Authenticator(sessions, settings.api_keys), registry=registry, retriever=retriever,
-        worker=worker, domains=routes, planner=planner, swaps=SwapService(sessions, routes, loader),
+        worker=worker, routing=routing, planner=planner, swaps=SwapService(sessions, routing, loader),
         reconciler=reconciler, artifacts=artifacts,
         local_engine=local_engine, owns_engine=owns_engine)
     worker.start()

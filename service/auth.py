@@ -13,8 +13,8 @@ from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from adapters_store.errors import Forbidden, Unauthenticated
 from adapters_store.models import ApiKey
-from service.errors import ApiError
 
 SCOPES = ("inference", "admin")
 
@@ -62,16 +62,15 @@ class Authenticator:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "missing API key: send Authorization: Bearer <key>",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthenticated("missing API key: send Authorization: Bearer <key>",
+                                  code="invalid_api_key")
         digest = hash_key(token.strip())
         principal = self._bootstrap_principal(digest) or await asyncio.to_thread(self._lookup, digest)
         if principal is None:
-            raise ApiError(401, "invalid API key", code="invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthenticated("invalid API key", code="invalid_api_key")
         if scope == "admin" and principal.scope != "admin":
-            raise ApiError(403, "this key has scope 'inference'; the route needs 'admin'",
-                           code="insufficient_scope")
+            raise Forbidden("this key has scope 'inference'; the route needs 'admin'",
+                            code="insufficient_scope")
         return principal
 
     def _bootstrap_principal(self, digest: str) -> Principal | None:

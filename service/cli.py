@@ -12,7 +12,7 @@ import uvicorn
 import uvloop
 
 from adapters_store.db import make_engine, make_session_factory, session_scope
-from migrations.runner import current_revision, head_revision, upgrade
+from migrations.runner import SchemaBehind, head_revision, require_head, upgrade
 from service.cli_client import adapter_app, corpus_app, domain_app
 from service.settings import Settings
 
@@ -87,8 +87,7 @@ def serve(host: str = typer.Option(None, help="bind address (default GRAFT_HOST)
 
     db = make_engine(settings.resolved_database_url)
     try:
-        if current_revision(db) != head_revision():
-            fail("the database schema is not at the latest migration: run `graft db upgrade`")
+        _require_head(db)
         with session_scope(make_session_factory(db)) as session:
             keyed = any_key_configured(session, settings.api_keys)
     finally:
@@ -193,9 +192,15 @@ def keys_revoke(key_id: int) -> None:
 def _session():
     settings = Settings()
     db = make_engine(settings.resolved_database_url)
-    if current_revision(db) != head_revision():
-        fail("the database schema is not at the latest migration: run `graft db upgrade`")
+    _require_head(db)
     return session_scope(make_session_factory(db))
+
+
+def _require_head(db) -> None:
+    try:
+        require_head(db)
+    except SchemaBehind as exc:
+        fail(str(exc))
 
 
 def main() -> None:

@@ -10,13 +10,14 @@ import httpx
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from indexer.extract import EXTENSIONS
+
 corpus_app = typer.Typer(no_args_is_help=True, help="Corpora (talks to a running gateway)")
 adapter_app = typer.Typer(no_args_is_help=True, help="Adapter versions (talks to a running gateway)")
 domain_app = typer.Typer(no_args_is_help=True, help="Domains (talks to a running gateway)")
 
 URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="GRAFT_URL", help="gateway base URL")
 KEY = typer.Option(None, "--key", envvar="GRAFT_API_KEY", help="admin API key")
-UPLOAD_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl"}
 
 
 def _http(url: str, key: str | None) -> httpx.Client:
@@ -52,7 +53,7 @@ def _files_of(paths: list[Path]) -> list[Path]:
     files = []
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in UPLOAD_SUFFIXES)
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
         elif path.is_file():
             files.append(path)
         else:

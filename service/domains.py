@@ -54,6 +54,9 @@ class RoutingTable:
     def put(self, route: DomainRoute) -> None:
         self._routes[route.name] = route
 
+    def remove(self, name: str) -> DomainRoute | None:
+        return self._routes.pop(name, None)
+
     def all(self) -> list[DomainRoute]:
         return sorted(self._routes.values(), key=lambda r: r.name)
 

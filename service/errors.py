@@ -1,44 +1,57 @@
-"""The one error shape of the API: {"error": {"message", "type", "param", "code"}}."""
+"""The one error table and the one error shape: {"error": {"message", "type", "param", "code"}}.
+
+Lower layers raise the domain exceptions of `adapters_store.errors`; this module alone decides
+which HTTP status and error type each one answers with. Invalid input is 400 on every route,
+whether a handler or request-body validation finds it.
+"""
 
 import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters_store.errors import (
+    Conflict,
+    Forbidden,
+    GraftError,
+    Invalid,
+    NotFound,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+    Unsupported,
+)
 from service.engine.client import EngineError, EngineUnavailable
 
 log = logging.getLogger(__name__)
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    413: "request_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_request_error",
-    503: "service_unavailable",
+# exception class → (HTTP status, OpenAI-style error type)
+ERROR_TABLE: dict[type[GraftError], tuple[int, str]] = {
+    Invalid: (400, "invalid_request_error"),
+    Unauthenticated: (401, "authentication_error"),
+    Forbidden: (403, "permission_error"),
+    NotFound: (404, "not_found_error"),
+    Conflict: (409, "conflict_error"),
+    TooLarge: (413, "request_too_large"),
+    Unsupported: (415, "unsupported_media_type"),
+    Unavailable: (503, "service_unavailable"),
 }
+_TYPE_OF_STATUS = {status: error_type for status, error_type in ERROR_TABLE.values()}
 
 
-class ApiError(Exception):
-    def __init__(self, status_code: int, message: str, *, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.param = param
-        self.code = code
-        self.headers = headers
+def status_of(exc: GraftError) -> tuple[int, str]:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]
+    return 500, "internal_error"
 
 
 def error_body(status_code: int, message: str, param: str | None = None,
                code: str | None = None, error_type: str | None = None) -> dict:
-    return {"error": {"message": message, "type": error_type or _TYPES.get(status_code, "error"),
+    return {"error": {"message": message, "type": error_type or _TYPE_OF_STATUS.get(status_code, "error"),
                       "param": param, "code": code}}
 
 
@@ -49,11 +62,26 @@ def error_response(status_code: int, message: str, *, param: str | None = None,
                         status_code=status_code, headers=headers)
 
 
+def invalid_from(exc: ValidationError, prefix: str = "") -> Invalid:
+    """The first problem pydantic found, as an Invalid naming the field (`a.b.0.c`)."""
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    param = ".".join(([prefix] if prefix else []) + loc) or None
+    message = first.get("msg", "invalid request")
+    return Invalid(f"{param}: {message}" if param else message, param=param)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError):
-        return error_response(exc.status_code, exc.message, param=exc.param, code=exc.code,
-                              headers=exc.headers)
+    @app.exception_handler(GraftError)
+    async def _graft_error(_: Request, exc: GraftError):
+        status, error_type = status_of(exc)
+        headers = {}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(exc.retry_after_s)
+        if isinstance(exc, Unauthenticated):
+            headers["WWW-Authenticate"] = "Bearer"
+        return error_response(status, exc.message, param=exc.param, code=exc.code,
+                              headers=headers or None, error_type=error_type)
 
     @app.exception_handler(EngineUnavailable)
     async def _engine_unavailable(_: Request, exc: EngineUnavailable):
@@ -61,18 +89,12 @@ def install_error_handlers(app: FastAPI) -> None:
                               headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(EngineError)
-    async def _engine_error(_: Request, exc: EngineError):
+    async def _engine_error(_: Request, exc: EngineError):  # the engine's own status, relayed
         return error_response(exc.status_code, exc.message, code="engine_error")
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-        param = ".".join(loc) or None
-        message = first.get("msg", "invalid request")
-        if param:
-            message = f"{param}: {message}"
-        return error_response(422, message, param=param, code="invalid_parameter")
+    async def _validation(request: Request, exc: RequestValidationError):
+        return await _graft_error(request, invalid_from(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):

@@ -7,10 +7,11 @@ from pathlib import Path
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from adapters_store.durable import write_bytes_durably
+from adapters_store.errors import Invalid, Unsupported
 from adapters_store.models import JobItem
-from indexer.durable import write_bytes_durably
-from indexer.extract import detect_kind
-from service.errors import ApiError
+from indexer.extract import KINDS, detect_kind
+from service.errors import invalid_from
 from service.http_body import read_json_object
 from service.settings import Settings
 from service.uploads import receive_files
@@ -35,17 +36,16 @@ async def items_from_multipart(request: Request, boundary: bytes, dest: Path,
     files = await receive_files(request, boundary, dest, field_name="files",
                                 max_bytes=settings.max_upload_bytes, max_files=MAX_FILES)
     if not files:
-        raise ApiError(400, "no files in the upload: use the repeatable multipart field `files`",
-                       param="files", code="no_files")
+        raise Invalid("no files in the upload: use the repeatable multipart field `files`",
+                      param="files", code="no_files")
     items = []
     for received in files:
         kind = detect_kind(received.filename, received.content_type)
         if kind is None:
             for other in files:
                 other.path.unlink(missing_ok=True)
-            raise ApiError(415, f"{received.filename!r} ({received.content_type or 'no content type'}) "
-                           "is not a supported type: txt, md, html, pdf, jsonl",
-                           param="files", code="unsupported_media_type")
+            raise Unsupported(f"{received.filename!r} ({received.content_type or 'no content type'}) "
+                              f"is not a supported type: {', '.join(KINDS)}", param="files")
         items.append(JobItem(filename=received.filename, content_type=received.content_type, kind=kind,
                              item_metadata={"filename": received.filename,
                                             "content_type": received.content_type},
@@ -58,9 +58,7 @@ async def items_from_json(request: Request, dest: Path, settings: Settings) -> l
     try:
         documents = JsonDocuments.model_validate(body).documents
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"])
-        raise ApiError(422, f"{param}: {first['msg']}", param=param, code="invalid_parameter") from exc
+        raise invalid_from(exc) from exc
     dest.mkdir(parents=True, exist_ok=True)
     items = []
     for document in documents:

@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters_store.artifacts import AdapterArtifactStore
+from adapters_store.errors import Unavailable
 from adapters_store.reconciler import Reconciler
 from adapters_store.validation import BaseModelShapes
 from indexer.jobs import IngestionWorker
@@ -17,7 +18,6 @@ from service.auth import Authenticator, Principal
 from service.domains import RoutingTable
 from service.engine.pool import EnginePool
 from service.engine.supervisor import LocalEngine
-from service.errors import ApiError
 from service.metrics import Metrics
 from service.rag.planner import Planner
 from service.rag.retrieval import Retriever
@@ -36,7 +36,7 @@ class GatewayState:
     registry: CorpusRegistry
     retriever: Retriever
     worker: IngestionWorker
-    domains: RoutingTable
+    routing: RoutingTable
     planner: Planner
     swaps: SwapService
     reconciler: Reconciler
@@ -52,8 +52,8 @@ class GatewayState:
             if self._shapes is None:
                 folder = Path(self.settings.resolved_base_model)
                 if not (folder / "config.json").is_file():
-                    raise ApiError(503, "adapter validation needs the base model's folder: set "
-                                   "GRAFT_BASE_MODEL to a local Hugging Face folder", code="no_base_model")
+                    raise Unavailable("adapter validation needs the base model's folder: set "
+                                      "GRAFT_BASE_MODEL to a local Hugging Face folder", code="no_base_model")
                 self._shapes = BaseModelShapes(folder)
             return self._shapes
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from service.errors import ApiError
+from adapters_store.errors import GraftError, Invalid, TooLarge
 
 
 @dataclass
@@ -42,7 +42,7 @@ def multipart_boundary(request: Request) -> bytes | None:
         return None
     boundary = options.get(b"boundary")
     if not boundary:
-        raise ApiError(400, "multipart body without a boundary", code="invalid_multipart")
+        raise Invalid("multipart body without a boundary", code="invalid_multipart")
     return boundary
 
 
@@ -54,7 +54,7 @@ async def receive_files(request: Request, boundary: bytes, dest: Path, *, field_
     """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise ApiError(413, f"upload of {declared} bytes exceeds the limit of {max_bytes} bytes",
+        raise TooLarge(f"upload of {declared} bytes exceeds the limit of {max_bytes} bytes",
                        code="upload_too_large")
     dest.mkdir(parents=True, exist_ok=True)
     files: list[ReceivedFile] = []
@@ -78,10 +78,10 @@ async def receive_files(request: Request, boundary: bytes, dest: Path, *, field_
         if filename is None:
             return  # a plain form field: ignored
         if name != field_name:
-            raise ApiError(400, f"file parts must use the field name {field_name!r}, got {name!r}",
-                           param=name, code="invalid_multipart")
+            raise Invalid(f"file parts must use the field name {field_name!r}, got {name!r}",
+                          param=name, code="invalid_multipart")
         if len(files) >= max_files:
-            raise ApiError(413, f"more than {max_files} files in one upload", code="too_many_files")
+            raise TooLarge(f"more than {max_files} files in one upload", code="too_many_files")
         content_type = part.headers.get("content-type")
         received = ReceivedFile(
             field=name,
@@ -99,7 +99,7 @@ async def receive_files(request: Request, boundary: bytes, dest: Path, *, field_
         chunk = data[start:end]
         total += len(chunk)
         if total > max_bytes:
-            raise ApiError(413, f"upload exceeds the limit of {max_bytes} bytes", code="upload_too_large")
+            raise TooLarge(f"upload exceeds the limit of {max_bytes} bytes", code="upload_too_large")
         if part.handle is not None:
             part.handle.write(chunk)
             part.digest.update(chunk)
@@ -123,15 +123,15 @@ async def receive_files(request: Request, boundary: bytes, dest: Path, *, field_
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
-    except ApiError:
+    except GraftError:  # ours: a limit was crossed
         _discard(part, files)
         raise
     except Exception as exc:  # the parser's own errors: a malformed body
         _discard(part, files)
-        raise ApiError(400, f"malformed multipart body: {exc}", code="invalid_multipart") from exc
+        raise Invalid(f"malformed multipart body: {exc}", code="invalid_multipart") from exc
     if part.handle is not None:
         _discard(part, files)
-        raise ApiError(400, "multipart body ended in the middle of a file", code="invalid_multipart")
+        raise Invalid("multipart body ended in the middle of a file", code="invalid_multipart")
     return files
 
 

@@ -23,6 +23,8 @@ class FakeEngine:
         self.healthy = True  # False: every connection is dropped without an answer, as a dead engine's
         self.refuse_loads: set[str] = set()  # adapter names whose load fails, as a bad adapter would
         self.stream_pace = 0.0  # > 0: a stream sends its events one by one, this many seconds apart
+        # Set: completions (not warm-ups) are recorded at once but answered only once it is set.
+        self.hold_completions: asyncio.Event | None = None
         self.url = ""  # set while serving
 
     @asynccontextmanager
@@ -36,7 +38,10 @@ class FakeEngine:
             request.transport.close()
             raise web.HTTPServiceUnavailable()  # never sent: the connection is gone
         raw = await request.read()
-        status, answer = self.handle(request.path, json.loads(raw) if raw else {})
+        body = json.loads(raw) if raw else {}
+        status, answer = self.handle(request.path, body)
+        if self.hold_completions is not None and "completions" in request.path and body.get("prompt") != "Hello":
+            await self.hold_completions.wait()
         if isinstance(answer, bytes):
             if self.stream_pace:
                 return await self._paced(request, answer)

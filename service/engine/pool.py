@@ -1,7 +1,8 @@
-"""The set of engines the gateway routes to, with health and in-flight bookkeeping.
+"""The set of engines the gateway routes to, with health, in-flight and adapter bookkeeping.
 
 An engine takes traffic only while it is `ready`: healthy, and (after a restart) with every
-adapter that a domain uses loaded again by the reconciler.
+adapter that a domain uses loaded again by the reconciler. The pool is the `AdapterHost` of
+adapters_store: the one owner of what each engine holds.
 """
 
 import asyncio
@@ -28,17 +29,59 @@ class EngineHandle:
         return self.client.base_url
 
 
-# Called when an engine turns healthy again after being down: reload adapters, then mark ready.
-RecoverHook = Callable[[EngineHandle], Awaitable[None]]
+# Called with an engine's id when it turns healthy after being down: reload adapters, then ready.
+RecoverHook = Callable[[str], Awaitable[None]]
 
 
 class EnginePool:
-    def __init__(self, clients: list[EngineClient], check_interval_s: float = 2.0):
+    def __init__(self, clients: list[EngineClient], base_model: str, check_interval_s: float = 2.0):
         self.engines = [EngineHandle(client) for client in clients]
+        self.base_model = base_model
         self.check_interval_s = check_interval_s
         self.on_recover: RecoverHook | None = None
-        self.model_in_flight: dict[str, int] = {}  # engine model name → running requests
+        self._model_in_flight: dict[str, int] = {}  # engine model name → running requests
         self._monitor: asyncio.Task | None = None
+
+    # AdapterHost: engines are named by their URL.
+    def healthy_engines(self) -> list[str]:
+        return [e.url for e in self.engines if e.healthy]
+
+    def ready_engines(self) -> list[str]:
+        return [e.url for e in self.engines if e.ready]
+
+    def holds(self, engine: str, name: str) -> bool:
+        return name in self._engine(engine).loaded_adapters
+
+    async def load(self, engine: str, name: str, path: str) -> None:
+        handle = self._engine(engine)
+        await handle.client.load_lora(name, path)
+        handle.loaded_adapters.add(name)
+
+    async def unload(self, engine: str, name: str) -> None:
+        handle = self._engine(engine)
+        try:
+            await handle.client.unload_lora(name)
+        finally:
+            handle.loaded_adapters.discard(name)
+
+    async def warm_up(self, engine: str, name: str) -> None:
+        await self._engine(engine).client.complete(
+            "/v1/completions", {"model": name, "prompt": "Hello", "max_tokens": 1, "temperature": 0})
+
+    async def refresh(self, engine: str) -> set[str]:
+        handle = self._engine(engine)
+        names = await handle.client.model_names()
+        handle.loaded_adapters = {name for name in names if name != self.base_model}
+        return set(handle.loaded_adapters)
+
+    def in_flight(self, name: str) -> int:
+        return self._model_in_flight.get(name, 0)
+
+    def _engine(self, engine: str) -> EngineHandle:
+        for handle in self.engines:
+            if handle.url == engine:
+                return handle
+        raise KeyError(f"no engine {engine!r} in the pool")
 
     async def check_all(self) -> None:
         for engine in self.engines:
@@ -59,7 +102,7 @@ class EnginePool:
     async def _recover(self, engine: EngineHandle) -> None:
         try:
             if self.on_recover is not None:
-                await self.on_recover(engine)
+                await self.on_recover(engine.url)
             engine.ready = True
         except Exception:  # the next check tries again
             log.exception("engine %s could not be prepared; keeping it out of rotation", engine.url)
@@ -105,9 +148,9 @@ class EnginePool:
         engine = self.pick(model)
         engine.in_flight += 1
         key = model or ""
-        self.model_in_flight[key] = self.model_in_flight.get(key, 0) + 1
+        self._model_in_flight[key] = self._model_in_flight.get(key, 0) + 1
         try:
             yield engine
         finally:
             engine.in_flight -= 1
-            self.model_in_flight[key] -= 1
+            self._model_in_flight[key] -= 1

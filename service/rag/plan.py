@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import ApiError
+from adapters_store.errors import Invalid
 
 # Fields graft adds to the OpenAI request and must not forward to vLLM.
 GRAFT_FIELDS = ("retrieval",)
@@ -21,27 +21,24 @@ class Plan:
 def validate_request(kind: str, body: dict[str, Any]) -> None:
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise ApiError(400, "`model` is required: a domain name or the base model", param="model",
-                       code="invalid_parameter")
+        raise Invalid("`model` is required: a domain name or the base model", param="model")
     if kind == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise ApiError(400, "`messages` must be a non-empty list", param="messages",
-                           code="invalid_parameter")
+            raise Invalid("`messages` must be a non-empty list", param="messages")
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise ApiError(400, f"messages[{i}] must be an object with a `role`",
-                               param=f"messages[{i}]", code="invalid_parameter")
+                raise Invalid(f"messages[{i}] must be an object with a `role`",
+                              param=f"messages[{i}]")
             if message.get("role") not in ("system", "user", "assistant", "tool", "developer"):
-                raise ApiError(400, f"messages[{i}].role {message.get('role')!r} is not a valid role",
-                               param=f"messages[{i}].role", code="invalid_parameter")
+                raise Invalid(f"messages[{i}].role {message.get('role')!r} is not a valid role",
+                              param=f"messages[{i}].role")
     else:
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
-            raise ApiError(400, "`prompt` must be a non-empty string", param="prompt",
-                           code="invalid_parameter")
+            raise Invalid("`prompt` must be a non-empty string", param="prompt")
     if "stream" in body and not isinstance(body["stream"], bool):
-        raise ApiError(400, "`stream` must be a boolean", param="stream", code="invalid_parameter")
+        raise Invalid("`stream` must be a boolean", param="stream")
 
 
 def base_plan(body: dict[str, Any], engine_model: str) -> Plan:

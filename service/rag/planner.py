@@ -8,9 +8,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from adapters_store.errors import Invalid, NotFound
 from indexer.registry import NotLoaded
+from indexer.search import MAX_K, SearchMode
 from service.domains import DomainRoute, RoutingTable
-from service.errors import ApiError
+from service.errors import invalid_from
 from service.rag.plan import GRAFT_FIELDS, Plan, base_plan
 from service.rag.prompt import ContextTooLong, Passage, PromptBuilder
 from service.rag.retrieval import Retriever, UnknownCorpus
@@ -18,8 +20,8 @@ from service.rag.retrieval import Retriever, UnknownCorpus
 
 class RetrievalOverride(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    k: int | None = Field(default=None, ge=0, le=50)
-    mode: str | None = Field(default=None, pattern="^(dense|bm25|hybrid)$")
+    k: int | None = Field(default=None, ge=0, le=MAX_K)
+    mode: SearchMode | None = None
     corpora: list[str] | None = Field(default=None, max_length=32)
     min_score: float | None = None
 
@@ -32,10 +34,10 @@ class Planner:
     A pool of its own also keeps plans from waiting behind other blocking work (file removal,
     key lookups) in the loop's default executor."""
 
-    def __init__(self, base_model: str, routes: RoutingTable, retriever: Retriever,
+    def __init__(self, base_model: str, routing: RoutingTable, retriever: Retriever,
                  prompts: PromptBuilder, threads: int = 1):
         self.base_model = base_model
-        self.routes = routes
+        self.routing = routing
         self.retriever = retriever
         self.prompts = prompts
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="graft-plan")
@@ -55,9 +57,9 @@ class Planner:
         model = body["model"]
         if model == self.base_model:
             return base_plan(body, model)
-        route = self.routes.get(model)
+        route = self.routing.get(model)
         if route is None:
-            raise ApiError(404, f"model {model!r} does not exist: name a domain or {self.base_model!r} "
+            raise NotFound(f"model {model!r} does not exist: name a domain or {self.base_model!r} "
                            "(GET /v1/models lists them)", param="model", code="model_not_found")
         started = time.perf_counter()
         settings = self._retrieval_settings(route, body.get("retrieval"))
@@ -84,7 +86,8 @@ class Planner:
                                                       settings["mode"], settings["min_score"],
                                                       may_load=may_load)
             except UnknownCorpus as exc:
-                raise ApiError(404, str(exc), param="retrieval.corpora", code="corpus_not_found") from exc
+                exc.param = "retrieval.corpora"  # the request's own field, not a path segment
+                raise
             passages = [Passage(h.corpus, h.document_id, h.chunk_id, h.score, h.text, h.metadata)
                         for h in hits]
         payload = {k: v for k, v in body.items() if k not in GRAFT_FIELDS}
@@ -97,8 +100,8 @@ class Planner:
                 payload["prompt"], used = self.prompts.build_completion(
                     body["prompt"], passages, route.system_prompt, body.get("max_tokens"))
         except ContextTooLong as exc:
-            raise ApiError(400, str(exc), param="messages" if kind == "chat" else "prompt",
-                           code="context_length_exceeded") from exc
+            raise Invalid(str(exc), param="messages" if kind == "chat" else "prompt",
+                          code="context_length_exceeded") from exc
         citations = [{"index": i + 1, "corpus": p.corpus, "document_id": p.document_id,
                       "chunk_id": p.chunk_id, "score": p.score, "text": p.text, "metadata": p.metadata}
                      for i, p in enumerate(used)]
@@ -112,14 +115,12 @@ class Planner:
         if override is None or override is True:
             return settings
         if not isinstance(override, dict):
-            raise ApiError(400, "`retrieval` must be false or an object {k, mode, corpora, min_score}",
-                           param="retrieval", code="invalid_parameter")
+            raise Invalid("`retrieval` must be false or an object {k, mode, corpora, min_score}",
+                          param="retrieval")
         try:
             parsed = RetrievalOverride.model_validate(override)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            param = "retrieval." + ".".join(str(p) for p in first["loc"])
-            raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_parameter") from exc
+            raise invalid_from(exc, prefix="retrieval") from exc
         settings.update({k: v for k, v in parsed.model_dump().items() if v is not None})
         return settings
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, bindparam, select
 
+from adapters_store.errors import NotFound
 from adapters_store.models import Chunk, Corpus, Document
 from indexer.hybrid import reciprocal_rank_fusion
 from indexer.registry import CorpusRegistry
@@ -19,10 +20,10 @@ _HITS_BY_CHUNK_ID = (select(Chunk.id, Chunk.text, Document.external_id,
                      .where(Chunk.id.in_(bindparam("ids", expanding=True))))
 
 
-class UnknownCorpus(LookupError):
+class UnknownCorpus(NotFound):
     def __init__(self, name: str):
         self.name = name
-        super().__init__(f"corpus {name!r} does not exist")
+        super().__init__(f"corpus {name!r} does not exist", param="corpus", code="corpus_not_found")
 
 
 @dataclass

@@ -7,10 +7,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from adapters_store import adapter_repo
-from adapters_store.artifacts import UploadRejected, unpack_upload
-from adapters_store.corpus_repo import NAME_PATTERN, Conflict, NotFound
-from adapters_store.validation import AdapterValidationError, validate_adapter
-from service.errors import ApiError
+from adapters_store.artifacts import unpack_upload
+from adapters_store.corpus_repo import NAME_PATTERN
+from adapters_store.errors import Invalid, Unsupported
+from adapters_store.validation import validate_adapter
 from service.state import GatewayState, admin_principal, get_state
 from service.uploads import multipart_boundary, receive_files
 
@@ -19,7 +19,7 @@ router = APIRouter(dependencies=[Depends(admin_principal)])
 
 def _check_name(name: str) -> None:
     if not NAME_PATTERN.match(name) or "@" in name:
-        raise ApiError(422, f"invalid adapter name {name!r}", param="adapter", code="invalid_parameter")
+        raise Invalid(f"invalid adapter name {name!r}", param="adapter")
 
 
 @router.post("/v1/adapters/{name}/versions", status_code=201)
@@ -27,16 +27,16 @@ async def upload_version(name: str, request: Request, state: GatewayState = Depe
     _check_name(name)
     boundary = multipart_boundary(request)
     if boundary is None:
-        raise ApiError(415, "upload the adapter as multipart/form-data with the repeatable field `files`",
-                       code="unsupported_media_type")
+        raise Unsupported("upload the adapter as multipart/form-data with the repeatable field `files`",
+                          code="unsupported_media_type")
     settings = state.settings
     staging = state.artifacts.new_staging()
     try:
         received = await receive_files(request, boundary, staging / "upload", field_name="files",
                                        max_bytes=settings.max_adapter_bytes, max_files=4)
         if not received:
-            raise ApiError(400, "no files: send adapter_config.json and adapter_model.safetensors, "
-                           "or one .tar.gz/.zip of them", param="files", code="no_files")
+            raise Invalid("no files: send adapter_config.json and adapter_model.safetensors, "
+                          "or one .tar.gz/.zip of them", param="files", code="no_files")
         folder = staging / "adapter"
         info = await asyncio.to_thread(_unpack_and_validate, state, received, folder)
         sha256, path = await asyncio.to_thread(state.artifacts.store, name, folder)
@@ -52,16 +52,11 @@ async def upload_version(name: str, request: Request, state: GatewayState = Depe
 
 
 def _unpack_and_validate(state: GatewayState, received, folder):
-    try:
-        unpack_upload([(f.filename, f.path) for f in received], folder,
-                      max_members=state.settings.max_archive_members,
-                      max_total_bytes=state.settings.max_adapter_bytes)
-        return validate_adapter(folder, state.base_shapes(), state.settings.max_lora_rank,
-                                state.settings.lora_target_modules)
-    except UploadRejected as exc:
-        raise ApiError(exc.status_code, str(exc), param="files", code=exc.check) from exc
-    except AdapterValidationError as exc:
-        raise ApiError(422, str(exc), param="files", code=exc.check) from exc
+    unpack_upload([(f.filename, f.path) for f in received], folder,
+                  max_members=state.settings.max_archive_members,
+                  max_total_bytes=state.settings.max_adapter_bytes)
+    return validate_adapter(folder, state.base_shapes(), state.settings.max_lora_rank,
+                            state.settings.lora_target_modules)
 
 
 @router.get("/v1/adapters")
@@ -76,10 +71,7 @@ async def list_adapters(state: GatewayState = Depends(get_state)):
 @router.get("/v1/adapters/{name}/versions")
 async def list_versions(name: str, state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
-        try:
-            adapter = adapter_repo.get_adapter(session, name)
-        except NotFound as exc:
-            raise ApiError(404, str(exc), param="adapter", code="adapter_not_found") from exc
+        adapter = adapter_repo.get_adapter(session, name)
         return {"object": "list", "data": [adapter_repo.version_as_dict(v, name)
                                            for v in adapter.versions if not v.deleted]}
 
@@ -87,13 +79,8 @@ async def list_versions(name: str, state: GatewayState = Depends(get_state)):
 @router.delete("/v1/adapters/{name}/versions/{version}")
 async def delete_version(name: str, version: int, state: GatewayState = Depends(get_state)):
     with state.sessions() as session, session.begin():
-        try:
-            row = adapter_repo.get_version(session, name, version)
-            adapter_repo.delete_version(session, row)
-        except NotFound as exc:
-            raise ApiError(404, str(exc), param="version", code="adapter_not_found") from exc
-        except Conflict as exc:
-            raise ApiError(409, str(exc), param="version", code="adapter_in_use") from exc
+        row = adapter_repo.get_version(session, name, version)
+        adapter_repo.delete_version(session, row)
         sha256 = row.sha256
         still_used = adapter_repo.sha_in_use(session, sha256)
     if not still_used:

@@ -2,20 +2,19 @@
 
 import asyncio
 import shutil
-from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapters_store import corpus_repo as repo
+from adapters_store.durable import fsync_dir
+from adapters_store.errors import Conflict, Invalid
 from adapters_store.models import Corpus
 from indexer.deletion import delete_document
-from indexer.durable import fsync_dir
-from indexer.publisher import StaleGeneration
-from service.errors import ApiError
+from indexer.search import MAX_K, SearchMode
+from service.http_body import json_body
 from service.ingest_request import items_from_json, items_from_multipart
-from service.rag.retrieval import UnknownCorpus
 from service.state import GatewayState, admin_principal, get_state, inference_principal
 from service.uploads import multipart_boundary
 
@@ -33,8 +32,8 @@ class CorpusCreate(BaseModel):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: str = Field(min_length=1, max_length=8192)
-    k: int = Field(default=5, ge=1, le=100)
-    mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    k: int = Field(default=5, ge=1, le=MAX_K)
+    mode: SearchMode = "hybrid"
 
     @model_validator(mode="after")
     def _query_not_blank(self):
@@ -43,12 +42,9 @@ class SearchRequest(BaseModel):
         return self
 
 
-def _corpus_or_404(state: GatewayState, name: str) -> Corpus:
+def _corpus(state: GatewayState, name: str) -> Corpus:
     with state.sessions() as session:
-        try:
-            return repo.get_corpus(session, name)
-        except repo.NotFound as exc:
-            raise ApiError(404, str(exc), param="corpus", code="corpus_not_found") from exc
+        return repo.get_corpus(session, name)
 
 
 def _remove_corpus_files(state: GatewayState, corpus_id: int) -> None:
@@ -57,24 +53,22 @@ def _remove_corpus_files(state: GatewayState, corpus_id: int) -> None:
 
 
 @router.post("/v1/corpora", status_code=201, dependencies=[Depends(admin_principal)])
-async def create_corpus(body: CorpusCreate, state: GatewayState = Depends(get_state)):
+async def create_corpus(body: CorpusCreate = Depends(json_body(CorpusCreate)),
+                        state: GatewayState = Depends(get_state)):
     s = state.settings
     size = body.chunk_size or s.default_chunk_size
     overlap = body.chunk_overlap if body.chunk_overlap is not None else min(s.default_chunk_overlap, size // 4)
     if overlap >= size:
-        raise ApiError(422, f"chunk_overlap ({overlap}) must be smaller than chunk_size ({size})",
-                       param="chunk_overlap", code="invalid_parameter")
+        raise Invalid(f"chunk_overlap ({overlap}) must be smaller than chunk_size ({size})",
+                      param="chunk_overlap")
     model = body.embedding_model or s.embedding_model
     try:
         await asyncio.to_thread(state.registry.embedder, model)
     except (ValueError, OSError) as exc:
-        raise ApiError(422, f"embedding model {model!r} cannot be loaded: {exc}",
-                       param="embedding_model", code="invalid_parameter") from exc
+        raise Invalid(f"embedding model {model!r} cannot be loaded: {exc}",
+                      param="embedding_model") from exc
     with state.sessions() as session, session.begin():
-        try:
-            corpus = repo.create_corpus(session, body.name, size, overlap, model)
-        except repo.Conflict as exc:
-            raise ApiError(409, str(exc), param="name", code="corpus_exists") from exc
+        corpus = repo.create_corpus(session, body.name, size, overlap, model)
         # SQLite may give the new corpus the id of a deleted one: files that one left behind (a
         # crash between its delete's commit and the file removal) must not become this one's.
         _remove_corpus_files(state, corpus.id)
@@ -89,17 +83,17 @@ async def list_corpora(state: GatewayState = Depends(get_state)):
 
 @router.get("/v1/corpora/{name}", dependencies=[Depends(admin_principal)])
 async def get_corpus(name: str, state: GatewayState = Depends(get_state)):
-    corpus = _corpus_or_404(state, name)
+    corpus = _corpus(state, name)
     with state.sessions() as session:
         return repo.corpus_stats(session, session.merge(corpus)).as_dict()
 
 
 @router.delete("/v1/corpora/{name}", dependencies=[Depends(admin_principal)])
 async def delete_corpus(name: str, state: GatewayState = Depends(get_state)):
-    corpus = _corpus_or_404(state, name)
-    users = state.domains.using_corpus(name)
+    corpus = _corpus(state, name)
+    users = state.routing.using_corpus(name)
     if users:
-        raise ApiError(409, f"corpus {name!r} is used by domain(s) {', '.join(users)}",
+        raise Conflict(f"corpus {name!r} is used by domain(s) {', '.join(users)}", param="corpus",
                        code="corpus_in_use")
     with state.sessions() as session, session.begin():
         repo.delete_corpus(session, session.merge(corpus))
@@ -110,16 +104,13 @@ async def delete_corpus(name: str, state: GatewayState = Depends(get_state)):
 
 @router.post("/v1/corpora/{name}/documents", status_code=202, dependencies=[Depends(admin_principal)])
 async def upload_documents(name: str, request: Request, state: GatewayState = Depends(get_state)):
-    corpus = _corpus_or_404(state, name)
+    corpus = _corpus(state, name)
     dest = state.settings.uploads_dir / str(corpus.id)
     boundary = multipart_boundary(request)
     if boundary is not None:
         items = await items_from_multipart(request, boundary, dest, state.settings)
-    elif request.headers.get("content-type", "").split(";")[0].strip() in ("application/json", ""):
+    else:  # JSON whatever the content type says, as on every JSON route
         items = await items_from_json(request, dest, state.settings)
-    else:
-        raise ApiError(415, "send multipart/form-data with `files` or JSON {documents: [...]}",
-                       code="unsupported_media_type")
     await asyncio.to_thread(fsync_dir, dest)
     with state.sessions() as session, session.begin():
         job = repo.create_job(session, session.merge(corpus), items)
@@ -132,7 +123,7 @@ async def upload_documents(name: str, request: Request, state: GatewayState = De
 @router.get("/v1/corpora/{name}/documents", dependencies=[Depends(admin_principal)])
 async def list_documents(name: str, state: GatewayState = Depends(get_state),
                          limit: int = Query(100, ge=1, le=1000), after: str | None = None):
-    corpus = _corpus_or_404(state, name)
+    corpus = _corpus(state, name)
     with state.sessions() as session:
         documents = repo.list_documents(session, corpus, limit, after)
         return {"object": "list", "data": [repo.document_as_dict(d) for d in documents],
@@ -141,36 +132,25 @@ async def list_documents(name: str, state: GatewayState = Depends(get_state),
 
 @router.delete("/v1/corpora/{name}/documents/{document_id:path}", dependencies=[Depends(admin_principal)])
 async def remove_document(name: str, document_id: str, state: GatewayState = Depends(get_state)):
-    corpus = _corpus_or_404(state, name)
+    corpus = _corpus(state, name)
     with state.sessions() as session:
-        try:
-            document = repo.get_document(session, corpus, document_id)
-        except repo.NotFound as exc:
-            raise ApiError(404, str(exc), param="document_id", code="document_not_found") from exc
+        document = repo.get_document(session, corpus, document_id)
 
     def delete() -> int:  # in a thread: following the generation pointer may read it from disk
         return delete_document(state.sessions, state.registry, state.registry.entry_for(corpus), document.id)
 
-    try:
-        generation = await asyncio.to_thread(delete)
-    except StaleGeneration as exc:
-        raise ApiError(409, str(exc), param="document_id", code="corpus_changed") from exc
+    generation = await asyncio.to_thread(delete)
     return {"object": "document.deleted", "id": document_id, "deleted": True, "generation": generation}
 
 
 @router.post("/v1/corpora/{name}/search", dependencies=[Depends(inference_principal)])
-async def search(name: str, body: SearchRequest, state: GatewayState = Depends(get_state)):
-    try:
-        hits, _ = await asyncio.to_thread(state.retriever.search, [name], body.query, body.k, body.mode)
-    except UnknownCorpus as exc:
-        raise ApiError(404, str(exc), param="corpus", code="corpus_not_found") from exc
+async def search(name: str, body: SearchRequest = Depends(json_body(SearchRequest)),
+                 state: GatewayState = Depends(get_state)):
+    hits, _ = await asyncio.to_thread(state.retriever.search, [name], body.query, body.k, body.mode)
     return {"object": "list", "hits": [hit.as_dict() for hit in hits]}
 
 
 @router.get("/v1/jobs/{job_id}", dependencies=[Depends(admin_principal)])
 async def get_job(job_id: str, state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
-        try:
-            return repo.job_as_dict(repo.get_job(session, job_id))
-        except repo.NotFound as exc:
-            raise ApiError(404, str(exc), param="job_id", code="job_not_found") from exc
+        return repo.job_as_dict(repo.get_job(session, job_id))

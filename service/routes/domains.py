@@ -1,20 +1,19 @@
-"""Domains: bind corpora + an adapter version + a system prompt; swap, roll back, audit; /v1/models."""
+"""Domains: bind corpora + an adapter version + a system prompt; swap, roll back, delete, audit; /v1/models."""
 
 import time
-from typing import Literal
 
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from adapters_store import adapter_repo
-from adapters_store.corpus_repo import NAME_PATTERN, NotFound
-from adapters_store.models import Corpus, Domain, utcnow
+from adapters_store.corpus_repo import NAME_PATTERN
+from adapters_store.errors import Invalid, NotFound
+from indexer.search import MAX_K, SearchMode
 from service.auth import Principal
-from service.domains import DomainRoute
-from service.errors import ApiError
+from service.domains import DEFAULT_RETRIEVAL, DomainRoute
+from service.http_body import json_body
 from service.state import GatewayState, admin_principal, get_state, inference_principal
-from service.swap import load_version
+from service.swap import Binding
 
 router = APIRouter()
 
@@ -27,8 +26,8 @@ class AdapterRef(BaseModel):
 
 class RetrievalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    k: int = Field(default=4, ge=0, le=50)
-    mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    k: int = Field(default=DEFAULT_RETRIEVAL["k"], ge=0, le=MAX_K)
+    mode: SearchMode = DEFAULT_RETRIEVAL["mode"]
     min_score: float | None = None
 
 
@@ -56,86 +55,62 @@ def domain_as_dict(route: DomainRoute) -> dict:
             "retrieval": route.retrieval, "created_at": route.created_at}
 
 
-def _route_or_404(state: GatewayState, name: str) -> DomainRoute:
-    route = state.domains.get(name)
+def _route(state: GatewayState, name: str) -> DomainRoute:
+    route = state.routing.get(name)
     if route is None:
-        raise ApiError(404, f"domain {name!r} does not exist", param="domain", code="domain_not_found")
+        raise NotFound(f"domain {name!r} does not exist", param="domain", code="domain_not_found")
     return route
 
 
 @router.put("/v1/domains/{name}")
-async def put_domain(name: str, body: DomainPut, response: Response,
-                     state: GatewayState = Depends(get_state),
-                     principal: Principal = Depends(admin_principal)):
+async def put_domain(name: str, response: Response, state: GatewayState = Depends(get_state),
+                     principal: Principal = Depends(admin_principal),
+                     body: DomainPut = Depends(json_body(DomainPut))):
     if not NAME_PATTERN.match(name) or name == state.settings.base_model_name:
-        raise ApiError(422, f"invalid domain name {name!r}", param="domain", code="invalid_parameter")
-    with state.sessions() as session:
-        known = set(session.scalars(select(Corpus.name).where(Corpus.name.in_(body.corpora))))
-        missing = [c for c in body.corpora if c not in known]
-        if missing:
-            raise ApiError(422, f"corpus {missing[0]!r} does not exist", param="corpora",
-                           code="corpus_not_found")
-        try:
-            target_id = (adapter_repo.get_version(session, body.adapter.name, body.adapter.version).id
-                         if body.adapter else None)
-        except NotFound as exc:
-            raise ApiError(422, str(exc), param="adapter", code="adapter_not_found") from exc
-        target = load_version(session, target_id)
-    swaps = state.swaps
-    async with swaps.lock(name):
-        await swaps.prepare(target)
-        with state.sessions() as session, session.begin():
-            try:
-                domain = adapter_repo.get_domain(session, name)
-                created = False
-            except NotFound:
-                domain, created = Domain(name=name), True
-                session.add(domain)
-            previous = domain.adapter_version_id
-            domain.corpora = list(body.corpora)
-            domain.system_prompt = body.system_prompt
-            domain.retrieval = body.retrieval.model_dump()
-            domain.adapter_version = load_version(session, target_id)
-            domain.updated_at = utcnow()
-            session.flush()
-            adapter_repo.record(session, domain, "create" if created else "update", previous, target_id,
-                                principal.key_id)
-        swaps.flip(domain)
+        raise Invalid(f"invalid domain name {name!r}", param="domain")
+    binding = Binding(corpora=body.corpora, system_prompt=body.system_prompt,
+                      adapter=(body.adapter.name, body.adapter.version) if body.adapter else None,
+                      retrieval=body.retrieval.model_dump())
+    created = await state.swaps.put(name, binding, principal.key_id)
     response.status_code = 201 if created else 200
-    return domain_as_dict(state.domains.get(name))
+    return domain_as_dict(_route(state, name))
+
+
+@router.delete("/v1/domains/{name}", dependencies=[Depends(admin_principal)])
+async def delete_domain(name: str, state: GatewayState = Depends(get_state)):
+    await state.swaps.delete(name)
+    return {"object": "domain.deleted", "name": name, "deleted": True}
 
 
 @router.get("/v1/domains", dependencies=[Depends(admin_principal)])
 async def list_domains(state: GatewayState = Depends(get_state)):
-    return {"object": "list", "data": [domain_as_dict(r) for r in state.domains.all()]}
+    return {"object": "list", "data": [domain_as_dict(r) for r in state.routing.all()]}
 
 
 @router.get("/v1/domains/{name}", dependencies=[Depends(admin_principal)])
 async def get_domain(name: str, state: GatewayState = Depends(get_state)):
-    return domain_as_dict(_route_or_404(state, name))
+    return domain_as_dict(_route(state, name))
 
 
 @router.post("/v1/domains/{name}/adapter")
-async def swap_adapter(name: str, body: SwapBody, state: GatewayState = Depends(get_state),
-                       principal: Principal = Depends(admin_principal)):
-    _route_or_404(state, name)
+async def swap_adapter(name: str, state: GatewayState = Depends(get_state),
+                       principal: Principal = Depends(admin_principal),
+                       body: SwapBody = Depends(json_body(SwapBody))):
     started = time.perf_counter()
-    await state.swaps.swap(name, body.adapter, body.version, "swap", principal.key_id)
-    return {**domain_as_dict(state.domains.get(name)), "swap_seconds": time.perf_counter() - started}
+    await state.swaps.swap(name, body.adapter, body.version, principal.key_id)
+    return {**domain_as_dict(state.routing.get(name)), "swap_seconds": time.perf_counter() - started}
 
 
 @router.post("/v1/domains/{name}/rollback")
 async def rollback(name: str, state: GatewayState = Depends(get_state),
                    principal: Principal = Depends(admin_principal)):
-    _route_or_404(state, name)
     started = time.perf_counter()
-    await state.swaps.swap(name, None, None, "rollback", principal.key_id)
-    return {**domain_as_dict(state.domains.get(name)), "swap_seconds": time.perf_counter() - started}
+    await state.swaps.rollback(name, principal.key_id)
+    return {**domain_as_dict(state.routing.get(name)), "swap_seconds": time.perf_counter() - started}
 
 
 @router.get("/v1/domains/{name}/history", dependencies=[Depends(admin_principal)])
 async def domain_history(name: str, state: GatewayState = Depends(get_state)):
-    _route_or_404(state, name)
     with state.sessions() as session:
         domain = adapter_repo.get_domain(session, name)
         return {"object": "list", "data": adapter_repo.history(session, domain)}
@@ -146,5 +121,5 @@ async def list_models(state: GatewayState = Depends(get_state)):
     base = state.settings.base_model_name
     models = [{"id": base, "object": "model", "created": 0, "owned_by": "graft", "root": base}]
     models += [{"id": r.name, "object": "model", "created": r.created_at, "owned_by": "graft",
-                "root": r.engine_model} for r in state.domains.all()]
+                "root": r.engine_model} for r in state.routing.all()]
     return {"object": "list", "data": models}

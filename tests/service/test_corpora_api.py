@@ -142,7 +142,7 @@ async def test_bad_uploads_are_refused_and_lose_nothing(gateway):
                                      files=[("file", ("a.txt", b"hello", "text/plain"))])
     assert wrong_field.status_code == 400 and wrong_field.json()["error"]["param"] == "file"
     bad_json = await gateway.post("/v1/corpora/docs/documents", json={"documents": [{"txt": "x"}]})
-    assert bad_json.status_code == 422
+    assert bad_json.status_code == 400
     not_json = await gateway.post("/v1/corpora/docs/documents", content=b"{oops",
                                   headers={"content-type": "application/json"})
     assert not_json.status_code == 400
@@ -161,15 +161,15 @@ async def test_bad_uploads_are_refused_and_lose_nothing(gateway):
 async def test_corpus_validation_errors(gateway):
     ok = await gateway.post("/v1/corpora", json={"name": "one"})
     assert ok.status_code == 201
-    for body, status in [({"name": "one"}, 409), ({"name": "../x"}, 422), ({"name": ""}, 422),
-                         ({"name": "two", "chunk_size": 32, "chunk_overlap": 32}, 422),
-                         ({"name": "two", "embedding_model": "/nope/model"}, 422),
-                         ({"name": "two", "colour": "red"}, 422)]:
+    for body, status in [({"name": "one"}, 409), ({"name": "../x"}, 400), ({"name": ""}, 400),
+                         ({"name": "two", "chunk_size": 32, "chunk_overlap": 32}, 400),
+                         ({"name": "two", "embedding_model": "/nope/model"}, 400),
+                         ({"name": "two", "colour": "red"}, 400)]:
         response = await gateway.post("/v1/corpora", json=body)
         assert response.status_code == status, (body, response.text)
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     for bad in ({"query": "", "k": 5}, {"query": "x", "k": 0}, {"query": "x", "mode": "magic"}):
-        assert (await gateway.post("/v1/corpora/one/search", json=bad)).status_code == 422
+        assert (await gateway.post("/v1/corpora/one/search", json=bad)).status_code == 400
     assert (await gateway.post("/v1/corpora/none/search", json={"query": "x"})).status_code == 404
     assert (await gateway.get("/v1/jobs/123")).status_code == 404
     empty = await search(gateway, "one", "anything at all")

@@ -46,11 +46,12 @@ async def test_domain_crud_and_models(gateway):
     history = (await gateway.get("/v1/domains/lore/history")).json()["data"]
     assert [h["action"] for h in history] == ["create", "update"]
 
-    for body, param in [({"corpora": ["missing"]}, "corpora"),
-                        ({"corpora": [], "adapter": {"name": "ghost", "version": 1}}, "adapter"),
-                        ({"corpora": [], "retrieval": {"mode": "psychic"}}, "retrieval.mode")]:
+    for body, status, code in [({"corpora": ["missing"]}, 404, "corpus_not_found"),
+                               ({"corpora": [], "adapter": {"name": "ghost", "version": 1}}, 404,
+                                "adapter_not_found"),
+                               ({"corpora": [], "retrieval": {"mode": "psychic"}}, 400, "invalid_parameter")]:
         bad = await gateway.put("/v1/domains/other", json=body)
-        assert bad.status_code == 422 and bad.json()["error"]["param"] == param, bad.text
+        assert (bad.status_code, bad.json()["error"]["code"]) == (status, code), bad.text
     assert (await gateway.get("/v1/domains/other")).status_code == 404
     in_use = await gateway.delete("/v1/corpora/lore")
     assert in_use.status_code == 409 and in_use.json()["error"]["code"] == "corpus_in_use"

@@ -51,4 +51,42 @@ async def test_swap_unloads_the_old_version_and_rollback_toggles(gateway, fake_e
     assert fresh.status_code == 201 and nothing.status_code == 409
     assert (await gateway.post("/v1/domains/zzz/adapter", json={"adapter": "tone", "version": 1})).status_code == 404
     bad = await gateway.post("/v1/domains/d/adapter", json={"adapter": "tone"})
-    assert bad.status_code == 422 and bad.json()["error"]["param"] == "version"
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "version"
+
+
+async def wait_loaded(fake_engine, expected: set[str]) -> None:
+    """The unload after a drain runs in the background: wait for it, with a bound."""
+    for _ in range(200):
+        if fake_engine.loaded == expected:
+            return
+        await asyncio.sleep(0.05)
+    assert fake_engine.loaded == expected
+
+
+async def test_delete_removes_the_domain_and_unloads_its_adapter_after_drain(gateway, fake_engine):
+    await gateway.put("/v1/domains/d", json={"adapter": {"name": "tone", "version": 1}})
+    await gateway.put("/v1/domains/keep", json={"adapter": {"name": "tone", "version": 2}})
+    assert fake_engine.loaded == {"tone@1", "tone@2"}
+    fake_engine.hold_completions = asyncio.Event()  # a request on tone@1 stays in flight
+    in_flight = asyncio.create_task(gateway.post("/v1/completions", json={"model": "d", "prompt": "hi"}))
+    for _ in range(200):
+        if any(r.get("model") == "tone@1" and r.get("prompt") != "Hello" for r in fake_engine.requests):
+            break
+        await asyncio.sleep(0.05)
+    deleted = await gateway.delete("/v1/domains/d")
+    assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+    assert (await gateway.get("/v1/domains/d")).status_code == 404
+    assert "d" not in [m["id"] for m in (await gateway.get("/v1/models")).json()["data"]]
+    gone = await gateway.post("/v1/completions", json={"model": "d", "prompt": "hi"})
+    assert gone.status_code == 404
+    assert "tone@1" in fake_engine.loaded, "still loaded while its request runs"
+    fake_engine.hold_completions.set()
+    finished = await in_flight
+    assert finished.status_code == 200 and finished.json()["adapter"] == "tone@1"
+    await wait_loaded(fake_engine, {"tone@2"})
+    # Its history went with it, so nothing keeps tone@1 now; the other domain's version stays.
+    assert (await gateway.delete("/v1/adapters/tone/versions/1")).status_code == 200
+    assert (await gateway.delete("/v1/domains/d")).status_code == 404
+    recreated = await gateway.put("/v1/domains/d", json={})
+    assert recreated.status_code == 201
+    assert [h["action"] for h in (await gateway.get("/v1/domains/d/history")).json()["data"]] == ["create"]
