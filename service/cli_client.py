@@ -150,6 +150,39 @@ def adapter_rm(name: str, version: int, url: str = URL, key: str = KEY) -> None:
         _print(_check(http.delete(f"/v1/adapters/{name}/versions/{version}")))
 
 
+@domain_app.command("set")
+def domain_set(domain: str, corpus: list[str] = typer.Option([], "--corpus", help="repeatable"),
+               adapter: str = typer.Option(None, help="name@version; none: the base model"),
+               system_prompt: str = typer.Option(None), k: int = typer.Option(None), mode: str = typer.Option(None),
+               url: str = URL, key: str = KEY) -> None:
+    """Create or replace a domain's binding (PUT /v1/domains/{domain})."""
+    body: dict = {"corpora": corpus, "system_prompt": system_prompt}
+    if adapter:
+        name, _, version = adapter.rpartition("@")
+        if not name or not version.isdigit():
+            raise typer.BadParameter("--adapter takes name@version, e.g. tone@2")
+        body["adapter"] = {"name": name, "version": int(version)}
+    retrieval = {k_: v for k_, v in {"k": k, "mode": mode}.items() if v is not None}
+    if retrieval:
+        body["retrieval"] = retrieval
+    with _http(url, key) as http:
+        _print(_check(http.put(f"/v1/domains/{domain}", json=body)))
+
+
+@domain_app.command("ls")
+def domain_ls(url: str = URL, key: str = KEY) -> None:
+    with _http(url, key) as http:
+        for row in _check(http.get("/v1/domains"))["data"]:
+            typer.echo(f"{row['name']}\t{row['engine_model']}\tcorpora: {', '.join(row['corpora']) or '-'}")
+
+
+@domain_app.command("rm")
+def domain_rm(domain: str, url: str = URL, key: str = KEY) -> None:
+    """Delete a domain; its adapter is unloaded once its requests finish."""
+    with _http(url, key) as http:
+        _print(_check(http.delete(f"/v1/domains/{domain}")))
+
+
 @domain_app.command("swap")
 def domain_swap(domain: str, adapter: str, version: int, url: str = URL, key: str = KEY) -> None:
     with _http(url, key) as http:

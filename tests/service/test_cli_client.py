@@ -1,0 +1,45 @@
+"""The operator CLI (`graft corpus|adapter|domain ...`) against a real gateway over a fake engine."""
+
+import asyncio
+
+import pytest
+from typer.testing import CliRunner
+
+from service.cli import app
+from tests.harness import running_gateway
+
+
+@pytest.fixture
+async def gateway_url(make_settings, fake_engine):
+    async with running_gateway(make_settings(engine_urls=[fake_engine.url], api_keys=["admin-key"])) as url:
+        yield url
+
+
+async def graft(url: str, *args: str, ok: bool = True) -> str:
+    """Run one CLI command in a thread (it calls the gateway served by this test's loop)."""
+    result = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--url", url, "--key", "admin-key"])
+    assert (result.exit_code == 0) == ok, (args, result.output)
+    return result.output
+
+
+async def test_corpus_domain_and_adapter_commands(gateway_url, tmp_path, good_lora, fake_engine):
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / "zorblax.txt").write_text("The Zorblax Institute was founded in 1847 by Elira Vantress.")
+    (pages / "ignored.bin").write_bytes(b"\x00\x01")
+    await graft(gateway_url, "corpus", "create", "lore")
+    await graft(gateway_url, "corpus", "upload", "lore", str(pages))
+    assert "zorblax.txt" in await graft(gateway_url, "corpus", "search", "lore", "who founded the institute")
+    assert "1 docs" in await graft(gateway_url, "corpus", "ls")
+
+    await graft(gateway_url, "adapter", "push", "tone", str(good_lora))
+    await graft(gateway_url, "domain", "set", "lore", "--corpus", "lore", "--adapter", "tone@1", "--k", "2")
+    assert "tone@1" in await graft(gateway_url, "domain", "ls")
+    assert "tone@1" in fake_engine.loaded
+    await graft(gateway_url, "domain", "set", "lore", "--adapter", "tone", ok=False)  # no version
+    assert "create" in await graft(gateway_url, "domain", "history", "lore")
+
+    await graft(gateway_url, "domain", "rm", "lore")
+    assert "lore" not in await graft(gateway_url, "domain", "ls")
+    assert "404" in await graft(gateway_url, "domain", "rm", "lore", ok=False)
+    await graft(gateway_url, "corpus", "rm", "lore")
