@@ -7,6 +7,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -87,10 +88,13 @@ class IndexGeneration(Base):
 
 
 class Job(Base):
+    """Every long task: ingestion (`ingest`, with a corpus and items), evaluation (`eval`), …"""
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    corpus_id: Mapped[int] = mapped_column(ForeignKey("corpora.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="ingest", server_default="ingest")
+    corpus_id: Mapped[int | None] = mapped_column(ForeignKey("corpora.id", ondelete="CASCADE"), index=True,
+                                                  nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     documents_total: Mapped[int] = mapped_column(Integer, default=0)
     documents_done: Mapped[int] = mapped_column(Integer, default=0)
@@ -98,6 +102,9 @@ class Job(Base):
     chunks_done: Mapped[int] = mapped_column(Integer, default=0)
     errors: Mapped[list] = mapped_column(JSON, default=list)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What the job asked for (kind-specific) and what it produced, e.g. {"eval_id": ...}.
+    params: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -152,6 +159,8 @@ class AdapterVersion(Base):
     target_modules: Mapped[list] = mapped_column(JSON, default=list)
     # Deleted versions keep their row so that a version number is never reused.
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # How a trained version was made (corpus, generation, recipe, params, data hash, loss, eval).
+    provenance: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
@@ -172,6 +181,7 @@ class Domain(Base):
     )
     system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     retrieval: Mapped[dict] = mapped_column(JSON, default=dict)  # {k, mode, min_score}
+    gate: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # default {evalset, metric, min_delta}
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -192,6 +202,7 @@ class DomainHistory(Base):
     )
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # e.g. the gate's scores
 
 
 class ApiKey(Base):
@@ -204,3 +215,56 @@ class ApiKey(Base):
     scope: Mapped[str] = mapped_column(String(16))  # inference | admin
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EvalSet(Base):
+    """Questions with expected answers and/or relevant document ids; immutable once created."""
+    __tablename__ = "evalsets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the canonical JSON of its items
+    items: Mapped[list] = mapped_column(JSON)  # [{id, question, answers, document_ids}]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Eval(Base):
+    """One evaluation run of a domain (optionally with a candidate adapter) on an evaluation set.
+    It keeps the set's name and hash, not a reference: the run outlives the set."""
+    __tablename__ = "evals"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    domain: Mapped[str] = mapped_column(String(128), index=True)
+    evalset: Mapped[str] = mapped_column(String(128))
+    evalset_sha256: Mapped[str] = mapped_column(String(64))
+    engine_model: Mapped[str] = mapped_column(String(256))  # what answered: adapter@version or base
+    adapter: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the candidate asked for, if any
+    retrieval: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {k, mode, corpora} or None (off)
+    k: Mapped[int] = mapped_column(Integer, default=0)
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    items: Mapped[list["EvalItem"]] = relationship(
+        back_populates="eval", cascade="all, delete-orphan", passive_deletes=True, order_by="EvalItem.id"
+    )
+
+
+class EvalItem(Base):
+    __tablename__ = "eval_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[str] = mapped_column(String(256))
+    question: Mapped[str] = mapped_column(Text)
+    output: Mapped[str] = mapped_column(Text)
+    retrieved_document_ids: Mapped[list] = mapped_column(JSON, default=list)
+    cited_document_ids: Mapped[list] = mapped_column(JSON, default=list)
+    scores: Mapped[dict] = mapped_column(JSON, default=dict)  # the per-item metrics
+    latency_ms: Mapped[float] = mapped_column(Float)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+
+    eval: Mapped[Eval] = relationship(back_populates="items")
