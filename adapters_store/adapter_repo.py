@@ -17,12 +17,12 @@ def get_or_create_adapter(session: Session, name: str) -> Adapter:
 
 
 def add_version(session: Session, adapter: Adapter, sha256: str, path: str, rank: int,
-                target_modules: list[str]) -> AdapterVersion:
+                target_modules: list[str], provenance: dict | None = None) -> AdapterVersion:
     # Deleted versions keep their rows, so max() never hands out a number twice.
     latest = session.scalar(select(func.max(AdapterVersion.version))
                             .where(AdapterVersion.adapter_id == adapter.id)) or 0
     version = AdapterVersion(adapter_id=adapter.id, version=latest + 1, sha256=sha256, path=path,
-                             rank=rank, target_modules=target_modules)
+                             rank=rank, target_modules=target_modules, provenance=provenance)
     session.add(version)
     session.flush()
     version.adapter = adapter
@@ -56,7 +56,7 @@ def get_adapter(session: Session, name: str) -> Adapter:
 def version_as_dict(version: AdapterVersion, adapter_name: str) -> dict:
     return {"object": "adapter.version", "adapter": adapter_name, "version": version.version,
             "sha256": version.sha256, "rank": version.rank, "target_modules": version.target_modules,
-            "engine_model": f"{adapter_name}@{version.version}",
+            "engine_model": f"{adapter_name}@{version.version}", "provenance": version.provenance,
             "created_at": int(version.created_at.timestamp())}
 
 
@@ -84,9 +84,9 @@ def get_domain(session: Session, name: str) -> Domain:
 
 
 def record(session: Session, domain: Domain, action: str, from_id: int | None, to_id: int | None,
-           key_id: int | None) -> None:
+           key_id: int | None, details: dict | None = None) -> None:
     session.add(DomainHistory(domain_id=domain.id, action=action, from_version_id=from_id,
-                              to_version_id=to_id, api_key_id=key_id, at=utcnow()))
+                              to_version_id=to_id, api_key_id=key_id, at=utcnow(), details=details))
 
 
 def history(session: Session, domain: Domain) -> list[dict]:
@@ -95,7 +95,7 @@ def history(session: Session, domain: Domain) -> list[dict]:
     names = _engine_names(session, {i for r in rows for i in (r.from_version_id, r.to_version_id) if i})
     return [{"at": int(r.at.timestamp()), "action": r.action,
              "from": names.get(r.from_version_id), "to": names.get(r.to_version_id),
-             "api_key_id": r.api_key_id} for r in rows]
+             "api_key_id": r.api_key_id, "details": r.details} for r in rows]
 
 
 def previous_version_id(session: Session, domain: Domain) -> tuple[bool, int | None]:

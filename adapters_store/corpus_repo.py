@@ -8,10 +8,11 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from adapters_store.errors import Conflict, NotFound
+from adapters_store.errors import Conflict, Invalid, NotFound
 from adapters_store.models import Chunk, Corpus, Document, IndexGeneration, Job, JobItem, utcnow
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 16, 4096  # tokens of the corpus's embedder
 
 
 @dataclass
@@ -25,14 +26,15 @@ class CorpusStats:
         c = self.corpus
         return {"object": "corpus", "name": c.name, "documents": self.documents, "chunks": self.chunks,
                 "generation": c.current_generation, "bytes": self.bytes, "chunk_size": c.chunk_size,
-                "chunk_overlap": c.chunk_overlap, "embedding_model": c.embedding_model,
-                "created_at": int(c.created_at.timestamp())}
+                "chunk_overlap": c.chunk_overlap, "contextual_headers": c.contextual_headers,
+                "embedding_model": c.embedding_model, "created_at": int(c.created_at.timestamp())}
 
 
 def create_corpus(session: Session, name: str, chunk_size: int, chunk_overlap: int,
-                  embedding_model: str) -> Corpus:
+                  embedding_model: str, contextual_headers: bool = False) -> Corpus:
+    check_chunking(chunk_size, chunk_overlap)
     corpus = Corpus(name=name, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-                    embedding_model=embedding_model)
+                    embedding_model=embedding_model, contextual_headers=contextual_headers)
     session.add(corpus)
     try:
         session.flush()
@@ -40,6 +42,15 @@ def create_corpus(session: Session, name: str, chunk_size: int, chunk_overlap: i
         session.rollback()
         raise Conflict(f"corpus {name!r} already exists", param="name", code="corpus_exists") from exc
     return corpus
+
+
+def check_chunking(chunk_size: int, chunk_overlap: int) -> None:
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise Invalid(f"chunk_size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}, got {chunk_size}",
+                      param="chunk_size")
+    if not 0 <= chunk_overlap < chunk_size:
+        raise Invalid(f"chunk_overlap ({chunk_overlap}) must be at least 0 and smaller than chunk_size "
+                      f"({chunk_size})", param="chunk_overlap")
 
 
 def get_corpus(session: Session, name: str) -> Corpus:
@@ -104,6 +115,25 @@ def create_job(session: Session, corpus: Corpus, items: list[JobItem]) -> Job:
     return job
 
 
+def create_rebuild_job(session: Session, corpus: Corpus, chunk_size: int | None = None,
+                       chunk_overlap: int | None = None, contextual_headers: bool | None = None) -> Job:
+    """A queued index rebuild of `corpus`; a setting not given keeps the corpus's value."""
+    size = chunk_size if chunk_size is not None else corpus.chunk_size
+    overlap = chunk_overlap if chunk_overlap is not None else corpus.chunk_overlap
+    if chunk_overlap is None and overlap >= size:
+        raise Invalid(f"the corpus's chunk_overlap ({overlap}) is not smaller than the new chunk_size ({size}): "
+                      "give chunk_overlap too", param="chunk_overlap")
+    check_chunking(size, overlap)
+    headers = contextual_headers if contextual_headers is not None else corpus.contextual_headers
+    documents = session.scalar(select(func.count(Document.id)).where(Document.corpus_id == corpus.id))
+    job = Job(id=str(uuid.uuid4()), kind="rebuild", corpus_id=corpus.id, status="queued",
+              documents_total=documents, errors=[],
+              params={"chunk_size": size, "chunk_overlap": overlap, "contextual_headers": headers})
+    session.add(job)
+    session.flush()
+    return job
+
+
 def get_job(session: Session, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None:
@@ -112,15 +142,20 @@ def get_job(session: Session, job_id: str) -> Job:
 
 
 def job_as_dict(job: Job) -> dict:
-    return {"object": "job", "id": job.id, "status": job.status,
-            "progress": {"documents_done": job.documents_done, "documents_total": job.documents_total,
-                         "chunks_done": job.chunks_done, "chunks_total": job.chunks_total},
-            "errors": job.errors, "reason": job.reason,
+    if job.kind in ("ingest", "rebuild"):
+        progress = {"documents_done": job.documents_done, "documents_total": job.documents_total,
+                    "chunks_done": job.chunks_done, "chunks_total": job.chunks_total}
+    elif job.kind == "eval":  # questions answered, counted in the documents columns
+        progress = {"done": job.documents_done, "total": job.documents_total}
+    else:  # a training's stage, step, loss, tokens/s and ETA
+        progress = job.progress or {}
+    return {"object": "job", "id": job.id, "kind": job.kind, "status": job.status, "progress": progress,
+            "errors": job.errors or [], "reason": job.reason, "result": job.result,
             "created_at": int(job.created_at.timestamp()), "updated_at": int(job.updated_at.timestamp())}
 
 
-def unfinished_jobs(session: Session) -> list[Job]:
-    return list(session.scalars(select(Job).where(Job.status.in_(("queued", "running")))
+def unfinished_jobs(session: Session, kinds: tuple[str, ...] = ("ingest",)) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.status.in_(("queued", "running")), Job.kind.in_(kinds))
                                 .order_by(Job.created_at)))
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -33,6 +34,8 @@ class Corpus(Base):
     chunk_size: Mapped[int] = mapped_column(Integer)
     chunk_overlap: Mapped[int] = mapped_column(Integer)
     embedding_model: Mapped[str] = mapped_column(String(256))
+    # Embed and BM25-index each chunk under its document's title and section path.
+    contextual_headers: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The generation that searches use; None until the first one is committed.
     current_generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -53,6 +56,9 @@ class Document(Base):
     doc_metadata: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The raw upload it was extracted from, kept for index rebuilds (None: ingested before they were kept).
+    raw_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    raw_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -72,6 +78,8 @@ class Chunk(Base):
     text: Mapped[str] = mapped_column(Text)
     start_char: Mapped[int] = mapped_column(Integer, default=0)
     end_char: Mapped[int] = mapped_column(Integer, default=0)
+    # Title and section path embedded and BM25-indexed with the text (None: indexed without one).
+    header: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class IndexGeneration(Base):
@@ -105,6 +113,7 @@ class Job(Base):
     # What the job asked for (kind-specific) and what it produced, e.g. {"eval_id": ...}.
     params: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    progress: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # kind-specific live figures
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

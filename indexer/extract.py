@@ -10,6 +10,8 @@ import trafilatura
 from lxml import etree
 from lxml import html as lxml_html
 
+from indexer.headers import Heading, locate_headings, markdown_headings
+
 KINDS = ("txt", "md", "html", "pdf", "jsonl")
 
 EXTENSIONS = {
@@ -40,6 +42,8 @@ class ExtractedDocument:
     id: str | None
     text: str
     metadata: dict = field(default_factory=dict)
+    title: str | None = None  # HTML <title> or first h1, markdown's first # heading
+    headings: list[Heading] = field(default_factory=list)  # positions in `text`, for chunk headers
 
 
 def detect_kind(filename: str, content_type: str | None) -> str | None:
@@ -55,8 +59,10 @@ def extract(kind: str, data: bytes, *, max_pdf_pages: int = 2000, timeout_s: flo
     """Documents in the file. Single-document kinds give one document with id None."""
     if not data:
         raise ExtractionError("file is empty")
-    if kind in ("txt", "md"):
+    if kind == "txt":
         docs = [ExtractedDocument(None, decode_text(data), {})]
+    elif kind == "md":
+        docs = [extract_markdown(data)]
     elif kind == "html":
         docs = [extract_html(data)]
     elif kind == "pdf":
@@ -80,6 +86,13 @@ def decode_text(data: bytes) -> str:
         raise ExtractionError(f"not valid UTF-8 text (invalid byte at offset {exc.start})") from None
 
 
+def extract_markdown(data: bytes) -> ExtractedDocument:
+    text = decode_text(data)
+    headings = markdown_headings(text)
+    title = next((h.text for h in headings if h.level == 1), None)
+    return ExtractedDocument(None, text, {}, title=title, headings=headings)
+
+
 def extract_html(data: bytes) -> ExtractedDocument:
     # Main text first; docs pages with little prose (lists, tables) may come out empty, so
     # retry in recall mode, and last take all the visible text.
@@ -89,18 +102,40 @@ def extract_html(data: bytes) -> ExtractedDocument:
     if not text or not text.strip():
         raise ExtractionError("HTML has no extractable text")
     metadata = {}
-    title = html_title(data)
+    tree = _parse_html(data)
+    title = html_title(data, tree)
     if title:
         metadata["title"] = title
-    return ExtractedDocument(None, text, metadata)
+    headings = _html_headings(tree)
+    first_h1 = next((heading for level, heading in headings if level == 1), None)
+    return ExtractedDocument(None, text, metadata, title=title or first_h1,
+                             headings=locate_headings(text, headings))
 
 
-def html_title(data: bytes) -> str | None:
+def html_title(data: bytes, tree=None) -> str | None:
+    tree = tree if tree is not None else _parse_html(data)
+    title = tree.findtext(".//title") if tree is not None else None
+    return " ".join(title.split()) if title else None
+
+
+def _parse_html(data: bytes):
     try:
-        title = lxml_html.document_fromstring(data).findtext(".//title")
+        return lxml_html.document_fromstring(data)
     except (etree.ParserError, ValueError):
         return None
-    return " ".join(title.split()) if title else None
+
+
+def _html_headings(tree) -> list[tuple[int, str]]:
+    """The page's h1-h6 (level, text) in document order; trafilatura's text keeps each one it
+    keeps as a line of its own, where `locate_headings` finds it."""
+    if tree is None:
+        return []
+    found = []
+    for element in tree.iter("h1", "h2", "h3", "h4", "h5", "h6"):
+        text = " ".join(element.text_content().split())
+        if text:
+            found.append((int(element.tag[1]), text))
+    return found
 
 
 def extract_pdf(data: bytes, *, max_pages: int, timeout_s: float) -> ExtractedDocument:

@@ -1,47 +1,35 @@
-"""Ingestion jobs: stored raw uploads → text → chunks → embeddings → a new index generation.
+"""Corpus jobs: ingestion (stored raw uploads → text → chunks → embeddings → a new index
+generation) and index rebuilds (indexer/rebuild.py), on one queue.
 
-Jobs run one at a time in a worker thread, so request handling keeps the event loop. A job is
-idempotent: chunk ids derive from (corpus, document, content, position) and unchanged documents
-are skipped, so a job interrupted by a crash is simply run again at start-up.
+Jobs run one at a time in a worker thread, so request handling keeps the event loop, and a
+gateway never builds two generations of a corpus at once. A job is idempotent: chunk ids derive
+from (corpus, document, content, position) and unchanged documents are skipped, so a job
+interrupted by a crash is simply run again at start-up.
+
+The raw upload of every live document is kept (Document.raw_path) so a rebuild can extract it
+again; an upload no document uses is deleted once the job's change is committed.
 """
 
 import asyncio
-import hashlib
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters_store.corpus_repo import touch, unfinished_jobs
 from adapters_store.models import Chunk, Corpus, Document, Job, JobItem, utcnow
 from indexer.chunking import Chunker
 from indexer.extract import ExtractionError, extract
+from indexer.pipeline import PendingDocument, chunk_all, drop_unused_raw, embed, set_progress, text_sha256
 from indexer.publisher import publish_change
+from indexer.rebuild import rebuild
 from indexer.registry import CorpusEntry, CorpusRegistry
 
 log = logging.getLogger(__name__)
 
-
-def chunk_id(corpus_id: int, external_id: str, sha256: str, ordinal: int) -> int:
-    digest = hashlib.blake2b(f"{corpus_id}\0{external_id}\0{sha256}\0{ordinal}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big") & 0x7FFF_FFFF_FFFF_FFFF  # FAISS reserves -1
-
-
-@dataclass
-class PendingDocument:
-    external_id: str
-    text: str
-    sha256: str
-    metadata: dict
-    bytes: int
-    kind: str
-    replaces: int | None = None  # documents.id of the version it replaces
-    chunks: list = field(default_factory=list)
+KINDS = ("ingest", "rebuild")  # the job kinds this worker runs
 
 
 @dataclass
@@ -61,8 +49,8 @@ class IngestionWorker:
 
     def start(self) -> None:
         with self.sessions() as session:
-            for job in unfinished_jobs(session):
-                log.info("resuming ingestion job %s", job.id)
+            for job in unfinished_jobs(session, kinds=KINDS):
+                log.info("resuming %s job %s", job.kind, job.id)
                 self._queue.put_nowait(job.id)
         self._task = asyncio.create_task(self._loop(), name="ingestion-worker")
 
@@ -86,16 +74,17 @@ class IngestionWorker:
             try:
                 await asyncio.to_thread(self.run_job, job_id)
             except Exception:
-                log.exception("ingestion job %s crashed", job_id)
+                log.exception("job %s crashed", job_id)
             finally:
                 self._queue.task_done()
 
     def run_job(self, job_id: str) -> None:
         with self.sessions() as session, session.begin():
             job = session.get(Job, job_id)
-            if job is None or job.status in ("succeeded", "failed"):
+            if job is None or job.status not in ("queued", "running") or job.kind not in KINDS:
                 return
-            corpus = session.get(Corpus, job.corpus_id)
+            kind, params = job.kind, dict(job.params or {})
+            corpus = session.get(Corpus, job.corpus_id) if job.corpus_id is not None else None
             if corpus is None:
                 job.status, job.reason = "failed", "the corpus was deleted"
                 return
@@ -104,9 +93,12 @@ class IngestionWorker:
         entry = self.registry.entry_for(corpus)
         with entry.write_lock:
             try:
-                self._ingest(job_id, corpus, entry)
+                if kind == "rebuild":
+                    rebuild(self.sessions, self.registry, self.limits, job_id, corpus, entry, params)
+                else:
+                    self._ingest(job_id, corpus, entry)
             except Exception as exc:
-                log.exception("ingestion job %s failed", job_id)
+                log.exception("%s job %s failed", kind, job_id)
                 self._finish(job_id, "failed", reason=f"{exc.__class__.__name__}: {exc}")
 
     def _ingest(self, job_id: str, corpus: Corpus, entry: CorpusEntry) -> None:
@@ -114,32 +106,33 @@ class IngestionWorker:
             items = list(session.scalars(select(JobItem).where(JobItem.job_id == job_id)
                                          .order_by(JobItem.id)))
         documents, errors, done_items = self._extract_all(items)
-        documents = self._skip_unchanged(corpus.id, documents)
+        documents, adopted = self._skip_unchanged(corpus.id, documents)
         embedder = entry.searcher.embedder
-        self._chunk_all(documents, Chunker(embedder.tokenizer, corpus.chunk_size, corpus.chunk_overlap))
-        texts = [c.text for d in documents for c in d.chunks]
+        chunk_all(documents, Chunker(embedder.tokenizer, corpus.chunk_size, corpus.chunk_overlap),
+                  corpus.contextual_headers)
+        texts = [t for d in documents for t in d.indexed_texts()]
         self._progress(job_id, chunks_total=len(texts), chunks_done=0, errors=errors)
-        vectors = self._embed(job_id, embedder, texts)
+        vectors = embed(embedder, texts, self.limits.embed_batch,
+                        lambda done: self._progress(job_id, chunks_done=done))
 
-        ids = [chunk_id(corpus.id, d.external_id, d.sha256, c.index) for d in documents for c in d.chunks]
+        ids = [i for d in documents for i in d.chunk_ids(corpus.id)]
         replaced = [d.replaces for d in documents if d.replaces is not None]
         with self.sessions() as session:
             remove_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id.in_(replaced))))
+            old_raw = list(session.scalars(select(Document.raw_path).where(Document.id.in_(replaced))))
 
         def apply_rows(session: Session) -> None:
             if replaced:
                 session.execute(delete(Chunk).where(Chunk.document_id.in_(replaced)))
                 session.execute(delete(Document).where(Document.id.in_(replaced)))
-            position = 0
             for d in documents:
                 row = Document(corpus_id=corpus.id, external_id=d.external_id, content_sha256=d.sha256,
-                               doc_metadata=d.metadata, bytes=d.bytes, chunk_count=len(d.chunks))
+                               doc_metadata=d.metadata, bytes=d.bytes, chunk_count=len(d.chunks),
+                               raw_path=d.raw_path, raw_kind=d.kind)
                 session.add(row)
                 session.flush()
-                for c in d.chunks:
-                    session.add(Chunk(id=ids[position], corpus_id=corpus.id, document_id=row.id,
-                                      ordinal=c.index, text=c.text, start_char=c.start, end_char=c.end))
-                    position += 1
+                session.add_all(d.chunk_rows(corpus.id, row.id))
+            self._adopt_raw(session, adopted)
             self._finish_in(session, job_id, done_items, errors)
 
         if documents:
@@ -147,9 +140,9 @@ class IngestionWorker:
                            add_vectors=vectors, add_texts=texts, apply_rows=apply_rows)
         else:
             with self.sessions() as session, session.begin():
+                self._adopt_raw(session, adopted)
                 self._finish_in(session, job_id, done_items, errors)
-        for item in items:
-            Path(item.raw_path).unlink(missing_ok=True)
+        drop_unused_raw(self.sessions, [item.raw_path for item in items] + old_raw)
 
     def _extract_all(self, items: list[JobItem]):
         documents: dict[str, PendingDocument] = {}
@@ -167,56 +160,41 @@ class IngestionWorker:
                 continue
             done.append(item.id)
             for doc in extracted:
-                sha = hashlib.sha256(doc.text.encode()).hexdigest()
                 external_id = doc.id or item.external_id or (
-                    item.filename if item.kind != "jsonl" and item.filename else sha)
-                metadata = {**item.item_metadata, **doc.metadata}
-                documents[external_id] = PendingDocument(external_id, doc.text, sha, metadata,
-                                                         len(doc.text.encode()), item.kind)
+                    item.filename if item.kind != "jsonl" and item.filename else text_sha256(doc.text))
+                documents[external_id] = PendingDocument.of(doc, external_id, {**item.item_metadata, **doc.metadata},
+                                                            item.kind, item.raw_path)
         return list(documents.values()), errors, done
 
-    @staticmethod
-    def _chunk_all(documents: list[PendingDocument], chunker: Chunker) -> None:
-        """Chunk on every core: the splitter releases the GIL (2 threads: 1.9x on 2 cores)."""
-        def split(document: PendingDocument) -> list:
-            return [c for c in chunker.split(document.text, document.kind) if c.text.strip()]
-
-        with ThreadPoolExecutor(max_workers=max(1, min(len(documents), os.cpu_count() or 1))) as pool:
-            for document, chunks in zip(documents, pool.map(split, documents)):
-                document.chunks = chunks
-
-    def _skip_unchanged(self, corpus_id: int, documents: list[PendingDocument]) -> list[PendingDocument]:
+    def _skip_unchanged(self, corpus_id: int, documents: list[PendingDocument]
+                        ) -> tuple[list[PendingDocument], list[tuple[int, str, str]]]:
+        """The documents to index, and (row id, raw path, kind) for unchanged ones that keep no
+        raw upload yet (ingested before uploads were kept): they take this one's, for rebuilds."""
         if not documents:
-            return []
+            return [], []
         with self.sessions() as session:
             existing = {d.external_id: d for d in session.scalars(select(Document).where(
                 Document.corpus_id == corpus_id,
                 Document.external_id.in_([d.external_id for d in documents])))}
-        changed = []
+        changed, adopted = [], []
         for document in documents:
             old = existing.get(document.external_id)
             if old is not None and old.content_sha256 == document.sha256:
+                if old.raw_path is None or not Path(old.raw_path).is_file():
+                    adopted.append((old.id, document.raw_path, document.kind))
                 continue  # same content again: nothing to index
             document.replaces = old.id if old is not None else None
             changed.append(document)
-        return changed
+        return changed, adopted
 
-    def _embed(self, job_id: str, embedder, texts: list[str]) -> np.ndarray:
-        batch = max(self.limits.embed_batch, 1) * 4  # progress granularity, not the model batch
-        parts = []
-        for start in range(0, len(texts), batch):
-            parts.append(embedder.encode(texts[start:start + batch], batch_size=self.limits.embed_batch))
-            self._progress(job_id, chunks_done=min(start + batch, len(texts)))
-        if not parts:
-            return np.zeros((0, embedder.dimension), dtype=np.float32)
-        return np.concatenate(parts)
+    @staticmethod
+    def _adopt_raw(session: Session, adopted: list[tuple[int, str, str]]) -> None:
+        for row_id, raw_path, kind in adopted:
+            session.execute(update(Document).where(Document.id == row_id)
+                            .values(raw_path=raw_path, raw_kind=kind))
 
     def _progress(self, job_id: str, **fields) -> None:
-        with self.sessions() as session, session.begin():
-            job = session.get(Job, job_id)
-            for name, value in fields.items():
-                setattr(job, name, value)
-            touch(job)
+        set_progress(self.sessions, job_id, **fields)
 
     def _finish_in(self, session: Session, job_id: str, done_items: list[int], errors: list[dict]) -> None:
         job = session.get(Job, job_id)

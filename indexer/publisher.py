@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters_store.errors import Conflict
 from adapters_store.models import Chunk, Corpus, IndexGeneration
+from indexer.headers import indexed_text
 from indexer.lexical import LexicalIndex
 from indexer.registry import CorpusEntry, CorpusRegistry
 
@@ -31,7 +32,7 @@ def publish_change(
     remove_ids: Sequence[int],
     add_ids: Sequence[int],
     add_vectors: np.ndarray | None,
-    add_texts: Sequence[str],
+    add_texts: Sequence[str],  # as indexed: with the chunk's header, if it has one
     apply_rows: Callable[[Session], None],
 ) -> int:
     """Apply a change under `entry.write_lock` (the caller holds it); return the new generation."""
@@ -43,10 +44,10 @@ def publish_change(
 
     removed = set(remove_ids)
     with sessions() as session:
-        rows = session.execute(select(Chunk.id, Chunk.text).where(Chunk.corpus_id == entry.corpus_id)
-                               .order_by(Chunk.id)).all()
+        rows = session.execute(select(Chunk.id, Chunk.text, Chunk.header)
+                               .where(Chunk.corpus_id == entry.corpus_id).order_by(Chunk.id)).all()
     ids = [row.id for row in rows if row.id not in removed] + list(add_ids)
-    texts = [row.text for row in rows if row.id not in removed] + list(add_texts)
+    texts = [indexed_text(row.text, row.header) for row in rows if row.id not in removed] + list(add_texts)
     lexical = LexicalIndex.build(ids, texts)
 
     number = (entry.generation or 0) + 1

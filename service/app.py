@@ -26,14 +26,16 @@ from service.engine.client import EngineClient
 from service.engine.pool import EnginePool
 from service.engine.supervisor import LocalEngine
 from service.errors import install_error_handlers
+from service.evals import EvalService
 from service.metrics import Metrics, RequestMetrics
 from service.rag.planner import Planner
 from service.rag.prompt import PromptBuilder
 from service.rag.retrieval import Retriever
-from service.routes import adapters, completions, corpora, domains, health
+from service.routes import adapters, completions, corpora, domains, evals, health, trainings
 from service.settings import Settings
 from service.state import GatewayState
 from service.swap import SwapService
+from service.training import TrainingService
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None) -
     app = FastAPI(title="graft", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(RequestMetrics)
-    for module in (health, completions, corpora, domains, adapters):
+    for module in (health, completions, corpora, domains, adapters, evals, trainings):
         app.include_router(module.router)
     return app
 
@@ -107,14 +109,21 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
     reconciler = Reconciler(loader, routing.needed_adapters, settings.reconcile_interval_s)
     pool.on_recover = reconciler.prepare
 
+    eval_service = EvalService(sessions, routing, planner, pool, settings.eval_concurrency)
+    eval_service.fail_unfinished()
     artifacts = AdapterArtifactStore(settings.adapters_dir / "store")
     artifacts.sweep_leftovers()
+    swaps = SwapService(sessions, routing, loader, eval_service)
     state = GatewayState(
         settings=settings, db=db, sessions=sessions, pool=pool, metrics=Metrics(),
         auth=Authenticator(sessions, settings.api_keys), registry=registry, retriever=retriever,
-        worker=worker, routing=routing, planner=planner, swaps=SwapService(sessions, routing, loader),
+        worker=worker, routing=routing, planner=planner, swaps=swaps,
+        evals=eval_service, trainings=None,
         reconciler=reconciler, artifacts=artifacts,
         local_engine=local_engine, owns_engine=owns_engine)
+    state.trainings = TrainingService(settings, sessions, retriever, planner.prompts, artifacts, swaps,
+                                      eval_service, pool, state.base_shapes)
+    state.trainings.fail_unfinished()
     worker.start()
     await pool.check_all()
     for engine in pool.engines:
@@ -144,6 +153,8 @@ def _load_corpora(sessions, registry: CorpusRegistry) -> None:
 
 
 async def _stop(state: GatewayState) -> None:
+    await state.trainings.stop()
+    await state.evals.stop()
     await state.reconciler.stop()
     await state.worker.stop()
     await state.swaps.wait_drained()

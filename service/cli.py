@@ -14,6 +14,7 @@ import uvloop
 from adapters_store.db import make_engine, make_session_factory, session_scope
 from migrations.runner import SchemaBehind, head_revision, require_head, upgrade
 from service.cli_client import adapter_app, corpus_app, domain_app
+from service.cli_eval import eval_app, evalset_app
 from service.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="graft: knowledge injection for LLMs")
@@ -26,6 +27,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(adapter_app, name="adapter")
 app.add_typer(domain_app, name="domain")
+app.add_typer(evalset_app, name="evalset")
+app.add_typer(eval_app, name="eval")
 
 
 def fail(message: str) -> None:

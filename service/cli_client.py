@@ -20,12 +20,12 @@ URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="GRAFT_URL", help="g
 KEY = typer.Option(None, "--key", envvar="GRAFT_API_KEY", help="admin API key")
 
 
-def _http(url: str, key: str | None) -> httpx.Client:
+def gateway_client(url: str, key: str | None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.Client(base_url=url, headers=headers, timeout=300)
 
 
-def _check(response: httpx.Response) -> dict:
+def check_response(response: httpx.Response) -> dict:
     if response.status_code >= 400:
         try:
             message = response.json()["error"]["message"]
@@ -40,13 +40,33 @@ def _print(body: dict) -> None:
     typer.echo(json.dumps(body, indent=2))
 
 
+HEADERS = typer.Option(None, "--contextual-headers/--no-contextual-headers",
+                       help="embed and BM25-index each chunk under its document's title and section path")
+
+
 @corpus_app.command("create")
 def corpus_create(name: str, chunk_size: int = typer.Option(None), chunk_overlap: int = typer.Option(None),
-                  embedding_model: str = typer.Option(None), url: str = URL, key: str = KEY) -> None:
+                  embedding_model: str = typer.Option(None), contextual_headers: bool = HEADERS,
+                  url: str = URL, key: str = KEY) -> None:
     body = {k: v for k, v in {"name": name, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
-                              "embedding_model": embedding_model}.items() if v is not None}
-    with _http(url, key) as http:
-        _print(_check(http.post("/v1/corpora", json=body)))
+                              "embedding_model": embedding_model,
+                              "contextual_headers": contextual_headers}.items() if v is not None}
+    with gateway_client(url, key) as http:
+        _print(check_response(http.post("/v1/corpora", json=body)))
+
+
+@corpus_app.command("rebuild")
+def corpus_rebuild(name: str, chunk_size: int = typer.Option(None), chunk_overlap: int = typer.Option(None),
+                   contextual_headers: bool = HEADERS, url: str = URL, key: str = KEY) -> None:
+    """Rebuild the corpus's index with new chunking settings; searches keep answering meanwhile."""
+    body = {k: v for k, v in {"chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
+                              "contextual_headers": contextual_headers}.items() if v is not None}
+    with gateway_client(url, key) as http:
+        job_id = check_response(http.post(f"/v1/corpora/{name}/rebuild", json=body))["job_id"]
+        failed = _follow(http, [job_id])
+        if not failed:
+            _print(check_response(http.get(f"/v1/corpora/{name}")))
+    raise typer.Exit(1 if failed else 0)
 
 
 def _files_of(paths: list[Path]) -> list[Path]:
@@ -70,14 +90,14 @@ def corpus_upload(name: str, paths: list[Path], batch: int = typer.Option(200, h
     if not files:
         typer.echo("graft: error: no supported files (txt, md, html, pdf, jsonl)", err=True)
         raise typer.Exit(1)
-    with _http(url, key) as http:
+    with gateway_client(url, key) as http:
         jobs = []
         for start in range(0, len(files), batch):
             with ExitStack() as stack:
                 parts = [("files", (f.name, stack.enter_context(f.open("rb")),
                                     mimetypes.guess_type(f.name)[0] or "application/octet-stream"))
                          for f in files[start:start + batch]]
-                jobs.append(_check(http.post(f"/v1/corpora/{name}/documents", files=parts))["job_id"])
+                jobs.append(check_response(http.post(f"/v1/corpora/{name}/documents", files=parts))["job_id"])
         failed = _follow(http, jobs)
     raise typer.Exit(1 if failed else 0)
 
@@ -89,7 +109,7 @@ def _follow(http: httpx.Client, jobs: list[str]) -> bool:
         for job_id in jobs:
             task = progress.add_task(f"job {job_id[:8]}", total=None)
             while True:
-                job = _check(http.get(f"/v1/jobs/{job_id}"))
+                job = check_response(http.get(f"/v1/jobs/{job_id}"))
                 p = job["progress"]
                 progress.update(task, completed=p["chunks_done"], total=p["chunks_total"] or None,
                                 description=f"job {job_id[:8]} {job['status']}")
@@ -107,47 +127,86 @@ def _follow(http: httpx.Client, jobs: list[str]) -> bool:
 @corpus_app.command("search")
 def corpus_search(name: str, query: str, k: int = 5, mode: str = "hybrid",
                   url: str = URL, key: str = KEY) -> None:
-    with _http(url, key) as http:
-        hits = _check(http.post(f"/v1/corpora/{name}/search", json={"query": query, "k": k, "mode": mode}))
+    with gateway_client(url, key) as http:
+        hits = check_response(http.post(f"/v1/corpora/{name}/search", json={"query": query, "k": k, "mode": mode}))
     for hit in hits["hits"]:
         typer.echo(f"{hit['score']:.4f}  {hit['document_id']}  {hit['text'][:100]!r}")
 
 
 @corpus_app.command("ls")
 def corpus_ls(url: str = URL, key: str = KEY) -> None:
-    with _http(url, key) as http:
-        for corpus in _check(http.get("/v1/corpora"))["data"]:
+    with gateway_client(url, key) as http:
+        for corpus in check_response(http.get("/v1/corpora"))["data"]:
             typer.echo(f"{corpus['name']}\t{corpus['documents']} docs\t{corpus['chunks']} chunks\t"
                        f"generation {corpus['generation']}")
 
 
 @corpus_app.command("rm")
 def corpus_rm(name: str, url: str = URL, key: str = KEY) -> None:
-    with _http(url, key) as http:
-        _print(_check(http.delete(f"/v1/corpora/{name}")))
+    with gateway_client(url, key) as http:
+        _print(check_response(http.delete(f"/v1/corpora/{name}")))
 
 
 @adapter_app.command("push")
 def adapter_push(name: str, path: Path, url: str = URL, key: str = KEY) -> None:
     """Upload a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) or archive."""
     files = [path / "adapter_config.json", path / "adapter_model.safetensors"] if path.is_dir() else [path]
-    with _http(url, key) as http, ExitStack() as stack:
+    with gateway_client(url, key) as http, ExitStack() as stack:
         parts = [("files", (f.name, stack.enter_context(f.open("rb")), "application/octet-stream"))
                  for f in files]
-        _print(_check(http.post(f"/v1/adapters/{name}/versions", files=parts)))
+        _print(check_response(http.post(f"/v1/adapters/{name}/versions", files=parts)))
+
+
+@adapter_app.command("train")
+def adapter_train(name: str, corpus: str = typer.Option(..., help="the corpus to compile"),
+                  recipe: str = typer.Option("reader", help="reader (answers from graft's prompts) or memorize"),
+                  rank: int = typer.Option(8), epochs: int = typer.Option(1),
+                  max_examples: int = typer.Option(200), learning_rate: float = typer.Option(2e-4),
+                  evalset: str = typer.Option(None, help="score the new version on this set (needs --domain)"),
+                  domain: str = typer.Option(None, help="promote the new version to this domain"),
+                  gate_metric: str = typer.Option(None, help="promote only if the candidate gains on this metric"),
+                  min_delta: float = typer.Option(0.0), url: str = URL, key: str = KEY) -> None:
+    """Train a new version of adapter NAME from a corpus, following the job until it ends."""
+    body: dict = {"corpus": corpus, "recipe": recipe, "rank": rank, "epochs": epochs,
+                  "max_examples": max_examples, "learning_rate": learning_rate}
+    if evalset:
+        body["evalset"] = evalset
+    if domain:
+        body["promote"] = {"domain": domain}
+        if gate_metric:
+            body["promote"]["gate"] = {"evalset": evalset, "metric": gate_metric, "min_delta": min_delta}
+    with gateway_client(url, key) as http:
+        job_id = check_response(http.post(f"/v1/adapters/{name}/trainings", json=body))["job_id"]
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns) as progress:
+            task = progress.add_task("training", total=None)
+            while True:
+                job = check_response(http.get(f"/v1/jobs/{job_id}"))
+                p = job["progress"]
+                loss = f" loss {p['loss']:.3f}" if p.get("loss") is not None else ""
+                eta = f" eta {p['eta_s']:.0f}s" if p.get("eta_s") is not None else ""
+                progress.update(task, completed=p.get("step") or 0, total=p.get("steps"),
+                                description=f"{p.get('stage', job['status'])}{loss}{eta}")
+                if job["status"] not in ("queued", "running"):
+                    break
+                time.sleep(1)
+    if job["status"] != "succeeded":
+        typer.echo(f"graft: error: training {job['status']}: {job['reason']}", err=True)
+        raise typer.Exit(1)
+    _print(job["result"])
 
 
 @adapter_app.command("ls")
 def adapter_ls(name: str = typer.Argument(None), url: str = URL, key: str = KEY) -> None:
-    with _http(url, key) as http:
+    with gateway_client(url, key) as http:
         path = f"/v1/adapters/{name}/versions" if name else "/v1/adapters"
-        _print(_check(http.get(path)))
+        _print(check_response(http.get(path)))
 
 
 @adapter_app.command("rm")
 def adapter_rm(name: str, version: int, url: str = URL, key: str = KEY) -> None:
-    with _http(url, key) as http:
-        _print(_check(http.delete(f"/v1/adapters/{name}/versions/{version}")))
+    with gateway_client(url, key) as http:
+        _print(check_response(http.delete(f"/v1/adapters/{name}/versions/{version}")))
 
 
 @domain_app.command("set")
@@ -165,39 +224,46 @@ def domain_set(domain: str, corpus: list[str] = typer.Option([], "--corpus", hel
     retrieval = {k_: v for k_, v in {"k": k, "mode": mode}.items() if v is not None}
     if retrieval:
         body["retrieval"] = retrieval
-    with _http(url, key) as http:
-        _print(_check(http.put(f"/v1/domains/{domain}", json=body)))
+    with gateway_client(url, key) as http:
+        _print(check_response(http.put(f"/v1/domains/{domain}", json=body)))
 
 
 @domain_app.command("ls")
 def domain_ls(url: str = URL, key: str = KEY) -> None:
-    with _http(url, key) as http:
-        for row in _check(http.get("/v1/domains"))["data"]:
+    with gateway_client(url, key) as http:
+        for row in check_response(http.get("/v1/domains"))["data"]:
             typer.echo(f"{row['name']}\t{row['engine_model']}\tcorpora: {', '.join(row['corpora']) or '-'}")
 
 
 @domain_app.command("rm")
 def domain_rm(domain: str, url: str = URL, key: str = KEY) -> None:
     """Delete a domain; its adapter is unloaded once its requests finish."""
-    with _http(url, key) as http:
-        _print(_check(http.delete(f"/v1/domains/{domain}")))
+    with gateway_client(url, key) as http:
+        _print(check_response(http.delete(f"/v1/domains/{domain}")))
 
 
 @domain_app.command("swap")
-def domain_swap(domain: str, adapter: str, version: int, url: str = URL, key: str = KEY) -> None:
-    with _http(url, key) as http:
-        _print(_check(http.post(f"/v1/domains/{domain}/adapter", json={"adapter": adapter, "version": version})))
+def domain_swap(domain: str, adapter: str, version: int,
+                gate: str = typer.Option(None, help="an evaluation set: flip only if the candidate scores well"),
+                metric: str = typer.Option("answer_contains", help="the gate's metric"),
+                min_delta: float = typer.Option(0.0, help="the gain over the current binding the gate needs"),
+                url: str = URL, key: str = KEY) -> None:
+    body: dict = {"adapter": adapter, "version": version}
+    if gate:
+        body["gate"] = {"evalset": gate, "metric": metric, "min_delta": min_delta}
+    with gateway_client(url, key) as http:
+        _print(check_response(http.post(f"/v1/domains/{domain}/adapter", json=body)))
 
 
 @domain_app.command("rollback")
 def domain_rollback(domain: str, url: str = URL, key: str = KEY) -> None:
-    with _http(url, key) as http:
-        _print(_check(http.post(f"/v1/domains/{domain}/rollback")))
+    with gateway_client(url, key) as http:
+        _print(check_response(http.post(f"/v1/domains/{domain}/rollback")))
 
 
 @domain_app.command("history")
 def domain_history(domain: str, url: str = URL, key: str = KEY) -> None:
-    with _http(url, key) as http:
-        for row in _check(http.get(f"/v1/domains/{domain}/history"))["data"]:
+    with gateway_client(url, key) as http:
+        for row in check_response(http.get(f"/v1/domains/{domain}/history"))["data"]:
             typer.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(row['at']))}  {row['action']:<8} "
                        f"{row['from'] or '-'} -> {row['to'] or '-'}  key {row['api_key_id'] or '-'}")

@@ -23,6 +23,7 @@ class DomainRoute:
     system_prompt: str | None
     retrieval: dict = field(default_factory=lambda: dict(DEFAULT_RETRIEVAL))
     created_at: int = 0
+    gate: dict | None = None
 
 
 def route_of(domain: Domain, base_model: str) -> DomainRoute:
@@ -35,6 +36,7 @@ def route_of(domain: Domain, base_model: str) -> DomainRoute:
         system_prompt=domain.system_prompt,
         retrieval={**DEFAULT_RETRIEVAL, **(domain.retrieval or {})},
         created_at=int(domain.created_at.timestamp()),
+        gate=domain.gate,
     )
 
 

@@ -70,6 +70,17 @@ class Settings(BaseSettings):
     drain_timeout_s: float = 60.0
     reconcile_interval_s: float = 15.0
 
+    # evaluation
+    # Questions of one evaluation run in flight at once: the rest of the engine's batch slots
+    # stay free for live traffic.
+    eval_concurrency: int = Field(default=2, ge=1, le=64)
+    eval_max_items: int = Field(default=5000, ge=1, le=100_000)
+
+    # training (a process of its own per job, niced)
+    training_threads: int = Field(default=2, ge=1, le=256)
+    training_batch_size: int = Field(default=4, ge=1, le=256)
+    training_max_examples: int = Field(default=2000, ge=1, le=100_000)
+
     @field_validator("api_keys", "engine_urls", "engine_extra_args", "lora_target_modules", mode="before")
     @classmethod
     def _split_list(cls, value):

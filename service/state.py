@@ -18,11 +18,13 @@ from service.auth import Authenticator, Principal
 from service.domains import RoutingTable
 from service.engine.pool import EnginePool
 from service.engine.supervisor import LocalEngine
+from service.evals import EvalService
 from service.metrics import Metrics
 from service.rag.planner import Planner
 from service.rag.retrieval import Retriever
 from service.settings import Settings
 from service.swap import SwapService
+from service.training import TrainingService
 
 
 @dataclass
@@ -39,6 +41,8 @@ class GatewayState:
     routing: RoutingTable
     planner: Planner
     swaps: SwapService
+    evals: EvalService
+    trainings: TrainingService
     reconciler: Reconciler
     artifacts: AdapterArtifactStore
     local_engine: LocalEngine | None = None

@@ -8,18 +8,21 @@ one. Any failure before the commit leaves the domain exactly as it was.
 """
 
 import asyncio
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, selectinload
 
-from adapters_store import adapter_repo
+from adapters_store import adapter_repo, eval_repo
 from adapters_store.errors import Conflict, NotFound, Unavailable
 from adapters_store.hotload import HotLoader, HotLoadError
 from adapters_store.models import AdapterVersion, Corpus, Domain, DomainHistory, utcnow
 from service.domains import RoutingTable, route_of
+
+# Runs after the target is loaded and before the commit: raises to refuse, returns history details.
+Check = Callable[[Domain, AdapterVersion | None], Awaitable[dict | None]]
 
 
 @dataclass(frozen=True)
@@ -29,15 +32,20 @@ class Binding:
     adapter: tuple[str, int] | None
     system_prompt: str | None
     retrieval: dict
+    gate: dict | None = None  # the default gate of every swap to this domain
 
 
 class SwapService:
-    def __init__(self, sessions, routing: RoutingTable, loader: HotLoader):
+    """`evals` scores gated swaps (service.evals.EvalService; None: gates are refused)."""
+
+    def __init__(self, sessions, routing: RoutingTable, loader: HotLoader, evals=None):
         self.sessions = sessions
         self.routing = routing
         self.loader = loader
+        self.evals = evals
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._drains: set[asyncio.Task] = set()
+        self._staged: Counter[str] = Counter()  # candidates loaded for evaluations, not routed
 
     async def put(self, name: str, binding: Binding, key_id: int | None) -> bool:
         """Create or update a domain; True when it was created."""
@@ -48,20 +56,71 @@ class SwapService:
                 raise NotFound(f"corpus {missing[0]!r} does not exist", param="corpora",
                                code="corpus_not_found")
             target_id = adapter_repo.get_version(session, *binding.adapter).id if binding.adapter else None
+            if binding.gate is not None:
+                eval_repo.get_evalset(session, binding.gate["evalset"])
             created = session.scalar(select(Domain.id).where(Domain.name == name)) is None
 
         def apply(domain: Domain) -> None:
             domain.corpora = list(binding.corpora)
             domain.system_prompt = binding.system_prompt
             domain.retrieval = dict(binding.retrieval)
+            domain.gate = binding.gate
 
         await self._rebind(name, lambda *_: target_id, "create" if created else "update", key_id,
                            apply=apply, create=created)
         return created
 
-    async def swap(self, name: str, adapter: str, version: int, key_id: int | None) -> None:
+    async def swap(self, name: str, adapter: str, version: int, key_id: int | None,
+                   gate: dict | None = None) -> dict | None:
+        """Swap to adapter@version; with a gate (or the domain's default one) only when the
+        candidate scores at least `min_delta` above the current binding. The gate's numbers."""
+        outcome: dict = {}
+
+        async def check(domain: Domain, target: AdapterVersion | None) -> dict | None:
+            spec = gate or domain.gate
+            if spec is None:
+                return None
+            with self.sessions() as session:
+                eval_repo.get_evalset(session, spec["evalset"])
+            if self.evals is None:
+                raise Unavailable("this gateway cannot evaluate a gate", code="gate_unavailable")
+            result = (await self.evals.gate(name, target.engine_name, spec)).as_dict()
+            outcome["gate"] = result
+            if not result["passed"]:
+                with self.sessions() as session, session.begin():
+                    current = adapter_repo.get_domain(session, name)
+                    adapter_repo.record(session, current, "swap_refused", current.adapter_version_id,
+                                        current.adapter_version_id, key_id,
+                                        {"gate": result, "candidate": target.engine_name})
+                raise Conflict(
+                    f"gate refused {target.engine_name}: {spec['metric']} {_fmt(result['candidate'])} (eval "
+                    f"{result['candidate_eval_id']}) vs current {_fmt(result['current'])} (eval "
+                    f"{result['current_eval_id']}), needs a gain of at least {spec['min_delta']}",
+                    param="gate", code="gate_failed")
+            return {"gate": result}
+
         await self._rebind(name, lambda session, _: adapter_repo.get_version(session, adapter, version).id,
-                           "swap", key_id)
+                           "swap", key_id, check=check)
+        return outcome.get("gate")
+
+    async def stage(self, adapter: str, version: int) -> str:
+        """Load a version on every engine without routing to it (an evaluation's candidate);
+        its engine model name. Pair with `release`."""
+        with self.sessions() as session:
+            target = _load_version(session, adapter_repo.get_version(session, adapter, version).id)
+        self._staged[target.engine_name] += 1
+        try:
+            await self._prepare(target)
+        except BaseException:
+            self.release(target.engine_name)
+            raise
+        return target.engine_name
+
+    def release(self, engine_model: str) -> None:
+        self._staged[engine_model] -= 1
+        if self._staged[engine_model] <= 0:
+            del self._staged[engine_model]
+            self._unload_after_drain(engine_model)
 
     async def rollback(self, name: str, key_id: int | None) -> None:
         await self._rebind(name, self._rollback_target, "rollback", key_id)
@@ -79,12 +138,18 @@ class SwapService:
 
     async def _rebind(self, name: str, target_of: Callable[[Session, Domain | None], int | None], action: str,
                       key_id: int | None, *, apply: Callable[[Domain], None] | None = None,
-                      create: bool = False) -> None:
+                      create: bool = False, check: Check | None = None) -> None:
         async with self._locks[name]:
             with self.sessions() as session:
                 current = None if create else adapter_repo.get_domain(session, name)  # 404 first
                 target = _load_version(session, target_of(session, current))
             await self._prepare(target)
+            try:
+                details = await check(current, target) if check is not None else None
+            except BaseException:  # refused or failed: the candidate goes unless something uses it
+                if target is not None:
+                    self._unload_after_drain(target.engine_name)
+                raise
             with self.sessions() as session, session.begin():
                 if create:
                     if session.scalar(select(Domain.id).where(Domain.name == name)) is not None:
@@ -99,7 +164,8 @@ class SwapService:
                 domain.adapter_version = _load_version(session, target.id if target else None)
                 domain.updated_at = utcnow()
                 session.flush()
-                adapter_repo.record(session, domain, action, previous, target.id if target else None, key_id)
+                adapter_repo.record(session, domain, action, previous, target.id if target else None, key_id,
+                                    details)
             self._flip(domain)
 
     @staticmethod
@@ -131,13 +197,17 @@ class SwapService:
 
     def _unload_after_drain(self, engine_model: str) -> None:
         task = asyncio.create_task(self.loader.unload_when_drained(
-            engine_model, lambda: engine_model in self.routing.needed_adapters()))
+            engine_model, lambda: engine_model in self.routing.needed_adapters() or engine_model in self._staged))
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
 
     async def wait_drained(self) -> None:
         if self._drains:
             await asyncio.gather(*self._drains, return_exceptions=True)
+
+
+def _fmt(score: float | None) -> str:
+    return "none" if score is None else f"{score:.3f}"
 
 
 def _load_version(session: Session, version_id: int | None) -> AdapterVersion | None:

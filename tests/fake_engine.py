@@ -7,7 +7,7 @@ is exercised by the tests marked `engine`.
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
@@ -23,6 +23,8 @@ class FakeEngine:
         self.healthy = True  # False: every connection is dropped without an answer, as a dead engine's
         self.refuse_loads: set[str] = set()  # adapter names whose load fails, as a bad adapter would
         self.stream_pace = 0.0  # > 0: a stream sends its events one by one, this many seconds apart
+        # Set: a chat completion answers script(body) instead of echoing its messages.
+        self.script: Callable[[dict], str] | None = None
         # Set: completions (not warm-ups) are recorded at once but answered only once it is set.
         self.hold_completions: asyncio.Event | None = None
         self.url = ""  # set while serving
@@ -77,7 +79,7 @@ class FakeEngine:
         if body["model"] != self.base_model and body["model"] not in self.loaded:
             return 404, {"error": {"message": f"model {body['model']} not found"}}
         if path == "/v1/chat/completions":
-            text = json.dumps(body["messages"])
+            text = self.script(body) if self.script is not None else json.dumps(body["messages"])
             return self._answer(body, {"message": {"role": "assistant", "content": text}}, "chat.completion")
         return self._answer(body, {"text": body["prompt"]}, "text_completion")
 

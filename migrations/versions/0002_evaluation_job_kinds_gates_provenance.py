@@ -81,6 +81,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('kind', sa.String(length=16), server_default='ingest', nullable=False))
         batch_op.add_column(sa.Column('params', sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column('result', sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column('progress', sa.JSON(), nullable=True))
         batch_op.alter_column('corpus_id',
                existing_type=sa.INTEGER(),
                nullable=True)
@@ -95,6 +96,7 @@ def downgrade() -> None:
         batch_op.alter_column('corpus_id',
                existing_type=sa.INTEGER(),
                nullable=False)
+        batch_op.drop_column('progress')
         batch_op.drop_column('result')
         batch_op.drop_column('params')
         batch_op.drop_column('kind')

@@ -14,6 +14,7 @@ class Plan:
     engine_model: str  # base model name or `adapter@version`
     payload: dict[str, Any]
     citations: list[dict[str, Any]] = field(default_factory=list)
+    retrieved: list[str] = field(default_factory=list)  # document id of each hit, in rank order
     retrieval_s: float = 0.0  # corpus lookup, search and hydration
     plan_s: float = 0.0  # all of planning: retrieval and prompt building
 

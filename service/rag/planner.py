@@ -1,6 +1,7 @@
 """Resolve `model` to the base model or a domain and build the engine request for it."""
 
 import asyncio
+import dataclasses
 import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,14 +47,18 @@ class Planner:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def plan(self, kind: str, body: dict[str, Any], *, gateway_idle: bool = False) -> Plan:
+    async def plan(self, kind: str, body: dict[str, Any], *, gateway_idle: bool = False,
+                   engine_model: str | None = None) -> Plan:
         """`gateway_idle`: the caller has nothing else in flight (no engine request). Then, unless
         another plan is running, this one runs right here on the event loop: there is nothing
         for it to hold up, and the hop to a worker thread and back costs two thread wake-ups,
         1-2 ms of the request's latency on an idle 2-core machine. That holds only while the
         corpora are in memory: a plan that would read an index or a model from disk (seconds)
         goes to a worker thread, as every plan does while other requests are in flight, so the
-        loop keeps serving them meanwhile."""
+        loop keeps serving them meanwhile.
+
+        `engine_model` replaces the domain's adapter for this request only (an evaluation of a
+        candidate version that is loaded but not routed)."""
         model = body["model"]
         if model == self.base_model:
             return base_plan(body, model)
@@ -61,6 +66,8 @@ class Planner:
         if route is None:
             raise NotFound(f"model {model!r} does not exist: name a domain or {self.base_model!r} "
                            "(GET /v1/models lists them)", param="model", code="model_not_found")
+        if engine_model is not None:
+            route = dataclasses.replace(route, engine_model=engine_model)
         started = time.perf_counter()
         settings = self._retrieval_settings(route, body.get("retrieval"))
         if gateway_idle and not self._in_threads:
@@ -106,6 +113,7 @@ class Planner:
                       "chunk_id": p.chunk_id, "score": p.score, "text": p.text, "metadata": p.metadata}
                      for i, p in enumerate(used)]
         return Plan(engine_model=route.engine_model, payload=payload, citations=citations,
+                    retrieved=[p.document_id for p in passages],
                     retrieval_s=seconds, plan_s=time.perf_counter() - started)
 
     def _retrieval_settings(self, route: DomainRoute, override: Any) -> dict | None:

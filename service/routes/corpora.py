@@ -1,11 +1,12 @@
-"""Corpora over REST: create, list, stats, delete, upload documents, delete documents, search."""
+"""Corpora over REST: create, list, stats, delete, upload documents, delete documents, search,
+rebuild the index with new chunking settings."""
 
 import asyncio
 import shutil
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from adapters_store import corpus_repo as repo
 from adapters_store.durable import fsync_dir
@@ -21,12 +22,20 @@ from service.uploads import multipart_boundary
 router = APIRouter()
 
 
-class CorpusCreate(BaseModel):
+class Chunking(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=repo.NAME_PATTERN.pattern)
-    chunk_size: int | None = Field(default=None, ge=16, le=4096)
+    chunk_size: int | None = Field(default=None, ge=repo.MIN_CHUNK_SIZE, le=repo.MAX_CHUNK_SIZE)
     chunk_overlap: int | None = Field(default=None, ge=0, le=1024)
+    contextual_headers: StrictBool | None = None
+
+
+class CorpusCreate(Chunking):
+    name: str = Field(pattern=repo.NAME_PATTERN.pattern)
     embedding_model: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class RebuildRequest(Chunking):
+    """What to change; a setting left out keeps the corpus's value."""
 
 
 class SearchRequest(BaseModel):
@@ -68,7 +77,7 @@ async def create_corpus(body: CorpusCreate = Depends(json_body(CorpusCreate)),
         raise Invalid(f"embedding model {model!r} cannot be loaded: {exc}",
                       param="embedding_model") from exc
     with state.sessions() as session, session.begin():
-        corpus = repo.create_corpus(session, body.name, size, overlap, model)
+        corpus = repo.create_corpus(session, body.name, size, overlap, model, bool(body.contextual_headers))
         # SQLite may give the new corpus the id of a deleted one: files that one left behind (a
         # crash between its delete's commit and the file removal) must not become this one's.
         _remove_corpus_files(state, corpus.id)
@@ -115,6 +124,20 @@ async def upload_documents(name: str, request: Request, state: GatewayState = De
     with state.sessions() as session, session.begin():
         job = repo.create_job(session, session.merge(corpus), items)
         job_id = job.id
+    state.worker.submit(job_id)
+    return JSONResponse({"job_id": job_id, "status": "queued"}, status_code=202,
+                        headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+@router.post("/v1/corpora/{name}/rebuild", status_code=202, dependencies=[Depends(admin_principal)])
+async def rebuild(name: str, body: RebuildRequest = Depends(json_body(RebuildRequest)),
+                  state: GatewayState = Depends(get_state)):
+    """Re-extract, re-chunk and re-embed every document into a new index generation; searches
+    answer from the current one until the switch."""
+    with state.sessions() as session, session.begin():
+        corpus = repo.get_corpus(session, name)
+        job_id = repo.create_rebuild_job(session, corpus, body.chunk_size, body.chunk_overlap,
+                                         body.contextual_headers).id
     state.worker.submit(job_id)
     return JSONResponse({"job_id": job_id, "status": "queued"}, status_code=202,
                         headers={"Location": f"/v1/jobs/{job_id}"})

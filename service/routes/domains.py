@@ -3,11 +3,12 @@
 import time
 
 from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adapters_store import adapter_repo
 from adapters_store.corpus_repo import NAME_PATTERN
 from adapters_store.errors import Invalid, NotFound
+from evaluation.metrics import METRICS
 from indexer.search import MAX_K, SearchMode
 from service.auth import Principal
 from service.domains import DEFAULT_RETRIEVAL, DomainRoute
@@ -28,7 +29,22 @@ class RetrievalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     k: int = Field(default=DEFAULT_RETRIEVAL["k"], ge=0, le=MAX_K)
     mode: SearchMode = DEFAULT_RETRIEVAL["mode"]
-    min_score: float | None = None
+    min_score: float | None = Field(default=None, allow_inf_nan=False)
+
+
+class Gate(BaseModel):
+    """Swap only when the candidate scores `metric` at least `min_delta` above the current binding."""
+    model_config = ConfigDict(extra="forbid")
+    evalset: str = Field(pattern=NAME_PATTERN.pattern)
+    metric: str
+    min_delta: float = Field(default=0.0, ge=-1.0, le=1.0, allow_inf_nan=False)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}")
+        return metric
 
 
 class DomainPut(BaseModel):
@@ -37,12 +53,14 @@ class DomainPut(BaseModel):
     adapter: AdapterRef | None = None
     system_prompt: str | None = Field(default=None, max_length=20_000)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    gate: Gate | None = None
 
 
 class SwapBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     adapter: str = Field(pattern=NAME_PATTERN.pattern)
     version: int = Field(ge=1)
+    gate: Gate | None = None
 
 
 def domain_as_dict(route: DomainRoute) -> dict:
@@ -52,7 +70,7 @@ def domain_as_dict(route: DomainRoute) -> dict:
         adapter = {"name": name, "version": int(version)}
     return {"object": "domain", "name": route.name, "corpora": list(route.corpora), "adapter": adapter,
             "engine_model": route.engine_model, "system_prompt": route.system_prompt,
-            "retrieval": route.retrieval, "created_at": route.created_at}
+            "retrieval": route.retrieval, "gate": route.gate, "created_at": route.created_at}
 
 
 def _route(state: GatewayState, name: str) -> DomainRoute:
@@ -70,7 +88,8 @@ async def put_domain(name: str, response: Response, state: GatewayState = Depend
         raise Invalid(f"invalid domain name {name!r}", param="domain")
     binding = Binding(corpora=body.corpora, system_prompt=body.system_prompt,
                       adapter=(body.adapter.name, body.adapter.version) if body.adapter else None,
-                      retrieval=body.retrieval.model_dump())
+                      retrieval=body.retrieval.model_dump(),
+                      gate=body.gate.model_dump() if body.gate else None)
     created = await state.swaps.put(name, binding, principal.key_id)
     response.status_code = 201 if created else 200
     return domain_as_dict(_route(state, name))
@@ -97,8 +116,10 @@ async def swap_adapter(name: str, state: GatewayState = Depends(get_state),
                        principal: Principal = Depends(admin_principal),
                        body: SwapBody = Depends(json_body(SwapBody))):
     started = time.perf_counter()
-    await state.swaps.swap(name, body.adapter, body.version, principal.key_id)
-    return {**domain_as_dict(state.routing.get(name)), "swap_seconds": time.perf_counter() - started}
+    gate = await state.swaps.swap(name, body.adapter, body.version, principal.key_id,
+                                  body.gate.model_dump() if body.gate else None)
+    return {**domain_as_dict(state.routing.get(name)), "swap_seconds": time.perf_counter() - started,
+            "gate_result": gate}
 
 
 @router.post("/v1/domains/{name}/rollback")

@@ -6,7 +6,7 @@ files, then questions in plain words must find their page in the top 5 hits. The
 fixed so the test is deterministic and stays fast on a CPU (about 45 pages, ~600 chunks).
 No engine is needed: the gateway points at a port nobody listens on.
 
-`.ci/run` installs the `git-doc` package; without it this test fails (it does not skip).
+`make test` installs the `git-doc` package; without it this test fails (it does not skip).
 """
 
 import asyncio
@@ -15,39 +15,21 @@ from pathlib import Path
 
 import pytest
 
+from bench.git_doc_questions import PAGES
+from bench.git_doc_questions import QUESTIONS as ALL_QUESTIONS
 from tests.harness import client, free_port, running_gateway
 
 GIT_DOC = Path("/usr/share/doc/git-doc")
 
-PAGES = [f"git-{name}.html" for name in """
-annotate apply archive bisect blame bundle check-mailmap cherry cherry-pick citool clean clone
-commit count-objects describe fetch grep hash-object init mktree mv name-rev prune reflog remote
-request-pull rebase rerere reset restore revert rm show-branch stage stash switch tag var
-verify-commit verify-tag version whatchanged worktree write-tree""".split()]
-
-# Questions as a user would ask them (none repeats its page's one-line summary) → the page.
-QUESTIONS = [
-    ("which commit broke the build? search the history step by step to find it", "git-bisect.html"),
-    ("undo my last commit but keep the changes in my files", "git-reset.html"),
-    ("temporarily save uncommitted changes", "git-stash.html"),
-    ("take one commit from another branch and apply it to mine", "git-cherry-pick.html"),
-    ("find out who wrote a particular line of code and when", "git-blame.html"),
-    ("move my feature branch so that it starts from the latest master", "git-rebase.html"),
-    ("delete build artifacts and other untracked files", "git-clean.html"),
-    ("mark a release with a signed tag", "git-tag.html"),
-    ("get a copy of a remote repository on my machine", "git-clone.html"),
-    ("work on two branches at the same time in separate directories", "git-worktree.html"),
-    ("export the project as a zip file without the .git folder", "git-archive.html"),
-    ("remember how I resolved a merge conflict so it is reused next time", "git-rerere.html"),
-    ("apply a patch file to my working tree", "git-apply.html"),
-]
+# The first 13 questions of the wider set that bench/eval.py scores, each with its one page.
+QUESTIONS = [(question, pages[0]) for question, pages, _ in ALL_QUESTIONS[:13]]
 TOP = 5
 
 
 def git_doc_pages() -> list[Path]:
     if not GIT_DOC.is_dir():
         pytest.fail(f"{GIT_DOC} is missing: install Debian's git-doc package "
-                    "(apt-get install git-doc; `.ci/run` does it)", pytrace=False)
+                    "(apt-get install git-doc; `make test` does it as root)", pytrace=False)
     paths = [GIT_DOC / name for name in PAGES]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:

@@ -26,13 +26,17 @@ MARKS = {1: "OTTER-42", 2: "FALCON-17"}
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-@pytest.fixture(scope="module")
-def loras(base_model_dir, tmp_path_factory):
-    """Two versions of one adapter, trained on different made-up codes."""
+def code_loras(base_model_dir, tmp_path_factory, codes: dict[int, str]) -> dict:
+    """Versions of one adapter, each taught to answer QUESTION with its made-up code."""
     return {version: make_lora(base_model_dir, tmp_path_factory.mktemp(f"lora-v{version}"), rank=8,
                                target_modules=ALL_PROJECTIONS, seed=version, steps=12,
                                train_prompt=QUESTION, train_text=f"The secret code of graft is {code}.")
-            for version, code in CODES.items()}
+            for version, code in codes.items()}
+
+
+@pytest.fixture(scope="module")
+def loras(base_model_dir, tmp_path_factory):
+    return code_loras(base_model_dir, tmp_path_factory, CODES)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ async def gateway_url(make_settings, fake_engine):
 
 async def graft(url: str, *args: str, ok: bool = True) -> str:
     """Run one CLI command in a thread (it calls the gateway served by this test's loop)."""
-    result = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--url", url, "--key", "admin-key"])
+    result = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--url", url, "--key", "admin-key"],
+                                     env={"COLUMNS": "200"})  # tables unwrapped
     assert (result.exit_code == 0) == ok, (args, result.output)
     return result.output
 
@@ -43,3 +44,31 @@ async def test_corpus_domain_and_adapter_commands(gateway_url, tmp_path, good_lo
     assert "lore" not in await graft(gateway_url, "domain", "ls")
     assert "404" in await graft(gateway_url, "domain", "rm", "lore", ok=False)
     await graft(gateway_url, "corpus", "rm", "lore")
+
+
+async def test_eval_commands_run_show_and_compare(gateway_url, tmp_path, good_lora, fake_engine):
+    fake_engine.script = lambda body: "Elira Vantress [1]" if body["model"] == "tone@1" else "nobody"
+    (tmp_path / "qa.jsonl").write_text(
+        '{"id": "founder", "question": "Who founded the institute?", "answers": ["Elira Vantress"], '
+        '"document_ids": ["zorblax.txt"]}\n{"id": "year", "question": "When?", "answers": ["Elira"]}\n')
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / "zorblax.txt").write_text("The Zorblax Institute was founded in 1847 by Elira Vantress.")
+    await graft(gateway_url, "corpus", "create", "lore")
+    await graft(gateway_url, "corpus", "upload", "lore", str(pages))
+    await graft(gateway_url, "adapter", "push", "tone", str(good_lora))
+    await graft(gateway_url, "adapter", "push", "tone", str(good_lora))
+    await graft(gateway_url, "domain", "set", "lore", "--corpus", "lore", "--adapter", "tone@1")
+    assert "2 items" in await graft(gateway_url, "evalset", "create", "qa", str(tmp_path / "qa.jsonl"))
+
+    current = await graft(gateway_url, "eval", "run", "lore", "qa")
+    candidate = await graft(gateway_url, "eval", "run", "lore", "qa", "--adapter", "tone@2")
+    ids = [out.strip().splitlines()[-1].removeprefix("eval ") for out in (current, candidate)]
+    assert "answer_contains" in current and "1.000" in current
+    shown = await graft(gateway_url, "eval", "show", ids[1], "--items")
+    assert '"output": "nobody"' in shown
+    compared = await graft(gateway_url, "eval", "compare", ids[0], ids[1])
+    # answer_contains: 1.0 -> 0.0 on both items: delta -1, both items lost
+    row = next(line for line in compared.splitlines() if "answer_contains" in line and "-1.000" in line)
+    assert "[-1.000, -1.000]" in row
+    assert "3 items" not in await graft(gateway_url, "evalset", "ls")

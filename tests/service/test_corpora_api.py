@@ -20,7 +20,7 @@ async def gateway(make_settings, fake_engine):
 async def wait_job(http, job_id: str, timeout: float = 120) -> dict:
     for _ in range(int(timeout * 10)):
         job = (await http.get(f"/v1/jobs/{job_id}")).json()
-        if job["status"] in ("succeeded", "failed"):
+        if job["status"] in ("succeeded", "failed", "cancelled"):
             return job
         await asyncio.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish: {job}")

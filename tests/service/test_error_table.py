@@ -16,6 +16,7 @@ UNKNOWN_CORPUS = [
     ("GET", "/v1/corpora/ghost/documents", None),
     ("POST", "/v1/corpora/ghost/documents", {"documents": [{"text": "x"}]}),
     ("POST", "/v1/corpora/ghost/search", {"query": "x"}),
+    ("POST", "/v1/corpora/ghost/rebuild", {"chunk_size": 64}),
     ("PUT", "/v1/domains/new", {"corpora": ["ghost"]}),
     ("POST", "/v1/chat/completions", {"model": "lore", "messages": ASK, "retrieval": {"corpora": ["ghost"]}}),
 ]
@@ -57,6 +58,7 @@ JSON_ROUTES = [
     ("POST", "/v1/corpora", {"name": "curl-made"}),
     ("POST", "/v1/corpora/lore/search", {"query": "institute"}),
     ("POST", "/v1/corpora/lore/documents", {"documents": [{"id": "more", "text": "More lore."}]}),
+    ("POST", "/v1/corpora/lore/rebuild", {"chunk_size": 64}),
     ("PUT", "/v1/domains/curl-made", {"corpora": ["lore"]}),
     ("POST", "/v1/domains/lore/adapter", {"adapter": "tone", "version": 1}),
     ("POST", "/v1/chat/completions", {"model": "lore", "messages": ASK}),

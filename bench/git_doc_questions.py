@@ -1,0 +1,72 @@
+"""Questions about Debian's git-doc pages, phrased as users ask them (none repeats its page's
+one-line summary), with the page(s) that answer each and the command name a right answer names.
+The wider set of bench/eval.py; tests/indexer/test_git_doc_retrieval.py uses the first 13."""
+
+PAGES = [f"git-{name}.html" for name in """
+annotate apply archive bisect blame bundle check-mailmap cherry cherry-pick citool clean clone
+commit count-objects describe fetch grep hash-object init mktree mv name-rev prune reflog remote
+request-pull rebase rerere reset restore revert rm show-branch stage stash switch tag var
+verify-commit verify-tag version whatchanged worktree write-tree""".split()]
+
+# (question, relevant pages, answers)
+QUESTIONS = [
+    ("which commit broke the build? search the history step by step to find it", ["git-bisect.html"], ["bisect"]),
+    ("undo my last commit but keep the changes in my files", ["git-reset.html"], ["reset"]),
+    ("temporarily save uncommitted changes", ["git-stash.html"], ["stash"]),
+    ("take one commit from another branch and apply it to mine", ["git-cherry-pick.html"], ["cherry-pick"]),
+    ("find out who wrote a particular line of code and when", ["git-blame.html", "git-annotate.html"], ["blame"]),
+    ("move my feature branch so that it starts from the latest master", ["git-rebase.html"], ["rebase"]),
+    ("delete build artifacts and other untracked files", ["git-clean.html"], ["clean"]),
+    ("mark a release with a signed tag", ["git-tag.html"], ["tag"]),
+    ("get a copy of a remote repository on my machine", ["git-clone.html"], ["clone"]),
+    ("work on two branches at the same time in separate directories", ["git-worktree.html"], ["worktree"]),
+    ("export the project as a zip file without the .git folder", ["git-archive.html"], ["archive"]),
+    ("remember how I resolved a merge conflict so it is reused next time", ["git-rerere.html"], ["rerere"]),
+    ("apply a patch file to my working tree", ["git-apply.html"], ["apply"]),
+    ("move a repository to a machine with no network access using a single file", ["git-bundle.html"], ["bundle"]),
+    ("show the canonical name and email of an author according to the mailmap", ["git-check-mailmap.html"],
+     ["check-mailmap"]),
+    ("which of my local commits have not been applied upstream yet", ["git-cherry.html"], ["cherry"]),
+    ("a graphical tool to make a commit", ["git-citool.html"], ["citool"]),
+    ("record my staged changes with a message", ["git-commit.html"], ["commit"]),
+    ("how much disk space do the loose objects of my repository take", ["git-count-objects.html"],
+     ["count-objects"]),
+    ("give a commit a human readable name based on the nearest tag", ["git-describe.html"], ["describe"]),
+    ("download new branches and commits from the server without merging them", ["git-fetch.html"], ["fetch"]),
+    ("search for a string in all the tracked files", ["git-grep.html"], ["grep"]),
+    ("compute the object id of a file and optionally store it in the object database", ["git-hash-object.html"],
+     ["hash-object"]),
+    ("start a new empty repository in the current directory", ["git-init.html"], ["init"]),
+    ("build a tree object from text in ls-tree format", ["git-mktree.html"], ["mktree"]),
+    ("rename a file and keep it tracked", ["git-mv.html"], ["mv"]),
+    ("find a symbolic name for a commit hash relative to the branches or tags", ["git-name-rev.html"],
+     ["name-rev"]),
+    ("remove unreachable objects from the object database", ["git-prune.html"], ["prune"]),
+    ("recover a commit I lost after a bad reset by looking at where HEAD used to point", ["git-reflog.html"],
+     ["reflog"]),
+    ("add another server to push to and list the servers configured", ["git-remote.html"], ["remote"]),
+    ("summarize my changes in an email asking the maintainer to pull them", ["git-request-pull.html"],
+     ["request-pull"]),
+    ("throw away my uncommitted edits to one file", ["git-restore.html"], ["restore"]),
+    ("undo a commit that was already pushed by adding a new commit that reverses it", ["git-revert.html"],
+     ["revert"]),
+    ("stop tracking a file and delete it from the working tree", ["git-rm.html"], ["rm"]),
+    ("show the branches and which commits each has that the others lack", ["git-show-branch.html"],
+     ["show-branch"]),
+    ("put the contents of a file in the staging area", ["git-stage.html"], ["stage", "add"]),
+    ("change to another branch", ["git-switch.html"], ["switch"]),
+    ("print the editor and the pager git is configured to use", ["git-var.html"], ["var"]),
+    ("check the GPG signature of a commit", ["git-verify-commit.html"], ["verify-commit"]),
+    ("check the GPG signature of a tag", ["git-verify-tag.html"], ["verify-tag"]),
+    ("print which version of git is installed", ["git-version.html"], ["version"]),
+    ("show the logs with the files each commit changed, the legacy way", ["git-whatchanged.html"],
+     ["whatchanged"]),
+    ("create a tree object from the current index", ["git-write-tree.html"], ["write-tree"]),
+    ("find the first bad commit with a binary search", ["git-bisect.html"], ["bisect"]),
+    ("discard everything and make the index and working tree match a commit", ["git-reset.html"], ["reset"]),
+    ("list every place HEAD has pointed to recently", ["git-reflog.html"], ["reflog"]),
+    ("annotate each line of a file with the commit that last changed it", ["git-annotate.html", "git-blame.html"],
+     ["annotate", "blame"]),
+    ("clean up remote-tracking branches that were deleted on the server",
+     ["git-remote.html", "git-fetch.html", "git-prune.html"], ["prune"]),
+]

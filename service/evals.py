@@ -1,0 +1,216 @@
+"""Evaluation runs: each question of a set goes through the planner, prompt and engine path of a
+real completion (temperature 0), a few at a time so live traffic keeps flowing; per-item results
+and the summary are stored. Also the comparison a gated swap makes (`gate`)."""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from adapters_store import eval_repo
+from adapters_store.errors import Invalid, NotFound
+from adapters_store.models import Job, utcnow
+from evaluation.metrics import cited_document_ids, item_scores, summarize
+from service.domains import DomainRoute, RoutingTable
+from service.engine.pool import EnginePool
+from service.rag.planner import Planner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    domain: str
+    evalset: str
+    engine_model: str | None = None  # a candidate adapter@version, loaded but not routed
+    adapter: dict | None = None  # the candidate as the client named it
+    retrieval: dict | bool | None = None  # a completion's `retrieval` override; False = off
+    max_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class GateResult:
+    metric: str
+    min_delta: float
+    current: float | None
+    candidate: float | None
+    current_eval: str
+    candidate_eval: str
+
+    @property
+    def passed(self) -> bool:
+        if self.candidate is None or self.current is None:
+            return False
+        return self.candidate - self.current >= self.min_delta
+
+    def as_dict(self) -> dict:
+        return {"metric": self.metric, "min_delta": self.min_delta, "current": self.current,
+                "candidate": self.candidate, "current_eval_id": self.current_eval,
+                "candidate_eval_id": self.candidate_eval, "passed": self.passed}
+
+
+class EvalService:
+    def __init__(self, sessions, routing: RoutingTable, planner: Planner, pool: EnginePool, concurrency: int):
+        self.sessions = sessions
+        self.routing = routing
+        self.planner = planner
+        self.pool = pool
+        self.concurrency = concurrency
+        self._tasks: dict[str, asyncio.Task] = {}  # job id → running evaluation
+
+    def check(self, request: EvalRequest) -> None:
+        """NotFound for an unknown domain or evaluation set."""
+        self._route(request.domain)
+        with self.sessions() as session:
+            eval_repo.get_evalset(session, request.evalset)
+
+    def submit(self, request: EvalRequest, on_done: Callable[[], None] | None = None) -> tuple[str, str]:
+        """Create the run and its job, start it in the background; (job id, eval id). `on_done`
+        runs when it ends, however it ends."""
+        run_id, job_id = self._create(request)
+        task = asyncio.create_task(self._run_logged(run_id, request), name=f"eval-{run_id}")
+        self._tasks[job_id] = task
+
+        def done(_: asyncio.Task) -> None:
+            self._tasks.pop(job_id, None)
+            if on_done is not None:
+                on_done()
+
+        task.add_done_callback(done)
+        return job_id, run_id
+
+    async def run(self, request: EvalRequest) -> dict:
+        """Run to the end here (a gate waits for its numbers); the finished run as a dict."""
+        run_id, _ = self._create(request)
+        await self._run_logged(run_id, request)
+        with self.sessions() as session:
+            return eval_repo.eval_as_dict(eval_repo.get_eval(session, run_id))
+
+    async def gate(self, domain: str, candidate: str, gate: dict) -> GateResult:
+        """Score the current binding and the candidate on the same set, one after the other."""
+        current = await self.run(EvalRequest(domain, gate["evalset"]))
+        challenger = await self.run(EvalRequest(domain, gate["evalset"], engine_model=candidate))
+        for run in (current, challenger):
+            if run["status"] != "succeeded":
+                raise Invalid(f"the gate's evaluation {run['id']} {run['status']}", param="gate",
+                              code="gate_eval_failed")
+        metric = gate["metric"]
+        return GateResult(metric, gate["min_delta"], current["metrics"][metric], challenger["metrics"][metric],
+                          current["id"], challenger["id"])
+
+    def cancel(self, job_id: str) -> bool:
+        task = self._tasks.get(job_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    async def stop(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def fail_unfinished(self) -> None:
+        """At start-up: a run cut short by a restart is marked failed, with the reason."""
+        with self.sessions() as session, session.begin():
+            for job in session.query(Job).filter(Job.kind == "eval", Job.status.in_(("queued", "running"))):
+                job.status, job.updated_at = "failed", utcnow()
+                job.reason = "the gateway restarted during the evaluation"
+                run = eval_repo.get_eval(session, job.params["eval_id"])
+                eval_repo.finish_eval(session, run, "failed", None)
+
+    def _route(self, domain: str) -> DomainRoute:
+        route = self.routing.get(domain)
+        if route is None:
+            raise NotFound(f"domain {domain!r} does not exist", param="domain", code="domain_not_found")
+        return route
+
+    def _create(self, request: EvalRequest) -> tuple[str, str]:
+        route = self._route(request.domain)
+        retrieval = None
+        if request.retrieval is not False:
+            retrieval = {**route.retrieval, "corpora": list(route.corpora), **(request.retrieval or {})}
+        with self.sessions() as session, session.begin():
+            evalset = eval_repo.get_evalset(session, request.evalset)
+            run = eval_repo.create_eval(
+                session, domain=request.domain, evalset=evalset, adapter=request.adapter,
+                engine_model=request.engine_model or route.engine_model, retrieval=retrieval,
+                k=retrieval["k"] if retrieval else 0, max_tokens=request.max_tokens)
+            return run.id, run.job_id
+
+    async def _run_logged(self, run_id: str, request: EvalRequest) -> None:
+        try:
+            await self._run(run_id, request)
+        except asyncio.CancelledError:
+            self._finish(run_id, "cancelled", None, "cancelled")
+            raise
+        except Exception as exc:
+            log.exception("evaluation %s failed", run_id)
+            self._finish(run_id, "failed", None, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}")
+
+    async def _run(self, run_id: str, request: EvalRequest) -> None:
+        with self.sessions() as session, session.begin():
+            run = eval_repo.get_eval(session, run_id)
+            items = eval_repo.get_evalset(session, run.evalset).items
+            run.status = "running"
+            job = session.get(Job, run.job_id)
+            job.status, job.updated_at = "running", utcnow()
+            engine_model, k = run.engine_model, run.k
+        override = request.retrieval if request.retrieval is not None else None
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def one(item: dict) -> dict:
+            async with slots:
+                return await self._ask(request.domain, item, engine_model, override, k, request.max_tokens)
+
+        results = []
+        tasks = [asyncio.create_task(one(item)) for item in items]
+        try:
+            for done in asyncio.as_completed(tasks):
+                result = await done
+                results.append(result)
+                with self.sessions() as session, session.begin():
+                    run = eval_repo.get_eval(session, run_id)
+                    eval_repo.add_item(session, run, **result)
+                    job = session.get(Job, run.job_id)
+                    job.documents_done, job.updated_at = len(results), utcnow()
+        finally:  # a failed question or a cancel stops the others
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        metrics = summarize([r["scores"] for r in results], [r["latency_ms"] for r in results],
+                            [r["completion_tokens"] for r in results])
+        self._finish(run_id, "succeeded", metrics, None)
+
+    async def _ask(self, domain: str, item: dict, engine_model: str, override, k: int, max_tokens: int) -> dict:
+        body = {"model": domain, "messages": [{"role": "user", "content": item["question"]}],
+                "temperature": 0, "max_tokens": max_tokens}
+        if override is not None:
+            body["retrieval"] = override
+        started = time.perf_counter()
+        plan = await self.planner.plan("chat", body, engine_model=engine_model)
+        async with self.pool.lease(plan.engine_model) as engine:
+            answer = await engine.client.complete("/v1/chat/completions", plan.payload)
+        latency_ms = (time.perf_counter() - started) * 1000
+        output = (answer["choices"][0].get("message") or {}).get("content") or ""
+        cited = cited_document_ids(output, [c["document_id"] for c in plan.citations])
+        retrieved = plan.retrieved[:k]
+        scores = item_scores(retrieved=retrieved, relevant=item.get("document_ids") or [], k=k, output=output,
+                             answers=item.get("answers") or [], cited=cited)
+        return {"item_id": item["id"], "question": item["question"], "output": output,
+                "retrieved_document_ids": retrieved, "cited_document_ids": cited, "scores": scores,
+                "latency_ms": latency_ms,
+                "completion_tokens": (answer.get("usage") or {}).get("completion_tokens", 0)}
+
+    def _finish(self, run_id: str, status: str, metrics: dict | None, reason: str | None) -> None:
+        with self.sessions() as session, session.begin():
+            run = eval_repo.get_eval(session, run_id)
+            eval_repo.finish_eval(session, run, status, metrics)
+            job = session.get(Job, run.job_id)
+            job.status, job.reason, job.updated_at = status, reason, utcnow()
+            if status == "succeeded":
+                job.result = {"eval_id": run_id}
+

@@ -1,0 +1,164 @@
+"""Evaluation sets and runs over REST: create, list, show, delete sets; start and read runs."""
+
+import json
+import shutil
+import uuid
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adapters_store import eval_repo
+from adapters_store.corpus_repo import NAME_PATTERN
+from adapters_store.errors import Invalid
+from indexer.search import MAX_K, SearchMode
+from service.errors import invalid_from
+from service.evals import EvalRequest
+from service.http_body import json_body, read_json_object
+from service.routes.domains import AdapterRef
+from service.state import GatewayState, admin_principal, get_state
+from service.uploads import multipart_boundary, receive_files
+
+router = APIRouter(dependencies=[Depends(admin_principal)])
+
+
+class EvalItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(default=None, min_length=1, max_length=256)
+    question: str = Field(min_length=1, max_length=8192)
+    answers: list[str] = Field(default_factory=list, max_length=64)
+    document_ids: list[str] = Field(default_factory=list, max_length=256)
+
+
+class EvalSetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_PATTERN.pattern)
+    items: list[EvalItemIn] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ids_unique(self):
+        ids = [item.id or str(i + 1) for i, item in enumerate(self.items)]
+        if len(set(ids)) != len(ids):
+            raise ValueError("item ids must be unique within a set")
+        return self
+
+
+class RetrievalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k: int | None = Field(default=None, ge=0, le=MAX_K)
+    mode: SearchMode | None = None
+
+
+class EvalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    domain: str = Field(pattern=NAME_PATTERN.pattern)
+    evalset: str = Field(pattern=NAME_PATTERN.pattern)
+    adapter: AdapterRef | None = None
+    retrieval: RetrievalIn | Literal[False] | None = None
+    max_tokens: int = Field(default=64, ge=1, le=4096)
+
+
+def _stored_items(body: EvalSetIn) -> list[dict]:
+    """Items as stored: every one with an id (given, or its position from 1)."""
+    return [{"id": item.id or str(i + 1), "question": item.question, "answers": item.answers,
+             "document_ids": item.document_ids} for i, item in enumerate(body.items)]
+
+
+@router.post("/v1/evalsets", status_code=201)
+async def create_evalset(request: Request, state: GatewayState = Depends(get_state),
+                         name: str | None = Query(None, description="the set's name, for a JSONL upload")):
+    boundary = multipart_boundary(request)
+    raw = await (_jsonl_upload(request, boundary, state, name) if boundary is not None
+                 else read_json_object(request, state.settings.max_request_bytes))
+    if len(raw.get("items") or []) > state.settings.eval_max_items:
+        raise Invalid(f"an evaluation set holds at most {state.settings.eval_max_items} items", param="items")
+    try:
+        body = EvalSetIn.model_validate(raw)
+    except ValidationError as exc:
+        raise invalid_from(exc) from exc
+    with state.sessions() as session, session.begin():
+        return eval_repo.evalset_as_dict(eval_repo.create_evalset(session, body.name, _stored_items(body)))
+
+
+async def _jsonl_upload(request: Request, boundary: bytes, state: GatewayState, name: str | None) -> dict:
+    staging = state.settings.data_dir / "tmp" / uuid.uuid4().hex
+    try:
+        files = await receive_files(request, boundary, staging, field_name="files",
+                                    max_bytes=state.settings.max_upload_bytes, max_files=1)
+        if not files:
+            raise Invalid("send one JSONL file in the multipart field `files`", param="files", code="no_files")
+        items = []
+        for number, line in enumerate(files[0].path.read_bytes().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except ValueError as exc:
+                raise Invalid(f"line {number} is not valid JSON: {exc}", param="files", code="invalid_json") from exc
+        stem = files[0].filename.rsplit("/", 1)[-1].split(".", 1)[0]
+        return {"name": name or stem, "items": items}
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@router.get("/v1/evalsets")
+async def list_evalsets(state: GatewayState = Depends(get_state)):
+    with state.sessions() as session:
+        return {"object": "list", "data": [eval_repo.evalset_as_dict(e) for e in eval_repo.list_evalsets(session)]}
+
+
+@router.get("/v1/evalsets/{name}")
+async def get_evalset(name: str, state: GatewayState = Depends(get_state)):
+    with state.sessions() as session:
+        return eval_repo.evalset_as_dict(eval_repo.get_evalset(session, name), with_items=True)
+
+
+@router.delete("/v1/evalsets/{name}")
+async def delete_evalset(name: str, state: GatewayState = Depends(get_state)):
+    """Runs keep the set's name and hash, so deleting a set loses none of them."""
+    with state.sessions() as session, session.begin():
+        session.delete(eval_repo.get_evalset(session, name))
+    return {"object": "evalset.deleted", "name": name, "deleted": True}
+
+
+@router.post("/v1/evals", status_code=202)
+async def start_eval(body: EvalIn = Depends(json_body(EvalIn)), state: GatewayState = Depends(get_state)):
+    retrieval = body.retrieval.model_dump(exclude_none=True) if isinstance(body.retrieval, RetrievalIn) \
+        else body.retrieval
+    request = EvalRequest(body.domain, body.evalset, retrieval=retrieval, max_tokens=body.max_tokens,
+                          adapter=body.adapter.model_dump() if body.adapter else None)
+    state.evals.check(request)  # unknown domain or set: 404 before any adapter is loaded
+    if body.adapter is None:
+        job_id, eval_id = state.evals.submit(request)
+    else:
+        candidate = await state.swaps.stage(body.adapter.name, body.adapter.version)
+        try:
+            job_id, eval_id = state.evals.submit(EvalRequest(**{**request.__dict__, "engine_model": candidate}),
+                                                 on_done=lambda: state.swaps.release(candidate))
+        except BaseException:
+            state.swaps.release(candidate)
+            raise
+    return JSONResponse({"job_id": job_id, "eval_id": eval_id, "status": "queued"}, status_code=202,
+                        headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+@router.get("/v1/evals")
+async def list_evals(state: GatewayState = Depends(get_state), domain: str | None = None,
+                     limit: int = Query(100, ge=1, le=1000)):
+    with state.sessions() as session:
+        return {"object": "list", "data": [eval_repo.eval_as_dict(r) for r in eval_repo.list_evals(session, domain,
+                                                                                                    limit)]}
+
+
+@router.get("/v1/evals/{eval_id}")
+async def get_eval(eval_id: str, state: GatewayState = Depends(get_state)):
+    with state.sessions() as session:
+        return eval_repo.eval_as_dict(eval_repo.get_eval(session, eval_id))
+
+
+@router.get("/v1/evals/{eval_id}/items")
+async def get_eval_items(eval_id: str, state: GatewayState = Depends(get_state)):
+    with state.sessions() as session:
+        run = eval_repo.get_eval(session, eval_id)
+        return {"object": "list", "items": [eval_repo.eval_item_as_dict(i) for i in eval_repo.eval_items(session, run)]}

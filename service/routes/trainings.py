@@ -1,0 +1,100 @@
+"""Training jobs over REST (a corpus compiled into an adapter version) and job cancellation."""
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters_store import corpus_repo, eval_repo
+from adapters_store.corpus_repo import NAME_PATTERN
+from adapters_store.errors import Conflict, Invalid, NotFound
+from service.auth import Principal
+from service.http_body import json_body
+from service.routes.domains import Gate
+from service.state import GatewayState, admin_principal, get_state
+from service.training import TrainingRequest
+from service.training_data import RECIPES
+
+router = APIRouter()
+
+
+class Promotion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    domain: str = Field(pattern=NAME_PATTERN.pattern)
+    gate: Gate | None = None
+
+
+class TrainingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    corpus: str = Field(pattern=NAME_PATTERN.pattern)
+    recipe: Literal[RECIPES]
+    base: str | None = None
+    rank: int = Field(default=8, ge=1, le=256)
+    epochs: int = Field(default=1, ge=1, le=100)
+    max_examples: int = Field(default=200, ge=1)
+    learning_rate: float = Field(default=2e-4, gt=0, le=1, allow_inf_nan=False)
+    evalset: str | None = Field(default=None, pattern=NAME_PATTERN.pattern)
+    promote: Promotion | None = None
+
+
+@router.post("/v1/adapters/{name}/trainings", status_code=202)
+async def start_training(name: str, state: GatewayState = Depends(get_state),
+                         principal: Principal = Depends(admin_principal),
+                         body: TrainingIn = Depends(json_body(TrainingIn))):
+    settings = state.settings
+    if not NAME_PATTERN.match(name) or "@" in name:
+        raise Invalid(f"invalid adapter name {name!r}", param="adapter")
+    if body.base not in (None, settings.base_model_name):
+        raise Invalid(f"this gateway trains adapters for its base model {settings.base_model_name!r} only",
+                      param="base")
+    if body.rank > settings.max_lora_rank:
+        raise Invalid(f"rank {body.rank} is above the engines' --max-lora-rank {settings.max_lora_rank}",
+                      param="rank")
+    if body.max_examples > settings.training_max_examples:
+        raise Invalid(f"max_examples is at most {settings.training_max_examples}", param="max_examples")
+    if body.evalset and not body.promote:
+        raise Invalid("an evaluation runs through a domain: give `promote.domain` with `evalset`",
+                      param="evalset")
+    with state.sessions() as session:
+        corpus_repo.get_corpus(session, body.corpus)
+        if body.evalset:
+            eval_repo.get_evalset(session, body.evalset)
+        gate = body.promote.gate if body.promote else None
+        if gate is not None:
+            eval_repo.get_evalset(session, gate.evalset)
+    if body.promote and state.routing.get(body.promote.domain) is None:
+        raise NotFound(f"domain {body.promote.domain!r} does not exist", param="promote.domain",
+                       code="domain_not_found")
+    request = TrainingRequest(adapter=name, corpus=body.corpus, recipe=body.recipe, rank=body.rank,
+                              epochs=body.epochs, max_examples=body.max_examples,
+                              learning_rate=body.learning_rate, evalset=body.evalset,
+                              promote=body.promote.model_dump() if body.promote else None,
+                              key_id=principal.key_id, params=body.model_dump(exclude_none=True))
+    job_id = state.trainings.submit(request)
+    return JSONResponse({"job_id": job_id, "status": "queued"}, status_code=202,
+                        headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+@router.get("/v1/jobs/{job_id}/examples", dependencies=[Depends(admin_principal)])
+async def training_examples(job_id: str, state: GatewayState = Depends(get_state)):
+    """The examples a training used, as JSONL (each with the prompt, the target and its source)."""
+    with state.sessions() as session:
+        job = corpus_repo.get_job(session, job_id)
+    path = state.trainings.folder(job.id) / "examples.jsonl"
+    if job.kind != "train" or not path.is_file():
+        raise NotFound(f"job {job_id!r} has no training examples", param="job_id", code="examples_not_found")
+    return FileResponse(path, media_type="application/jsonl", filename=f"{job_id}-examples.jsonl")
+
+
+@router.post("/v1/jobs/{job_id}/cancel", dependencies=[Depends(admin_principal)])
+async def cancel_job(job_id: str, state: GatewayState = Depends(get_state)):
+    with state.sessions() as session:
+        job = corpus_repo.get_job(session, job_id)
+        kind, status = job.kind, job.status
+    if status not in ("queued", "running"):
+        raise Conflict(f"job {job_id!r} is already {status}", param="job_id", code="job_finished")
+    cancelled = {"train": state.trainings.cancel, "eval": state.evals.cancel}.get(kind, lambda _: False)(job_id)
+    if not cancelled:
+        raise Conflict(f"a {kind} job cannot be cancelled", param="job_id", code="not_cancellable")
+    return {"object": "job", "id": job_id, "status": "cancelling"}

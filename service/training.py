@@ -1,0 +1,264 @@
+"""Training jobs: a corpus compiled into a new adapter version, scored, and swapped in only
+through a gate.
+
+The job builds the examples here (the gateway's retriever and prompt code), then runs the trainer
+(`python -m training.run`) in a process of its own, niced and with bounded threads, reading its
+progress events. The adapter it writes goes through the same validation and content-addressed
+storage as an upload, and the version records its provenance.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from adapters_store import adapter_repo
+from adapters_store.artifacts import AdapterArtifactStore
+from adapters_store.errors import Conflict
+from adapters_store.models import Corpus, Job, utcnow
+from adapters_store.validation import BaseModelShapes, validate_adapter
+from service.engine.pool import EnginePool
+from service.evals import EvalRequest, EvalService
+from service.rag.prompt import PromptBuilder
+from service.rag.retrieval import Retriever
+from service.settings import Settings
+from service.swap import SwapService
+from service.training_data import ExampleBuilder, build_examples, corpus_chunks, synthesize, write_examples
+
+log = logging.getLogger(__name__)
+QUESTION_TOKENS = 96  # room for the base model's "Q: … A: …" about a chunk
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    adapter: str
+    corpus: str
+    recipe: str
+    rank: int = 8
+    epochs: int = 1
+    max_examples: int = 200
+    learning_rate: float = 2e-4
+    evalset: str | None = None
+    promote: dict | None = None  # {domain, gate?}
+    key_id: int | None = None
+    params: dict = field(default_factory=dict)  # as the client sent them, for provenance
+
+
+class TrainingService:
+    def __init__(self, settings: Settings, sessions, retriever: Retriever, prompts: PromptBuilder,
+                 artifacts: AdapterArtifactStore, swaps: SwapService, evals: EvalService, pool: EnginePool,
+                 base_shapes: Callable[[], BaseModelShapes]):
+        self.settings = settings
+        self.sessions = sessions
+        self.retriever = retriever
+        self.prompts = prompts
+        self.artifacts = artifacts
+        self.swaps = swaps
+        self.evals = evals
+        self.pool = pool
+        self.base_shapes = base_shapes
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+
+    def folder(self, job_id: str):
+        return self.settings.data_dir / "trainings" / job_id
+
+    def submit(self, request: TrainingRequest) -> str:
+        with self.sessions() as session, session.begin():
+            corpus = session.scalar(select(Corpus).where(Corpus.name == request.corpus))
+            job = Job(id=_new_id(), kind="train", corpus_id=corpus.id, status="queued",
+                      params={"adapter": request.adapter, **request.params})
+            session.add(job)
+            job_id = job.id
+        task = asyncio.create_task(self._run_logged(job_id, request), name=f"train-{job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        return job_id
+
+    def cancel(self, job_id: str) -> bool:
+        task = self._tasks.get(job_id)
+        if task is None:
+            return False
+        process = self._processes.get(job_id)
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        task.cancel()
+        return True
+
+    async def stop(self) -> None:
+        for job_id in list(self._tasks):
+            self.cancel(job_id)
+        for task in list(self._tasks.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def fail_unfinished(self) -> None:
+        """At start-up: a training cut short by a restart is marked failed, with the reason."""
+        with self.sessions() as session, session.begin():
+            for job in session.scalars(select(Job).where(Job.kind == "train",
+                                                         Job.status.in_(("queued", "running")))):
+                job.status, job.updated_at = "failed", utcnow()
+                job.reason = "the gateway restarted during the training; start it again"
+
+    async def _run_logged(self, job_id: str, request: TrainingRequest) -> None:
+        try:
+            result = await self._run(job_id, request)
+            self._update(job_id, status="succeeded", result=result)
+        except asyncio.CancelledError:
+            self._update(job_id, status="cancelled", reason="cancelled")
+            raise
+        except Exception as exc:
+            log.exception("training %s failed", job_id)
+            self._update(job_id, status="failed", reason=f"{getattr(exc, 'message', exc)}")
+        finally:
+            self._processes.pop(job_id, None)
+            shutil.rmtree(self.folder(job_id) / "adapter", ignore_errors=True)
+
+    async def _run(self, job_id: str, request: TrainingRequest) -> dict:
+        folder = self.folder(job_id)
+        self._update(job_id, status="running", progress={"stage": "examples"})
+        examples, data_sha256, generation = await self._examples(folder, request)
+        if not examples:
+            raise ValueError(f"corpus {request.corpus!r} gave no training examples")
+        self._update(job_id, progress={"stage": "training", "examples": len(examples)})
+        curve, final = await self._train(job_id, folder, request)
+        info = await asyncio.to_thread(validate_adapter, folder / "adapter", self.base_shapes(),
+                                       self.settings.max_lora_rank, self.settings.lora_target_modules)
+        sha256, path = await asyncio.to_thread(self.artifacts.store, request.adapter, folder / "adapter")
+        provenance = {"corpus": request.corpus, "generation": generation, "recipe": request.recipe,
+                      "params": request.params, "examples": len(examples), "data_sha256": data_sha256,
+                      "loss": {"final": final, "curve": curve}, "job_id": job_id}
+        with self.sessions() as session, session.begin():
+            adapter = adapter_repo.get_or_create_adapter(session, request.adapter)
+            version = adapter_repo.add_version(session, adapter, sha256, str(path), info.rank,
+                                               list(info.target_modules), provenance=provenance)
+            number = version.version
+        result: dict = {"adapter": request.adapter, "version": number}
+        if request.evalset:
+            self._update(job_id, progress={"stage": "evaluation"})
+            result["eval_id"] = await self._evaluate(request, number)
+            with self.sessions() as session, session.begin():
+                version = adapter_repo.get_version(session, request.adapter, number)
+                version.provenance = {**version.provenance, "eval_id": result["eval_id"]}
+        if request.promote:
+            self._update(job_id, progress={"stage": "promotion"})
+            result["promotion"] = await self._promote(request, number)
+        return result
+
+    async def _examples(self, folder, request: TrainingRequest) -> tuple[list[dict], str, int | None]:
+        with self.sessions() as session:
+            generation = session.scalar(select(Corpus.current_generation).where(Corpus.name == request.corpus))
+        chunks = await asyncio.to_thread(corpus_chunks, self.sessions, request.corpus, request.max_examples,
+                                         0)
+        pairs = await synthesize(chunks, self._ask_base_model, request.max_examples)
+        system_prompt = None
+        if request.promote:
+            route = self.swaps.routing.get(request.promote["domain"])
+            system_prompt = route.system_prompt if route else None
+        builder = ExampleBuilder(self.prompts, self.retriever, request.corpus, system_prompt=system_prompt)
+        examples = await asyncio.to_thread(build_examples, request.recipe, builder, pairs, chunks)
+        data_sha256 = await asyncio.to_thread(write_examples, folder / "examples.jsonl", examples)
+        return examples, data_sha256, generation
+
+    async def _train(self, job_id: str, folder, request: TrainingRequest) -> tuple[list[float], float | None]:
+        config = {"base_model": self.settings.resolved_base_model, "examples": str(folder / "examples.jsonl"),
+                  "out_dir": str(folder / "adapter"), "rank": request.rank, "alpha": 2 * request.rank,
+                  "target_modules": list(self.settings.lora_target_modules or TARGET_MODULES),
+                  "epochs": request.epochs, "learning_rate": request.learning_rate,
+                  "batch_size": self.settings.training_batch_size, "max_length": self.settings.max_model_len,
+                  "threads": self.settings.training_threads, "seed": 0, "precision": "auto",
+                  "checkpoint_dir": None, "resume": False}
+        (folder / "config.json").write_text(json.dumps(config))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "training.run", str(folder / "config.json"),
+            stdout=asyncio.subprocess.PIPE, stderr=(folder / "trainer.log").open("ab"),
+            stdin=asyncio.subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        self._processes[job_id] = process
+        done: dict | None = None
+        error = None
+        try:
+            async for line in process.stdout:
+                event = _event(line)
+                if event.get("event") == "progress":
+                    self._update(job_id, progress={"stage": "training", **{k: event.get(k) for k in (
+                        "step", "steps", "epoch", "loss", "tokens_per_s", "eta_s")}})
+                elif event.get("event") == "done":
+                    done = event
+                elif event.get("event") == "error":
+                    error = event.get("message")
+            code = await process.wait()
+        except asyncio.CancelledError:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(process.wait(), 30)
+                if process.returncode is None:
+                    process.kill()
+            raise
+        if code != 0 or done is None:
+            raise RuntimeError(f"the trainer exited with code {code}: {error or 'see trainer.log'}")
+        return done.get("loss_curve") or [], done.get("final_loss")
+
+    async def _ask_base_model(self, prompt: str) -> str:
+        """The base model's greedy answer, through the same engines as traffic."""
+        payload = {"model": self.settings.base_model_name, "messages": [{"role": "user", "content": prompt}],
+                   "max_tokens": QUESTION_TOKENS, "temperature": 0}
+        async with self.pool.lease(self.settings.base_model_name) as engine:
+            answer = await engine.client.complete("/v1/chat/completions", payload)
+        return (answer["choices"][0].get("message") or {}).get("content") or ""
+
+    async def _evaluate(self, request: TrainingRequest, version: int) -> str:
+        domain = (request.promote or {}).get("domain")
+        if domain is None:
+            raise ValueError("an evaluation needs a domain: give `promote.domain`")
+        candidate = await self.swaps.stage(request.adapter, version)
+        try:
+            run = await self.evals.run(EvalRequest(domain, request.evalset, engine_model=candidate,
+                                                   adapter={"name": request.adapter, "version": version}))
+        finally:
+            self.swaps.release(candidate)
+        return run["id"]
+
+    async def _promote(self, request: TrainingRequest, version: int) -> dict:
+        try:
+            gate = await self.swaps.swap(request.promote["domain"], request.adapter, version, request.key_id,
+                                         request.promote.get("gate"))
+            return {"domain": request.promote["domain"], "promoted": True, "gate": gate}
+        except Conflict as exc:
+            return {"domain": request.promote["domain"], "promoted": False, "reason": exc.message}
+
+    def _update(self, job_id: str, *, status: str | None = None, progress: dict | None = None,
+                result: dict | None = None, reason: str | None = None) -> None:
+        with self.sessions() as session, session.begin():
+            job = session.get(Job, job_id)
+            if status is not None:
+                job.status = status
+            if progress is not None:
+                job.progress = progress
+            if result is not None:
+                job.result = result
+            if reason is not None:
+                job.reason = reason
+            job.updated_at = utcnow()
+
+
+def _event(line: bytes) -> dict:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
