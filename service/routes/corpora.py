@@ -5,7 +5,6 @@ import asyncio
 import shutil
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from adapters_store import corpus_repo as repo
@@ -16,6 +15,7 @@ from indexer.deletion import delete_document
 from indexer.search import MAX_K, SearchMode
 from service.http_body import json_body
 from service.ingest_request import items_from_json, items_from_multipart
+from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state, inference_principal
 from service.uploads import multipart_boundary
 
@@ -125,8 +125,7 @@ async def upload_documents(name: str, request: Request, state: GatewayState = De
         job = repo.create_job(session, session.merge(corpus), items)
         job_id = job.id
     state.worker.submit(job_id)
-    return JSONResponse({"job_id": job_id, "status": "queued"}, status_code=202,
-                        headers={"Location": f"/v1/jobs/{job_id}"})
+    return accepted(job_id)
 
 
 @router.post("/v1/corpora/{name}/rebuild", status_code=202, dependencies=[Depends(admin_principal)])
@@ -139,8 +138,7 @@ async def rebuild(name: str, body: RebuildRequest = Depends(json_body(RebuildReq
         job_id = repo.create_rebuild_job(session, corpus, body.chunk_size, body.chunk_overlap,
                                          body.contextual_headers).id
     state.worker.submit(job_id)
-    return JSONResponse({"job_id": job_id, "status": "queued"}, status_code=202,
-                        headers={"Location": f"/v1/jobs/{job_id}"})
+    return accepted(job_id)
 
 
 @router.get("/v1/corpora/{name}/documents", dependencies=[Depends(admin_principal)])
@@ -171,9 +169,3 @@ async def search(name: str, body: SearchRequest = Depends(json_body(SearchReques
                  state: GatewayState = Depends(get_state)):
     hits, _ = await asyncio.to_thread(state.retriever.search, [name], body.query, body.k, body.mode)
     return {"object": "list", "hits": [hit.as_dict() for hit in hits]}
-
-
-@router.get("/v1/jobs/{job_id}", dependencies=[Depends(admin_principal)])
-async def get_job(job_id: str, state: GatewayState = Depends(get_state)):
-    with state.sessions() as session:
-        return repo.job_as_dict(repo.get_job(session, job_id))

@@ -6,7 +6,6 @@ import uuid
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapters_store import eval_repo
@@ -17,6 +16,7 @@ from service.errors import invalid_from
 from service.evals import EvalRequest
 from service.http_body import json_body, read_json_object
 from service.routes.domains import AdapterRef
+from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state
 from service.uploads import multipart_boundary, receive_files
 
@@ -139,8 +139,7 @@ async def start_eval(body: EvalIn = Depends(json_body(EvalIn)), state: GatewaySt
         except BaseException:
             state.swaps.release(candidate)
             raise
-    return JSONResponse({"job_id": job_id, "eval_id": eval_id, "status": "queued"}, status_code=202,
-                        headers={"Location": f"/v1/jobs/{job_id}"})
+    return accepted(job_id, eval_id=eval_id)
 
 
 @router.get("/v1/evals")

@@ -3,15 +3,15 @@
 from typing import Literal
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters_store import corpus_repo, eval_repo
 from adapters_store.corpus_repo import NAME_PATTERN
-from adapters_store.errors import Conflict, Invalid, NotFound
+from adapters_store.errors import Invalid, NotFound
 from service.auth import Principal
 from service.http_body import json_body
 from service.routes.domains import Gate
+from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state
 from service.training import TrainingRequest
 from service.training_data import RECIPES
@@ -71,30 +71,4 @@ async def start_training(name: str, state: GatewayState = Depends(get_state),
                               learning_rate=body.learning_rate, evalset=body.evalset,
                               promote=body.promote.model_dump() if body.promote else None,
                               key_id=principal.key_id, params=body.model_dump(exclude_none=True))
-    job_id = state.trainings.submit(request)
-    return JSONResponse({"job_id": job_id, "status": "queued"}, status_code=202,
-                        headers={"Location": f"/v1/jobs/{job_id}"})
-
-
-@router.get("/v1/jobs/{job_id}/examples", dependencies=[Depends(admin_principal)])
-async def training_examples(job_id: str, state: GatewayState = Depends(get_state)):
-    """The examples a training used, as JSONL (each with the prompt, the target and its source)."""
-    with state.sessions() as session:
-        job = corpus_repo.get_job(session, job_id)
-    path = state.trainings.folder(job.id) / "examples.jsonl"
-    if job.kind != "train" or not path.is_file():
-        raise NotFound(f"job {job_id!r} has no training examples", param="job_id", code="examples_not_found")
-    return FileResponse(path, media_type="application/jsonl", filename=f"{job_id}-examples.jsonl")
-
-
-@router.post("/v1/jobs/{job_id}/cancel", dependencies=[Depends(admin_principal)])
-async def cancel_job(job_id: str, state: GatewayState = Depends(get_state)):
-    with state.sessions() as session:
-        job = corpus_repo.get_job(session, job_id)
-        kind, status = job.kind, job.status
-    if status not in ("queued", "running"):
-        raise Conflict(f"job {job_id!r} is already {status}", param="job_id", code="job_finished")
-    cancelled = {"train": state.trainings.cancel, "eval": state.evals.cancel}.get(kind, lambda _: False)(job_id)
-    if not cancelled:
-        raise Conflict(f"a {kind} job cannot be cancelled", param="job_id", code="not_cancellable")
-    return {"object": "job", "id": job_id, "status": "cancelling"}
+    return accepted(state.trainings.submit(request))

@@ -1,0 +1,47 @@
+"""Jobs over REST: every long task (ingestion, rebuild, evaluation, training) is one."""
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import FileResponse, JSONResponse
+
+from adapters_store import corpus_repo
+from adapters_store.errors import Conflict, NotFound
+from service.state import GatewayState, admin_principal, get_state
+
+router = APIRouter(dependencies=[Depends(admin_principal)])
+
+
+def accepted(job_id: str, **extra) -> JSONResponse:
+    """The answer of a route that started a job: 202, its id, and where to follow it."""
+    return JSONResponse({"job_id": job_id, **extra, "status": "queued"}, status_code=202,
+                        headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+@router.get("/v1/jobs/{job_id}")
+async def get_job(job_id: str, state: GatewayState = Depends(get_state)):
+    with state.sessions() as session:
+        return corpus_repo.job_as_dict(corpus_repo.get_job(session, job_id))
+
+
+@router.post("/v1/jobs/{job_id}/cancel")
+async def cancel_job(job_id: str, state: GatewayState = Depends(get_state)):
+    """Cancel a training or an evaluation; ingestion and rebuilds run to their end."""
+    with state.sessions() as session:
+        job = corpus_repo.get_job(session, job_id)
+        kind, status = job.kind, job.status
+    if status not in ("queued", "running"):
+        raise Conflict(f"job {job_id!r} is already {status}", param="job_id", code="job_finished")
+    cancel = {"train": state.trainings.cancel, "eval": state.evals.cancel}.get(kind)
+    if cancel is None or not cancel(job_id):
+        raise Conflict(f"a {kind} job cannot be cancelled", param="job_id", code="not_cancellable")
+    return {"object": "job", "id": job_id, "status": "cancelling"}
+
+
+@router.get("/v1/jobs/{job_id}/examples")
+async def training_examples(job_id: str, state: GatewayState = Depends(get_state)):
+    """The examples a training used, as JSONL (each with the prompt, the target and its source)."""
+    with state.sessions() as session:
+        job = corpus_repo.get_job(session, job_id)
+    path = state.trainings.folder(job.id) / "examples.jsonl"
+    if job.kind != "train" or not path.is_file():
+        raise NotFound(f"job {job_id!r} has no training examples", param="job_id", code="examples_not_found")
+    return FileResponse(path, media_type="application/jsonl", filename=f"{job_id}-examples.jsonl")
