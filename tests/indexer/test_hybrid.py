@@ -8,10 +8,10 @@ def test_rrf_scores_and_order():
     bm25 = [(3, 12.0), (1, 9.0), (4, 1.0)]
     fused = reciprocal_rank_fusion([dense, bm25], k=10)
     assert [i for i, _ in fused] == [1, 3, 2, 4]
-    scores = dict(fused)
-    assert scores[1] == pytest.approx(1 / 61 + 1 / 62)
-    assert scores[3] == pytest.approx(1 / 63 + 1 / 61)
-    assert scores[4] == pytest.approx(1 / 63)
+    scores = dict(fused)  # the default constant is RRF_K = 10
+    assert scores[1] == pytest.approx(1 / 11 + 1 / 12)
+    assert scores[3] == pytest.approx(1 / 13 + 1 / 11)
+    assert scores[4] == pytest.approx(1 / 13)
 
 
 def test_rrf_k_and_constant():
