@@ -69,6 +69,7 @@ class TrainingService:
         self.base_shapes = base_shapes
         self._tasks: dict[str, asyncio.Task] = {}
         self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._stopping = False
 
     def folder(self, job_id: str):
         return self.settings.data_dir / "trainings" / job_id
@@ -96,6 +97,8 @@ class TrainingService:
         return True
 
     async def stop(self) -> None:
+        """At shutdown: trainings in progress end as failed (with the reason), not cancelled."""
+        self._stopping = True
         for job_id in list(self._tasks):
             self.cancel(job_id)
         for task in list(self._tasks.values()):
@@ -115,7 +118,11 @@ class TrainingService:
             result = await self._run(job_id, request)
             self._update(job_id, status="succeeded", result=result)
         except asyncio.CancelledError:
-            self._update(job_id, status="cancelled", reason="cancelled")
+            if self._stopping:
+                self._update(job_id, status="failed",
+                             reason="the gateway stopped during the training; start it again")
+            else:
+                self._update(job_id, status="cancelled", reason="cancelled")
             raise
         except Exception as exc:
             log.exception("training %s failed", job_id)
