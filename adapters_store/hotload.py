@@ -9,6 +9,7 @@ server, a fake in unit tests) is one class behind the protocol.
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -56,6 +57,9 @@ class HotLoader:
     def __init__(self, host: AdapterHost, drain_timeout_s: float = 60.0):
         self.host = host
         self.drain_timeout_s = drain_timeout_s
+        # One residency change of a name at a time: a load waits for an unload of the same name
+        # that is under way, instead of finding it still held and then losing it.
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def ensure_loaded(self, engine: str, name: str, path: str) -> bool:
         """Load and warm up `name` on `engine` unless it holds it already; True when loaded now."""
@@ -70,26 +74,28 @@ class HotLoader:
         engines = self.host.healthy_engines()
         if not engines:
             raise HotLoadError("no engine is up to load the adapter on; retry when one is ready")
-        loaded_here = []
-        try:
-            for engine in engines:
-                if await self.ensure_loaded(engine, name, path):
-                    loaded_here.append(engine)
-        except Exception as exc:
-            for engine in loaded_here:
-                await self._unload(engine, name)
-            raise HotLoadError(f"loading {name} failed: {getattr(exc, 'message', exc)}") from exc
+        async with self._locks[name]:
+            loaded_here = []
+            try:
+                for engine in engines:
+                    if await self.ensure_loaded(engine, name, path):
+                        loaded_here.append(engine)
+            except Exception as exc:
+                for engine in loaded_here:
+                    await self._unload(engine, name)
+                raise HotLoadError(f"loading {name} failed: {getattr(exc, 'message', exc)}") from exc
 
     async def unload_when_drained(self, name: str, still_needed: Callable[[], bool]) -> None:
         """Wait until no request runs on `name`, then unload it unless something uses it again."""
         deadline = time.monotonic() + self.drain_timeout_s
         while self.host.in_flight(name) > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if still_needed():
-            return
-        for engine in self.host.healthy_engines():
-            if self.host.holds(engine, name):
-                await self._unload(engine, name)
+        async with self._locks[name]:
+            if still_needed():
+                return
+            for engine in self.host.healthy_engines():
+                if self.host.holds(engine, name):
+                    await self._unload(engine, name)
 
     async def _unload(self, engine: str, name: str) -> None:
         try:

@@ -117,10 +117,16 @@ class SwapService:
         return target.engine_name
 
     def release(self, engine_model: str) -> None:
-        self._staged[engine_model] -= 1
-        if self._staged[engine_model] <= 0:
-            del self._staged[engine_model]
+        if self._unstage(engine_model):
             self._unload_after_drain(engine_model)
+
+    def _unstage(self, engine_model: str) -> bool:
+        """One use fewer; True when it was the last."""
+        self._staged[engine_model] -= 1
+        if self._staged[engine_model] > 0:
+            return False
+        del self._staged[engine_model]
+        return True
 
     async def rollback(self, name: str, key_id: int | None) -> None:
         await self._rebind(name, self._rollback_target, "rollback", key_id)
@@ -143,30 +149,36 @@ class SwapService:
             with self.sessions() as session:
                 current = None if create else adapter_repo.get_domain(session, name)  # 404 first
                 target = _load_version(session, target_of(session, current))
-            await self._prepare(target)
+            staged = target.engine_name if target is not None else None
+            if staged:  # needed from now on: a drain of an earlier use must not unload it
+                self._staged[staged] += 1
             try:
+                await self._prepare(target)
                 details = await check(current, target) if check is not None else None
-            except BaseException:  # refused or failed: the candidate goes unless something uses it
-                if target is not None:
-                    self._unload_after_drain(target.engine_name)
+                with self.sessions() as session, session.begin():
+                    if create:
+                        if session.scalar(select(Domain.id).where(Domain.name == name)) is not None:
+                            raise Conflict(f"domain {name!r} was created meanwhile", param="domain")
+                        domain = Domain(name=name)
+                        session.add(domain)
+                    else:
+                        domain = adapter_repo.get_domain(session, name)
+                    previous = domain.adapter_version_id
+                    if apply is not None:
+                        apply(domain)
+                    domain.adapter_version = _load_version(session, target.id if target else None)
+                    domain.updated_at = utcnow()
+                    session.flush()
+                    adapter_repo.record(session, domain, action, previous, target.id if target else None,
+                                        key_id, details)
+                self._flip(domain)
+            except BaseException:  # refused or failed: the target goes unless something uses it
+                if staged:
+                    self._unload_after_drain(staged)  # a task: it looks after the unstaging below
                 raise
-            with self.sessions() as session, session.begin():
-                if create:
-                    if session.scalar(select(Domain.id).where(Domain.name == name)) is not None:
-                        raise Conflict(f"domain {name!r} was created meanwhile", param="domain")
-                    domain = Domain(name=name)
-                    session.add(domain)
-                else:
-                    domain = adapter_repo.get_domain(session, name)
-                previous = domain.adapter_version_id
-                if apply is not None:
-                    apply(domain)
-                domain.adapter_version = _load_version(session, target.id if target else None)
-                domain.updated_at = utcnow()
-                session.flush()
-                adapter_repo.record(session, domain, action, previous, target.id if target else None, key_id,
-                                    details)
-            self._flip(domain)
+            finally:
+                if staged:
+                    self._unstage(staged)
 
     @staticmethod
     def _rollback_target(session: Session, domain: Domain | None) -> int | None:

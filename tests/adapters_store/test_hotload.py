@@ -110,3 +110,28 @@ async def test_the_reconciler_reloads_what_an_engine_lost():
     host.held["b"].clear()  # engine b restarted behind the gateway's back
     await reconciler.repair()
     assert host.held["b"] == {"tone@1", "tone@2"}
+
+
+async def test_a_load_during_an_unload_of_the_same_name_ends_loaded():
+    """An unload under way when the same version is asked for again (a candidate released, then
+    swapped in): the load waits for it, so the version is not lost right after being 'loaded'."""
+    host = FakeHost()
+    loader = HotLoader(host)
+    await loader.load_everywhere("tone@1", "/x")
+    unloading, finish = asyncio.Event(), asyncio.Event()
+    plain_unload = host.unload
+
+    async def slow_unload(engine, name):
+        unloading.set()
+        await finish.wait()
+        await plain_unload(engine, name)
+
+    host.unload = slow_unload
+    drain = asyncio.create_task(loader.unload_when_drained("tone@1", lambda: False))
+    await asyncio.wait_for(unloading.wait(), 10)
+    load = asyncio.create_task(loader.load_everywhere("tone@1", "/x"))
+    await asyncio.sleep(0.05)
+    host.unload = plain_unload
+    finish.set()
+    await asyncio.wait_for(asyncio.gather(drain, load), 10)
+    assert host.held == {"a": {"tone@1"}, "b": {"tone@1"}}
