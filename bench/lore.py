@@ -24,6 +24,12 @@ def _name(rng: random.Random) -> str:
 
 def corpus_and_questions(n_docs: int, seed: int = 7) -> tuple[list[dict], list[str]]:
     """n_docs made-up documents (about 2 chunks each) and two questions per document."""
+    docs, qa = corpus_and_qa(n_docs, seed)
+    return docs, [question for question, _, _ in qa]
+
+
+def corpus_and_qa(n_docs: int, seed: int = 7) -> tuple[list[dict], list[tuple[str, list[str], str]]]:
+    """The same documents, and each question with its expected answer and its document's id."""
     rng = random.Random(seed)
     docs, questions = [], []
     for i in range(n_docs):
@@ -39,7 +45,7 @@ def corpus_and_questions(n_docs: int, seed: int = 7) -> tuple[list[dict], list[s
                 f"Today the {place} is led by {head} and counts {members} members. "
                 f"Its motto, carved above the door, reads 'By {trade}, for {town}'.")
         docs.append({"id": f"doc-{i:03d}", "text": text, "metadata": {"place": place}})
-        questions += [f"Who founded the {place}, and in which year?",
-                      f"How many members does the {place} have, and who leads it?"]
+        questions += [(f"Who founded the {place}, and in which year?", [founder], docs[-1]["id"]),
+                      (f"How many members does the {place} have, and who leads it?", [head], docs[-1]["id"])]
     rng.shuffle(questions)
     return docs, questions

@@ -1,0 +1,104 @@
+"""Does a trained adapter add knowledge? bench/lore.py's made-up corpus (the base model cannot
+know it), its questions held out from training (training questions are synthesized from the chunks,
+these are phrased by hand), through graft's own training jobs and evaluation runs on a real vLLM:
+
+  - with retrieval: base model vs a `reader` adapter (goal: +10 points of answer accuracy);
+  - closed book: base vs a `memorize` adapter, as a share of what retrieval achieves (goal >= 50 %).
+
+    .venv/bin/python -m bench.train [--docs 20] [--epochs 2] [--max-examples 80] [--engine-url URL]
+
+Accuracy is answer_contains (the expected name occurs in the answer). Training tokens/s against a
+plain PEFT loop is bench/train_speed.py.
+"""
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import httpx  # noqa: E402
+
+from bench.common import DEFAULT_BASE_MODEL, engine_url, free_port, migrated_settings, serve_subprocess  # noqa: E402
+from bench.common import wait_job  # noqa: E402
+from bench.lore import corpus_and_qa  # noqa: E402
+
+
+async def finished(http, job_id: str) -> dict:
+    job = await wait_job(http, job_id, timeout_s=7200)
+    if job["status"] != "succeeded":
+        raise SystemExit(f"job {job_id} {job['status']}: {job.get('reason')}")
+    return job
+
+
+async def accuracy(http, max_tokens: int, **body) -> float:
+    started = (await http.post("/v1/evals", json={"domain": "lore", "evalset": "lore-qa",
+                                                  "max_tokens": max_tokens, **body})).json()
+    job = await finished(http, started["job_id"])
+    run = (await http.get(f"/v1/evals/{job['result']['eval_id']}")).json()
+    return run["metrics"]["answer_contains"]
+
+
+async def train(http, adapter: str, recipe: str, args) -> tuple[dict, float]:
+    started = time.perf_counter()
+    response = await http.post(f"/v1/adapters/{adapter}/trainings", json={
+        "corpus": "lore", "recipe": recipe, "rank": 8, "epochs": args.epochs, "max_examples": args.max_examples,
+        "learning_rate": args.learning_rate})
+    if response.status_code != 202:
+        raise SystemExit(response.text)
+    job = await finished(http, response.json()["job_id"])
+    return job["result"], time.perf_counter() - started
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--max-examples", type=int, default=80)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--engine-url")
+    args = parser.parse_args()
+    docs, qa = corpus_and_qa(args.docs)
+    with tempfile.TemporaryDirectory(prefix="graft-bench-train-") as tmp:
+        async with engine_url(args.engine_url, Path(tmp) / "engine", DEFAULT_BASE_MODEL) as engine:
+            settings = migrated_settings(Path(tmp) / "gateway", DEFAULT_BASE_MODEL, engine_urls=[engine],
+                                         port=free_port())
+            async with serve_subprocess(settings, Path(tmp) / "gateway.log") as url, \
+                    httpx.AsyncClient(base_url=url, timeout=7200) as http:
+                await http.post("/v1/corpora", json={"name": "lore"})
+                await finished(http, (await http.post("/v1/corpora/lore/documents",
+                                                      json={"documents": docs})).json()["job_id"])
+                await http.put("/v1/domains/lore", json={"corpora": ["lore"], "retrieval": {"k": 4}})
+                items = [{"question": q, "answers": answers, "document_ids": [doc]} for q, answers, doc in qa]
+                await http.post("/v1/evalsets", json={"name": "lore-qa", "items": items})
+                print(f"lore: {len(docs)} documents, {len(items)} held-out questions; epochs {args.epochs}, "
+                      f"max_examples {args.max_examples}, lr {args.learning_rate}")
+
+                base_rag = await accuracy(http, args.max_tokens)
+                base_closed = await accuracy(http, args.max_tokens, retrieval=False)
+                reader, reader_s = await train(http, "lore-reader", "reader", args)
+                reader_rag = await accuracy(http, args.max_tokens, adapter={"name": "lore-reader",
+                                                                            "version": reader["version"]})
+                memorize, memorize_s = await train(http, "lore-memorize", "memorize", args)
+                memorize_closed = await accuracy(http, args.max_tokens, retrieval=False, adapter={
+                    "name": "lore-memorize", "version": memorize["version"]})
+                versions = {a: (await http.get(f"/v1/adapters/{a}/versions")).json()["data"][-1]["provenance"]
+                            for a in ("lore-reader", "lore-memorize")}
+
+    print(f"\n{'':<28} {'base':>6} {'adapter':>8} {'goal':>24}")
+    print(f"{'with retrieval (reader)':<28} {base_rag:>6.3f} {reader_rag:>8.3f}   +0.10 -> "
+          f"{'PASS' if reader_rag - base_rag >= 0.10 else 'FAIL'} ({reader_rag - base_rag:+.3f})")
+    share = memorize_closed / base_rag if base_rag else float("nan")
+    print(f"{'closed book (memorize)':<28} {base_closed:>6.3f} {memorize_closed:>8.3f}   >= 50 % of RAG -> "
+          f"{'PASS' if share >= 0.5 else 'FAIL'} ({share:.0%} of {base_rag:.3f})")
+    for adapter, seconds in (("lore-reader", reader_s), ("lore-memorize", memorize_s)):
+        p = versions[adapter]
+        print(f"{adapter}: {p['examples']} examples, final loss {p['loss']['final']:.3f}, job {seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
