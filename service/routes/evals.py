@@ -1,5 +1,6 @@
 """Evaluation sets and runs over REST: create, list, show, delete sets; start and read runs."""
 
+import dataclasses
 import json
 import shutil
 import uuid
@@ -134,7 +135,7 @@ async def start_eval(body: EvalIn = Depends(json_body(EvalIn)), state: GatewaySt
     else:
         candidate = await state.swaps.stage(body.adapter.name, body.adapter.version)
         try:
-            job_id, eval_id = state.evals.submit(EvalRequest(**{**request.__dict__, "engine_model": candidate}),
+            job_id, eval_id = state.evals.submit(dataclasses.replace(request, engine_model=candidate),
                                                  on_done=lambda: state.swaps.release(candidate))
         except BaseException:
             state.swaps.release(candidate)
