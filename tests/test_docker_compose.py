@@ -7,6 +7,7 @@ gateway's own Settings, so a renamed variable or a moved folder breaks this test
 import os
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -218,3 +219,8 @@ def test_gateway_image_is_built_from_the_service_dockerfile(services):
             sources = ln.split()[1:-1]
             for source in sources:
                 assert list(REPO.glob(source)) or "*" in source, f"COPY source {source} is missing"
+    # and every package `pip install .` installs (pyproject's packages.find) is copied in
+    copied = {ln.split()[1] for ln in lines if ln.startswith("COPY ") and "--from" not in ln}
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for pattern in packages["include"]:
+        assert pattern.rstrip("*") in copied, f"the image does not copy the {pattern.rstrip('*')} package"
