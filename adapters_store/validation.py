@@ -6,12 +6,15 @@ ever unpickled.
 
 import json
 import re
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+import regex
 from safetensors import SafetensorError, safe_open
 
+from adapters_store import strict_json
 from adapters_store.errors import Invalid
 
 CONFIG_NAME = "adapter_config.json"
@@ -21,6 +24,10 @@ ALLOWED_DTYPES = {"F16", "BF16", "F32"}
 # Embeddings and the output head are not linear layers vLLM can hot-load a LoRA into.
 NON_LINEAR_LEAVES = {"embed_tokens", "lm_head", "wte", "wpe", "word_embeddings", "embed_in", "embed_out"}
 PEFT_PREFIX = "base_model.model."
+# A target_modules regex (PEFT full-matches it against module paths) comes from the uploader:
+# matched by the `regex` module, which takes a timeout (backtracking can run for hours).
+MAX_REGEX_CHARS = 1000
+REGEX_TIME_LIMIT_S = 1.0  # for the whole base model's module list
 _LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>A|B)\.weight$")
 
 
@@ -119,8 +126,8 @@ def _read_config(folder: Path) -> dict:
     if not path.is_file():
         raise AdapterValidationError("missing_config", f"{CONFIG_NAME} is missing")
     try:
-        config = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
+        config = strict_json.loads(path.read_bytes())
+    except ValueError as exc:
         raise AdapterValidationError("bad_config", f"{CONFIG_NAME} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise AdapterValidationError("bad_config", f"{CONFIG_NAME} must be a JSON object")
@@ -172,10 +179,7 @@ def _targeted_modules(targets, base: BaseModelShapes) -> set[str]:
     if isinstance(targets, str):
         if targets == "all-linear":
             return set(base.linear)
-        try:
-            selected = {m for m in base.linear if re.fullmatch(targets, m)}
-        except re.error as exc:
-            raise AdapterValidationError("bad_config", f"target_modules regex is invalid: {exc}") from None
+        selected = _regex_targets(targets, base)
         if not selected:
             raise AdapterValidationError(
                 "unknown_target_module",
@@ -202,6 +206,26 @@ def _targeted_modules(targets, base: BaseModelShapes) -> set[str]:
             )
         selected.update(matched)
     return selected
+
+
+def _regex_targets(pattern: str, base: BaseModelShapes) -> set[str]:
+    if len(pattern) > MAX_REGEX_CHARS:
+        raise AdapterValidationError(
+            "bad_config", f"target_modules regex is longer than {MAX_REGEX_CHARS} characters; "
+            "list the module names instead")
+    try:
+        compiled = regex.compile(pattern)
+    except (regex.error, RecursionError, OverflowError) as exc:
+        raise AdapterValidationError("bad_config", f"target_modules regex is invalid: {exc}") from None
+    deadline = time.monotonic() + REGEX_TIME_LIMIT_S
+    try:
+        return {m for m in base.linear
+                if compiled.fullmatch(m, timeout=max(deadline - time.monotonic(), 0.001))}
+    except TimeoutError:
+        raise AdapterValidationError(
+            "regex_too_slow", f"target_modules regex {pattern!r} takes more than {REGEX_TIME_LIMIT_S:g} s "
+            "to match the base model's module names; simplify it or list the module names "
+            '(e.g. ["q_proj", "v_proj"])') from None
 
 
 def _read_headers(weights: Path) -> dict[str, tuple[str, list[int]]]:

@@ -10,6 +10,7 @@ import trafilatura
 from lxml import etree
 from lxml import html as lxml_html
 
+from adapters_store import strict_json
 from indexer.headers import Heading, locate_headings, markdown_headings
 
 KINDS = ("txt", "md", "html", "pdf", "jsonl")
@@ -185,7 +186,7 @@ def extract_jsonl(data: bytes, *, max_records: int) -> list[ExtractedDocument]:
 
 def parse_record(line: str, number: int) -> ExtractedDocument:
     try:
-        record = json.loads(line)
+        record = strict_json.loads(line)
     except ValueError as exc:
         raise ExtractionError(f"line {number}: invalid JSON ({exc.msg})") from None
     if not isinstance(record, dict):

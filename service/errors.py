@@ -63,12 +63,16 @@ def error_response(status_code: int, message: str, *, param: str | None = None,
 
 
 def invalid_from(exc: ValidationError, prefix: str = "") -> Invalid:
-    """The first problem pydantic found, as an Invalid naming the field (`a.b.0.c`)."""
+    """The first problem pydantic found, as an Invalid naming the field as OpenAI does (`a.b[0].c`)."""
     first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-    param = ".".join(([prefix] if prefix else []) + loc) or None
+    param = prefix
+    for part in first.get("loc", ()):
+        if isinstance(part, int):
+            param += f"[{part}]"
+        elif part not in ("body", "query", "path"):
+            param += f".{part}" if param else str(part)
     message = first.get("msg", "invalid request")
-    return Invalid(f"{param}: {message}" if param else message, param=param)
+    return Invalid(f"{param}: {message}" if param else message, param=param or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -103,4 +107,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal error", error_type="internal_error")
+        # Starlette re-raises the error after this answer, and uvicorn then closes the connection:
+        # say so, or a keep-alive client sends its next request into a closed socket.
+        return error_response(500, "internal error", error_type="internal_error",
+                              headers={"Connection": "close"})

@@ -1,13 +1,14 @@
 """Reading request bodies: a size limit enforced while streaming, and JSON read the same way on
-every route whatever Content-Type the client sent (curl -d sends a form type)."""
+every route whatever Content-Type the client sent (curl -d sends a form type), strictly
+(adapters_store.strict_json: no NaN, no integer past 64 bits, no nesting past 64 levels)."""
 
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from adapters_store import strict_json
 from adapters_store.errors import Invalid, TooLarge
 from service.errors import invalid_from
 
@@ -33,8 +34,8 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     if not raw:
         raise Invalid("request body is empty; expected a JSON object", code="invalid_json")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = strict_json.loads(raw)
+    except ValueError as exc:
         raise Invalid(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise Invalid("request body must be a JSON object", code="invalid_json")

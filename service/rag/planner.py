@@ -24,7 +24,7 @@ class RetrievalOverride(BaseModel):
     k: int | None = Field(default=None, ge=0, le=MAX_K)
     mode: SearchMode | None = None
     corpora: list[str] | None = Field(default=None, max_length=32)
-    min_score: float | None = None
+    min_score: float | None = Field(default=None, allow_inf_nan=False)
 
 
 class Planner:

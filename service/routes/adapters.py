@@ -3,7 +3,7 @@
 import asyncio
 import shutil
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 
 from adapters_store import adapter_repo
@@ -11,6 +11,7 @@ from adapters_store.artifacts import unpack_upload
 from adapters_store.corpus_repo import NAME_PATTERN
 from adapters_store.errors import Invalid, Unsupported
 from adapters_store.validation import validate_adapter
+from service.routes.domains import MAX_VERSION
 from service.state import GatewayState, admin_principal, get_state
 from service.uploads import multipart_boundary, receive_files
 
@@ -77,7 +78,8 @@ async def list_versions(name: str, state: GatewayState = Depends(get_state)):
 
 
 @router.delete("/v1/adapters/{name}/versions/{version}")
-async def delete_version(name: str, version: int, state: GatewayState = Depends(get_state)):
+async def delete_version(name: str, version: int = Path(ge=1, le=MAX_VERSION),
+                         state: GatewayState = Depends(get_state)):
     with state.sessions() as session, session.begin():
         row = adapter_repo.get_version(session, name, version)
         adapter_repo.delete_version(session, row)

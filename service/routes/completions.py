@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.auth import Principal
+from service.completion_request import validate_completion
 from service.engine.client import EngineError
 from service.errors import error_body
 from service.http_body import read_json_object
-from service.rag.plan import Plan, validate_request
+from service.rag.plan import Plan
 from service.state import GatewayState, get_state, inference_principal
 
 router = APIRouter()
@@ -35,7 +36,7 @@ async def completions(request: Request, state: GatewayState = Depends(get_state)
 async def _complete(kind: str, request: Request, state: GatewayState):
     received = time.perf_counter()
     body = await read_json_object(request, state.settings.max_request_bytes)
-    validate_request(kind, body)
+    validate_completion(kind, body)
     plan: Plan = await state.planner.plan(kind, body, gateway_idle=state.pool.idle)
     state.metrics.retrieval_latency.observe(plan.retrieval_s)
     state.metrics.plan_latency.observe(plan.plan_s)

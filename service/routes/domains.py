@@ -1,6 +1,7 @@
 """Domains: bind corpora + an adapter version + a system prompt; swap, roll back, delete, audit; /v1/models."""
 
 import time
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -18,11 +19,15 @@ from service.swap import Binding
 
 router = APIRouter()
 
+# Adapter versions count from 1 in a SQL INTEGER column: 32 bits on PostgreSQL.
+MAX_VERSION = 2**31 - 1
+Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
+
 
 class AdapterRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN.pattern)
-    version: int = Field(ge=1)
+    version: Version
 
 
 class RetrievalSettings(BaseModel):
@@ -59,7 +64,7 @@ class DomainPut(BaseModel):
 class SwapBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     adapter: str = Field(pattern=NAME_PATTERN.pattern)
-    version: int = Field(ge=1)
+    version: Version
     gate: Gate | None = None
 
 

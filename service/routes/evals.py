@@ -1,7 +1,6 @@
 """Evaluation sets and runs over REST: create, list, show, delete sets; start and read runs."""
 
 import dataclasses
-import json
 import shutil
 import uuid
 from typing import Literal
@@ -9,7 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from adapters_store import eval_repo
+from adapters_store import eval_repo, strict_json
 from adapters_store.corpus_repo import NAME_PATTERN
 from adapters_store.errors import Invalid
 from indexer.search import MAX_K, SearchMode
@@ -94,7 +93,7 @@ async def _jsonl_upload(request: Request, boundary: bytes, state: GatewayState, 
             if not line.strip():
                 continue
             try:
-                items.append(json.loads(line))
+                items.append(strict_json.loads(line))
             except ValueError as exc:
                 raise Invalid(f"line {number} is not valid JSON: {exc}", param="files", code="invalid_json") from exc
         stem = files[0].filename.rsplit("/", 1)[-1].split(".", 1)[0]

@@ -1,12 +1,18 @@
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from adapters_store.validation import AdapterValidationError, BaseModelShapes, validate_adapter
+from adapters_store.validation import (
+    REGEX_TIME_LIMIT_S,
+    AdapterValidationError,
+    BaseModelShapes,
+    validate_adapter,
+)
 
 MAX_RANK = 16
 
@@ -172,3 +178,33 @@ def test_modules_to_save_refused(lora, base):
 def test_rank_pattern_checked_against_max_rank(lora, base):
     edit_config(lora, rank_pattern={"q_proj": 32})
     assert rejected(lora, base).check == "rank_too_high"
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e999", str(2**63), "[" * 5000 + "]" * 5000])
+def test_config_read_strictly(lora, base, raw):
+    """What json.loads takes but graft cannot keep (stored NaN, SQL overflow, RecursionError)."""
+    path = lora / "adapter_config.json"
+    path.write_text(path.read_text().replace('"lora_alpha":', f'"lora_x": {raw}, "lora_alpha":', 1))
+    assert raw in path.read_text()
+    assert rejected(lora, base).check == "bad_config"
+
+
+def test_regex_target_modules_are_matched_as_peft_does(lora, base):
+    edit_config(lora, target_modules=r".*\.(q_proj|v_proj)")
+    assert validate_adapter(lora, base, MAX_RANK).target_modules == ["q_proj", "v_proj"]
+    edit_config(lora, target_modules=r".*\.k_proj")  # the tensors are for modules it excludes
+    assert rejected(lora, base).check == "unexpected_tensor"
+    edit_config(lora, target_modules=r"([\w.]+)+Z")  # issue 17: hours under `re`; none match
+    assert rejected(lora, base).check == "unknown_target_module"
+    edit_config(lora, target_modules="(unclosed")
+    assert rejected(lora, base).check == "bad_config"
+    edit_config(lora, target_modules="q_proj|" * 200)
+    assert rejected(lora, base).check == "bad_config"  # longer than MAX_REGEX_CHARS
+
+
+def test_a_backtracking_target_modules_regex_is_cut_off(lora, base):
+    edit_config(lora, target_modules=r"(\w|[a-z]|[a-q_]|.)*(?=\d{7})")
+    started = time.monotonic()
+    error = rejected(lora, base)
+    assert error.check == "regex_too_slow" and "list the module names" in str(error)
+    assert time.monotonic() - started < REGEX_TIME_LIMIT_S + 2
