@@ -10,8 +10,10 @@ PIP_INDEX := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 PYTEST_ARGS ?=
 
 # Debian packages the tests read, each as package:a file it installs. PostgreSQL's server
-# binaries run a throwaway server; git-doc's pages are a corpus nobody here wrote.
-TEST_SYSTEM_PACKAGES := postgresql:/usr/lib/postgresql/*/bin/initdb git-doc:/usr/share/doc/git-doc/git-bisect.html
+# binaries run a throwaway server; git-doc's pages are a corpus nobody here wrote; chromium and its
+# driver run the console's browser test.
+TEST_SYSTEM_PACKAGES := postgresql:/usr/lib/postgresql/*/bin/initdb git-doc:/usr/share/doc/git-doc/git-bisect.html \
+	chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver
 
 .PHONY: install system-packages model db serve test bench clean
 

@@ -31,7 +31,7 @@ from service.metrics import Metrics, RequestMetrics
 from service.rag.planner import Planner
 from service.rag.prompt import PromptBuilder
 from service.rag.retrieval import Retriever
-from service.routes import adapters, completions, corpora, domains, evals, health, jobs, trainings
+from service.routes import adapters, completions, console, corpora, domains, evals, health, jobs, trainings
 from service.settings import Settings
 from service.state import GatewayState
 from service.swap import SwapService
@@ -64,7 +64,7 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None) -
     app = FastAPI(title="graft", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(RequestMetrics)
-    for module in (health, completions, corpora, domains, adapters, evals, trainings, jobs):
+    for module in (health, completions, corpora, domains, adapters, evals, trainings, jobs, console):
         app.include_router(module.router)
     return app
 

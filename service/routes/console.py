@@ -1,0 +1,60 @@
+"""The ops console: one static page (GET /console) and its assets (GET /console/static/...).
+
+The page holds no data and needs no key: it signs in with an admin key kept in the tab's
+sessionStorage and calls the public API with `Authorization: Bearer <key>` (no cookies, so no
+CSRF surface). Its files live in the `service/console` package folder.
+
+GET /v1/engines is the one read-only route the page needed that the API lacked: each engine's
+health, readiness, requests in flight and the adapters loaded on it (admin scope).
+"""
+
+from pathlib import Path
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import FileResponse
+
+from adapters_store.errors import NotFound
+from service.responses import EngineList, answers
+from service.state import GatewayState, admin_principal, get_state
+
+router = APIRouter()
+
+CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
+MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+               ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+               ".md": "text/markdown; charset=utf-8", ".svg": "image/svg+xml", ".txt": "text/plain; charset=utf-8"}
+# Scripts only from the gateway itself, data only from its API, nothing framed.
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
+                               "style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; "
+                               "frame-ancestors 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",  # revalidated (ETag) so an upgraded gateway serves its new page
+}
+
+
+def _file(path: Path) -> FileResponse:
+    return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
+                        headers=HEADERS)
+
+
+@router.get("/console", include_in_schema=False)
+@router.get("/console/", include_in_schema=False)
+async def console_page():
+    return _file(CONSOLE_DIR / "index.html")
+
+
+@router.get("/console/static/{path:path}", include_in_schema=False)
+async def console_asset(path: str):
+    target = (CONSOLE_DIR / path).resolve()
+    if not target.is_relative_to(CONSOLE_DIR) or not target.is_file() or target.suffix not in MEDIA_TYPES:
+        raise NotFound(f"no console file {path!r}", param="path", code="not_found")
+    return _file(target)
+
+
+@router.get("/v1/engines", dependencies=[Depends(admin_principal)], responses=answers(EngineList))
+async def list_engines(state: GatewayState = Depends(get_state)):
+    return {"object": "list", "data": [
+        {"object": "engine", "url": e.url, "healthy": e.healthy, "ready": e.ready, "in_flight": e.in_flight,
+         "adapters": sorted(e.loaded_adapters)} for e in state.pool.engines]}

@@ -1,0 +1,503 @@
+"""The ops console (GET /console) in a real headless Chromium, driven by selenium, against a real
+gateway and the real CPU vLLM: sign in (a wrong key shows an error), create a corpus, upload files
+and watch the job, search, bind a domain, swap (a refused gate, then a real swap) and roll back,
+chat in the playground and open a citation; every section renders; the page weighs under 300 kB.
+
+One browser and one gateway for the module; the tests run in order and build on each other. The
+gateway serves from the test's event loop, so each browser step runs in a thread
+(`asyncio.to_thread`) and never blocks it. Screenshots go to $GRAFT_TEST_SCREENSHOTS, else to a
+temporary folder (printed). Waits are explicit and generous: CI is a loaded 2-core machine.
+"""
+
+import asyncio
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from migrations.runner import upgrade
+from service.settings import Settings
+from tests.harness import client, free_port, running_gateway
+from tests.service.test_adapters_engine import adapter_files
+
+pytestmark = pytest.mark.engine
+
+KEY = "console-test-admin-key"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ENGINE_WAIT_S = 120  # anything that goes through the engine (swap, gate, chat) on a loaded machine
+WAIT_S = 60  # everything else
+MAX_PAGE_BYTES = 300_000
+DOCS = {"refunds.md": "Refunds are paid back within 14 days of the returned item's arrival.\n",
+        "shipping.txt": "Orders ship from the Quenmoor warehouse every weekday at noon.\n",
+        "empty.txt": ""}  # empty: a per-file error while the other two are indexed
+
+
+@pytest.fixture(scope="module")
+async def gateway(local_engine, base_model_dir, embedding_cache_dir, good_lora, tmp_path_factory):
+    """A gateway with an admin key, two versions of the adapter `tone` and a one-item evaluation set."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("console"), base_model=str(base_model_dir),
+                        port=free_port(), api_keys=[KEY], embedding_cache_dir=embedding_cache_dir,
+                        max_lora_rank=16, drain_timeout_s=10)
+    upgrade(settings.resolved_database_url)
+    async with running_gateway(settings, local_engine=local_engine) as url, client(url, KEY) as http:
+        for _ in range(2):
+            uploaded = await http.post("/v1/adapters/tone/versions", files=adapter_files(good_lora))
+            assert uploaded.status_code == 201, uploaded.text
+        evalset = await http.post("/v1/evalsets", json={"name": "support-qa", "items": [
+            {"id": "refunds", "question": "How long do refunds take?", "answers": ["14 days"],
+             "document_ids": ["refunds.md"]}]})
+        assert evalset.status_code == 201, evalset.text
+        yield url
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("GRAFT_TEST_SCREENSHOTS") or tmp_path_factory.mktemp("console-screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nconsole screenshots: {folder}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    if missing:  # an error, not a skip: `make test` installs them
+        raise RuntimeError(f"the console test needs {missing}: sudo apt-get install -y chromium chromium-driver")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1000", "--disable-extensions", "--no-first-run"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Console:
+    """The page as a user sees it: fields found by their label text, buttons by theirs."""
+
+    def __init__(self, driver, url: str, screenshots: Path):
+        self.driver, self.url, self.screenshots = driver, url, screenshots
+
+    def open(self, hash_: str = "") -> None:
+        self.driver.get(f"{self.url}/console{hash_}")
+
+    def go(self, hash_: str) -> None:
+        """Follow an in-page link, as a click on the navigation does (no reload)."""
+        self.driver.execute_script("location.hash = arguments[0]", hash_)
+
+    def wait(self, condition, timeout: float = WAIT_S, message: str = ""):
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.2).until(condition, message)
+
+    def css(self, selector: str, timeout: float = WAIT_S, within=None):
+        """The first visible element matching `selector`, waited for."""
+        from selenium.webdriver.common.by import By
+
+        root = within or self.driver
+
+        def visible(_):
+            found = [e for e in root.find_elements(By.CSS_SELECTOR, selector) if e.is_displayed()]
+            return found[0] if found else False
+        return self.wait(visible, timeout, f"no visible {selector!r}")
+
+    def all(self, selector: str, within=None) -> list:
+        from selenium.webdriver.common.by import By
+
+        return (within or self.driver).find_elements(By.CSS_SELECTOR, selector)
+
+    def field(self, label: str, within=None):
+        """The control a <label> with this text names (so every field the test uses has a label)."""
+        from selenium.webdriver.common.by import By
+
+        root = within or self.driver
+
+        def labelled(_):
+            for element in root.find_elements(By.XPATH, f".//label[normalize-space()={_xpath_literal(label)}]"):
+                target = element.get_attribute("for")
+                if target and element.is_displayed():
+                    return self.driver.find_element(By.ID, target)
+            return False
+        return self.wait(labelled, WAIT_S, f"no field labelled {label!r}")
+
+    def button(self, text: str, within=None):
+        from selenium.webdriver.common.by import By
+
+        root = within or self.driver
+
+        def enabled(_):
+            for element in root.find_elements(By.XPATH, f".//button[normalize-space()={_xpath_literal(text)}]"):
+                if element.is_displayed() and element.is_enabled():
+                    return element
+            return False
+        return self.wait(enabled, WAIT_S, f"no enabled button {text!r}")
+
+    def select(self, label: str, value: str, within=None) -> None:
+        from selenium.webdriver.support.ui import Select
+
+        control = self.field(label, within)
+        self.wait(lambda _: any(o.get_attribute("value") == value for o in Select(control).options),
+                  WAIT_S, f"{label!r} has no option {value!r}")
+        Select(control).select_by_value(value)
+
+    def confirm(self, ok_label: str) -> None:
+        """Answer the page's confirmation dialog with its OK button."""
+        dialog = self.css("dialog.confirm[open]")
+        self.button(ok_label, within=dialog).click()
+        self.wait(lambda _: not self.all("dialog.confirm[open]"), WAIT_S, "the dialog stayed open")
+
+    def text_of(self, selector: str) -> str:
+        return self.css(selector).text
+
+    def shot(self, name: str) -> None:
+        self.driver.save_screenshot(str(self.screenshots / f"{name}.png"))
+
+    def unlabelled(self) -> list[str]:
+        """Form controls on the page with no <label> and no aria-label."""
+        return self.driver.execute_script("""
+            return [...document.querySelectorAll('input, select, textarea')]
+              .filter(e => e.type !== 'hidden' && !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+              .map(e => e.outerHTML.slice(0, 120));""")
+
+    def tab_through(self, count: int) -> list[str]:
+        """The text or label of each element the Tab key reaches, from the top of the page."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        reached = []
+        for _ in range(count + 2):  # the first Tab may only move focus from the browser into the page
+            ActionChains(self.driver).send_keys(Keys.TAB).perform()
+            reached.append(self.driver.execute_script(
+                "const e = document.activeElement; if (e === document.body) return null;"
+                "return (e.labels && e.labels[0] ? e.labels[0] : e).textContent.trim()"))
+        return [r for r in reached if r is not None][:count]
+
+    def js_errors(self) -> list[str]:
+        """Severe browser log entries other than HTTP errors the page shows itself (a refused key)."""
+        return [e["message"] for e in self.driver.get_log("browser")
+                if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+
+
+def _xpath_literal(text: str) -> str:
+    return f'"{text}"' if '"' not in text else "concat('" + text.replace("'", "', \"'\", '") + "')"
+
+
+@pytest.fixture(scope="module")
+def ui(browser, gateway, screenshots) -> Console:
+    return Console(browser, gateway, screenshots)
+
+
+def step(function, ui: Console, *args):
+    """Run a blocking browser step off the event loop that serves the gateway; a failed step
+    leaves a screenshot of the page as it was."""
+    def run():
+        try:
+            return function(ui, *args)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ui.shot(f"FAILED-{function.__name__.strip('_')}")
+            raise
+    return asyncio.to_thread(run)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _wrong_key(ui: Console) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    ui.open()
+    ui.field("Admin API key").send_keys("not-the-key" + Keys.ENTER)  # Enter submits
+    error = ui.css(".signin [role=alert]")
+    assert "refused" in error.text and "invalid" in error.text.lower(), error.text
+    assert ui.all("form [type=submit]"), "the sign-in form is gone: the page went blank"
+    assert ui.driver.execute_script("return sessionStorage.getItem('graft.key')") is None
+    ui.shot("00-sign-in-wrong-key")
+
+
+async def test_a_wrong_key_shows_an_error_not_a_blank_page(ui):
+    await step(_wrong_key, ui)
+
+
+def _sign_in(ui: Console) -> dict:
+    from selenium.webdriver.common.keys import Keys
+
+    key = ui.field("Admin API key")
+    key.clear()
+    key.send_keys(KEY + Keys.ENTER)
+    ui.css("nav a[aria-current=page]")
+    assert ui.driver.execute_script("return sessionStorage.getItem('graft.key')") == KEY
+    assert not ui.driver.get_cookies(), "the console must not use cookies"
+    # First render of a fresh load (key in this tab's session): Navigation Timing and the mark
+    # app.js sets once the console is on screen.
+    ui.open("#corpora")
+    ui.css("#corpora-h")
+    timing = ui.driver.execute_script("""
+        const nav = performance.getEntriesByType('navigation')[0];
+        const mark = performance.getEntriesByName('graft-console-rendered')[0];
+        const paint = performance.getEntriesByName('first-contentful-paint')[0];
+        return {rendered_ms: mark ? mark.startTime : null, dom_content_loaded_ms: nav.domContentLoadedEventEnd,
+                load_ms: nav.loadEventEnd, first_contentful_paint_ms: paint ? paint.startTime : null};""")
+    ui.shot("01-corpora-empty")
+    # The keyboard reaches the skip link, every section and sign-out, then the page's first field.
+    assert ui.tab_through(9) == ["Skip to content", "Corpora", "Domains", "Adapters", "Evaluations", "Playground",
+                                 "Health", "Sign out", "New corpus name"]
+    return timing
+
+
+async def test_sign_in_and_first_render(ui):
+    timing = await step(_sign_in, ui)
+    print(f"\nconsole first render: {timing}")
+    assert timing["rendered_ms"] is not None and timing["rendered_ms"] < 10_000, timing
+
+
+def _corpus_upload_search(ui: Console, folder: Path) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    ui.go("#corpora")
+    ui.field("New corpus name").send_keys("lore" + Keys.ENTER)
+    ui.css("tr[data-corpus=lore]")
+    ui.css("#corpus-detail-h")
+    assert ui.driver.execute_script("return location.hash") == "#corpora/lore"
+
+    paths = []
+    for name, text in DOCS.items():
+        (folder / name).write_text(text)
+        paths.append(str(folder / name))
+    ui.field("Files to upload").send_keys("\n".join(paths))
+    ui.button("Upload").click()
+    job = ui.css(".job[data-status=succeeded], .job[data-status=failed]", timeout=ENGINE_WAIT_S)
+    assert job.get_attribute("data-status") == "succeeded", job.text
+    assert "Ingestion succeeded" in job.text and "2 of 3 documents" in job.text, job.text  # 3 files, 2 indexed
+    errors = ui.css(".file-errors", within=job).text
+    assert "empty.txt" in errors, errors
+    ui.wait(lambda _: [c.text for c in ui.all("tr[data-corpus=lore] td")][1:3] == ["2", "2"],
+            WAIT_S, "the corpus row did not re-read its counts")
+    ui.css("tr[data-document='refunds.md']")
+    ui.shot("02-corpus-upload")
+
+    # Drag and drop: a file dropped on the zone is uploaded the same way.
+    ui.driver.execute_script("""
+        const zone = document.querySelector('[data-dropzone]');
+        const data = new DataTransfer();
+        data.items.add(new File(['Every kettle has a two-year warranty.'], 'warranty.txt', {type: 'text/plain'}));
+        zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: data, bubbles: true, cancelable: true}));
+        zone.dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));""")
+    ui.css("tr[data-document='warranty.txt']", timeout=ENGINE_WAIT_S)
+    assert "1 of 1 documents" in ui.css(".job[data-status=succeeded]").text
+
+    query = ui.field("Query")
+    query.send_keys("how long do refunds take" + Keys.ENTER)
+    hit = ui.css("ol.hits li.hit")
+    assert "refunds.md" in hit.text and "14 days" in hit.text, hit.text
+    assert "filename" in hit.text and "content_type" in hit.text, hit.text  # the hit's metadata
+    ui.shot("03-corpus-search")
+
+    # Deletes ask first, then the lists are re-read.
+    ui.button("Delete", ui.css("tr[data-document='warranty.txt']")).click()
+    ui.confirm("Delete document")
+    ui.wait(lambda _: not ui.all("tr[data-document='warranty.txt']"), WAIT_S, "the document is still listed")
+    ui.field("New corpus name").send_keys("scratch" + Keys.ENTER)
+    ui.button("Delete", ui.css("tr[data-corpus=scratch]")).click()
+    ui.confirm("Delete corpus")
+    ui.wait(lambda _: not ui.all("tr[data-corpus=scratch]"), WAIT_S, "the corpus is still listed")
+
+
+async def test_create_a_corpus_upload_files_watch_the_job_and_search(ui, tmp_path):
+    await step(_corpus_upload_search, ui, tmp_path)
+
+
+def _bind_domain(ui: Console) -> None:
+    ui.go("#domains")
+    ui.button("Bind a domain").click()
+    form = ui.css("form[aria-label='Domain binding']")
+    ui.field("Domain name", form).send_keys("support")
+    ui.css("#bind-corpus-lore", within=form).click()
+    ui.select("Adapter version", "tone@1", form)
+    ui.field("System prompt", form).send_keys("Answer from the passages.")
+    k = ui.field("Passages (k)", form)
+    k.clear()
+    k.send_keys("2")
+    ui.button("Save binding", form).click()
+    ui.css("tr[data-domain=support] td.adapter[data-engine-model='tone@1']", timeout=ENGINE_WAIT_S)
+    ui.css("[data-current-adapter='tone@1']")
+    assert "create" in ui.text_of("ol.timeline")
+    ui.shot("04-domain-bound")
+
+
+async def test_bind_a_domain(ui):
+    await step(_bind_domain, ui)
+
+
+def _swap_and_rollback(ui: Console) -> None:
+    swap_form = ui.css("form[aria-labelledby=swap-h]")
+    ui.select("Adapter", "tone", swap_form)
+    ui.select("Version", "2", swap_form)
+
+    # A gate that cannot pass (same retrieval, so no gain of 0.5): refused, its numbers shown, the
+    # domain left on tone@1.
+    ui.css("#swap-gate", within=swap_form).click()
+    ui.select("Evaluation set", "support-qa", swap_form)
+    ui.select("Metric", "hit_at_k", swap_form)
+    gain = ui.field("Minimum gain", swap_form)
+    gain.clear()
+    gain.send_keys("0.5")
+    ui.button("Swap", swap_form).click()
+    ui.confirm("Swap")
+    error = ui.css("form[aria-labelledby=swap-h] [role=alert]", timeout=ENGINE_WAIT_S)
+    assert "gate refused" in error.text and "gate_failed" in error.text, error.text
+    refused = ui.css("ol.timeline li.event-swap_refused .gate")
+    assert "refused" in refused.text and "hit_at_k" in refused.text, refused.text
+    assert ui.css("[data-current-adapter]").get_attribute("data-current-adapter") == "tone@1"
+    ui.shot("05-domain-gate-refused")
+
+    ui.css("#swap-gate", within=swap_form).click()  # no gate this time
+    ui.button("Swap", swap_form).click()
+    ui.confirm("Swap")
+    ui.css("[data-current-adapter='tone@2']", timeout=ENGINE_WAIT_S)
+    assert "Swapped to tone@2" in ui.css(".outcome .ok").text
+    ui.css("tr[data-domain=support] td.adapter[data-engine-model='tone@2']")
+    assert "swap" in ui.css("ol.timeline li.event-swap").text
+    ui.shot("06-domain-swapped")
+
+    ui.button("Roll back", swap_form).click()
+    ui.confirm("Roll back")
+    ui.css("[data-current-adapter='tone@1']", timeout=ENGINE_WAIT_S)
+    assert "Rolled back to tone@1" in ui.css(".outcome .ok").text
+    ui.css("ol.timeline li.event-rollback")
+    ui.shot("07-domain-rolled-back")
+
+
+async def test_swap_and_roll_back_an_adapter(ui, gateway):
+    await step(_swap_and_rollback, ui)
+    async with client(gateway, KEY) as http:  # what the page showed is what the gateway serves
+        domain = (await http.get("/v1/domains/support")).json()
+        actions = [h["action"] for h in (await http.get("/v1/domains/support/history")).json()["data"]]
+    assert domain["engine_model"] == "tone@1"
+    assert actions == ["create", "swap_refused", "swap", "rollback"], actions
+
+
+def _playground(ui: Console) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    ui.go("#playground")
+    ui.select("Domain", "support")
+    max_tokens = ui.field("Max tokens")
+    max_tokens.clear()
+    max_tokens.send_keys("24")
+    ui.field("Message").send_keys("How long do refunds take?" + Keys.ENTER)  # Enter sends
+    answer = ui.css("li.turn.assistant[aria-busy=false]", timeout=ENGINE_WAIT_S)
+    assert not ui.all("section [role=alert]"), ui.text_of("section [role=alert]")
+    assert "tone@1" in ui.css(".who", within=answer).text
+    assert ui.css(".content", within=answer).text.strip(), "no streamed answer"
+    citation = ui.css("button.citation", within=answer)
+    assert "refunds.md" in citation.text, citation.text
+    citation.click()
+    chunk = ui.css("aside .chunk")
+    assert "14 days" in chunk.text and "refunds.md" in chunk.text, chunk.text
+    assert citation.get_attribute("aria-pressed") == "true"
+    ui.shot("08-playground")
+
+
+async def test_chat_in_the_playground_and_open_a_citation(ui):
+    await step(_playground, ui)
+
+
+def _other_sections(ui: Console) -> None:
+    ui.go("#adapters")
+    versions = ui.css("[data-adapter=tone] table")
+    rows = ui.all("tr[data-version]", within=versions)
+    assert [r.get_attribute("data-version") for r in rows] == ["1", "2"]
+    assert "q_proj" in rows[0].text and "v_proj" in rows[0].text and " 8 " in f" {rows[0].text} "
+    ui.shot("09-adapters")
+
+    ui.go("#evals")
+    ui.css("figure.chart canvas")  # the gate's two runs, over time
+    run = ui.css("table[aria-label='Evaluation runs'] tbody tr a")
+    run.click()
+    item = ui.css("table[aria-label='Items of the run'] tbody tr")
+    assert "How long do refunds take?" in item.text, item.text
+    ui.shot("10-evaluations")
+
+    ui.go("#health")
+    engine = ui.css("tr[data-engine]")
+    ui.wait(lambda _: "tone@1" in ui.css("tr[data-engine] td.adapters").text, WAIT_S,
+            "the engine does not list the bound adapter")
+    assert "yes" in engine.text
+    assert ui.css("[data-ready=yes]").text == "ready"
+    ui.css("figure.chart canvas", timeout=WAIT_S)  # after a second /metrics scrape
+    ui.shot("11-health")
+
+    ui.go("#corpora/lore")
+    ui.css("#corpus-detail-h")
+    ui.shot("12-corpora")
+    assert not ui.js_errors(), ui.js_errors()
+
+
+async def test_every_section_renders_its_data(ui):
+    await step(_other_sections, ui)
+
+
+def _every_control_has_a_label(ui: Console) -> None:
+    for section, ready in (("#corpora/lore", "#corpus-detail-h"), ("#domains/support", "#domain-detail-h"),
+                           ("#adapters", "#trainings-h"), ("#evals", "#run-start-h"), ("#playground", "#passage-h"),
+                           ("#health", "#engines-h")):
+        ui.go(section)
+        ui.css(ready)
+        assert not ui.unlabelled(), (section, ui.unlabelled())
+    ui.go("#domains/support")
+    ui.button("Edit binding of support").click()
+    ui.css("form[aria-label='Domain binding']")
+    assert not ui.unlabelled(), ui.unlabelled()
+
+
+async def test_every_form_control_has_a_label(ui):
+    await step(_every_control_has_a_label, ui)
+
+
+def _loaded_files(ui: Console) -> list[str]:
+    ui.open("#health")
+    ui.css("#health-h")
+    return ui.driver.execute_script(
+        "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)]")
+
+
+async def test_the_page_weighs_under_300_kb_and_loads_nothing_from_elsewhere(ui, gateway):
+    loaded = await step(_loaded_files, ui)
+    files = sorted({u.split("#")[0] for u in loaded if "/console" in urlsplit(u).path})
+    assert all(u.startswith(gateway) for u in loaded), f"the page loaded from elsewhere: {loaded}"
+    assert any(u.endswith("/app.js") for u in files) and any("vendor/" in u for u in files), files
+    sizes = {}
+    async with httpx.AsyncClient() as http:  # the page's files need no key
+        for url in files:
+            response = await http.get(url)
+            assert response.status_code == 200, url
+            sizes[urlsplit(url).path] = len(response.content)
+    total = sum(sizes.values())
+    print("\nconsole page weight:\n" + "\n".join(f"{n:>8} {p}" for p, n in sizes.items()) + f"\n{total:>8} total")
+    assert total < MAX_PAGE_BYTES, sizes
+
+
+async def test_the_console_files_are_served_safely(gateway):
+    async with httpx.AsyncClient(base_url=gateway) as http:
+        page = await http.get("/console")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        script = await http.get("/console/static/app.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        for bad in ("/console/static/../app.py", "/console/static/..%2Fapp.py", "/console/static/nothing.js"):
+            missing = await http.get(bad)
+            assert missing.status_code == 404 and missing.json()["error"]["code"] in (None, "not_found"), bad
+        assert (await http.get("/v1/engines")).status_code == 401  # the data is behind the key
