@@ -160,15 +160,16 @@ def adapter_push(name: str, path: Path, url: str = URL, key: str = KEY) -> None:
 @adapter_app.command("train")
 def adapter_train(name: str, corpus: str = typer.Option(..., help="the corpus to compile"),
                   recipe: str = typer.Option("reader", help="reader (answers from graft's prompts) or memorize"),
-                  rank: int = typer.Option(8), epochs: int = typer.Option(1),
-                  max_examples: int = typer.Option(200), learning_rate: float = typer.Option(2e-4),
+                  rank: int = typer.Option(8), epochs: int = typer.Option(None, help="default: the recipe's"),
+                  max_examples: int = typer.Option(200),
+                  learning_rate: float = typer.Option(None, help="default: the recipe's"),
                   evalset: str = typer.Option(None, help="score the new version on this set (needs --domain)"),
                   domain: str = typer.Option(None, help="promote the new version to this domain"),
                   gate_metric: str = typer.Option(None, help="promote only if the candidate gains on this metric"),
                   min_delta: float = typer.Option(0.0), url: str = URL, key: str = KEY) -> None:
     """Train a new version of adapter NAME from a corpus, following the job until it ends."""
-    body: dict = {"corpus": corpus, "recipe": recipe, "rank": rank, "epochs": epochs,
-                  "max_examples": max_examples, "learning_rate": learning_rate}
+    body: dict = {"corpus": corpus, "recipe": recipe, "rank": rank, "max_examples": max_examples}
+    body.update({k: v for k, v in (("epochs", epochs), ("learning_rate", learning_rate)) if v is not None})
     if evalset:
         body["evalset"] = evalset
     if domain:

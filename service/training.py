@@ -44,14 +44,14 @@ class TrainingRequest:
     adapter: str
     corpus: str
     recipe: str
-    rank: int = 8
-    epochs: int = 1
-    max_examples: int = 200
-    learning_rate: float = 2e-4
+    rank: int
+    epochs: int
+    max_examples: int
+    learning_rate: float
     evalset: str | None = None
     promote: dict | None = None  # {domain, gate?}
     key_id: int | None = None
-    params: dict = field(default_factory=dict)  # as the client sent them, for provenance
+    params: dict = field(default_factory=dict)  # as the client sent them + the recipe's defaults
 
 
 class TrainingService:

@@ -26,6 +26,10 @@ from service.rag.prompt import Passage, PromptBuilder
 from service.rag.retrieval import Retriever
 
 RECIPES = ("reader", "memorize")
+# What a training request leaves out, per recipe, as measured by bench/train.py on bench/lore.py:
+# reading passages is learned in a couple of passes; recalling facts closed-book takes many.
+RECIPE_DEFAULTS = {"reader": {"epochs": 2, "learning_rate": 5e-4},
+                   "memorize": {"epochs": 12, "learning_rate": 1e-3}}
 GOLDEN_SHARE = 0.8  # RAFT's P: the rest of the reader examples see only distractors
 PASSAGES = 4  # as the default domain retrieval's k
 ANSWER_TOKENS = 64  # the completion budget the prompt is fitted for

@@ -14,7 +14,7 @@ from service.routes.domains import Gate
 from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state
 from service.training import TrainingRequest
-from service.training_data import RECIPES
+from service.training_data import RECIPE_DEFAULTS, RECIPES
 
 router = APIRouter()
 
@@ -31,9 +31,9 @@ class TrainingIn(BaseModel):
     recipe: Literal[RECIPES]
     base: str | None = None
     rank: int = Field(default=8, ge=1, le=256)
-    epochs: int = Field(default=1, ge=1, le=100)
+    epochs: int | None = Field(default=None, ge=1, le=100)  # None: the recipe's default
     max_examples: int = Field(default=200, ge=1)
-    learning_rate: float = Field(default=2e-4, gt=0, le=1, allow_inf_nan=False)
+    learning_rate: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     evalset: str | None = Field(default=None, pattern=NAME_PATTERN.pattern)
     promote: Promotion | None = None
 
@@ -66,9 +66,10 @@ async def start_training(name: str, state: GatewayState = Depends(get_state),
     if body.promote and state.routing.get(body.promote.domain) is None:
         raise NotFound(f"domain {body.promote.domain!r} does not exist", param="promote.domain",
                        code="domain_not_found")
+    params = {**RECIPE_DEFAULTS[body.recipe], **body.model_dump(exclude_none=True)}
     request = TrainingRequest(adapter=name, corpus=body.corpus, recipe=body.recipe, rank=body.rank,
-                              epochs=body.epochs, max_examples=body.max_examples,
-                              learning_rate=body.learning_rate, evalset=body.evalset,
+                              epochs=params["epochs"], max_examples=body.max_examples,
+                              learning_rate=params["learning_rate"], evalset=body.evalset,
                               promote=body.promote.model_dump() if body.promote else None,
-                              key_id=principal.key_id, params=body.model_dump(exclude_none=True))
+                              key_id=principal.key_id, params=params)
     return accepted(state.trainings.submit(request))

@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 
 from adapters_store.db import make_engine, make_session_factory
 from adapters_store.models import Job
+from service.training_data import RECIPE_DEFAULTS
 from tests.harness import client, running_gateway
 from tests.service.test_corpora_api import wait_job
 
@@ -133,6 +134,9 @@ async def test_cancel_stops_the_trainer_and_a_restart_fails_an_unfinished_traini
     with make_session_factory(make_engine(settings.resolved_database_url))() as session, session.begin():
         stopped = session.get(Job, second)
         assert stopped.status == "failed" and "stopped" in stopped.reason
+        # what the request left out is the recipe's default, recorded with what it sent
+        assert stopped.params["epochs"] == 50
+        assert stopped.params["learning_rate"] == RECIPE_DEFAULTS["memorize"]["learning_rate"]
         crashed = Job(id="crashed", kind="train", corpus_id=stopped.corpus_id, status="running")
         session.add(crashed)  # as a gateway killed with SIGKILL leaves it
     async with running_gateway(settings) as url, client(url) as http:
