@@ -14,7 +14,7 @@ from indexer.extract import KINDS, detect_kind
 from service.errors import invalid_from
 from service.http_body import read_json_object
 from service.settings import Settings
-from service.uploads import receive_files
+from service.uploads import make_dirs_durably, receive_files
 
 MAX_FILES = 1000
 
@@ -59,7 +59,7 @@ async def items_from_json(request: Request, dest: Path, settings: Settings) -> l
         documents = JsonDocuments.model_validate(body).documents
     except ValidationError as exc:
         raise invalid_from(exc) from exc
-    dest.mkdir(parents=True, exist_ok=True)
+    make_dirs_durably(dest)
     items = []
     for document in documents:
         data = document.text.encode()

@@ -1,6 +1,17 @@
-"""Shared fixtures: the prepared base model, a real local vLLM engine, a fake one, a real PostgreSQL server."""
+"""Shared fixtures: the prepared base model, a real local vLLM engine, a fake one, a real PostgreSQL server.
+
+A module runs each of its gateway tests on SQLite and on PostgreSQL with one line,
+
+    pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
+which parametrizes the `database_url` fixture (ids `[sqlite]`, `[postgresql]`; the PostgreSQL ones
+carry the `postgres` marker): `make_settings` then points the gateway at a fresh database of the
+session's throwaway server, migrated like SQLite. Modules without the marker stay on SQLite.
+"""
 
 import os
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,13 +50,71 @@ def embedding_cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("embedders")
 
 
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "databases(*names): run the module's tests that use "
+                                       "make_settings on each database named (sqlite, postgresql)")
+
+
+def pytest_generate_tests(metafunc):
+    marker = metafunc.definition.get_closest_marker("databases")
+    if marker is None or "database_url" not in metafunc.fixturenames:
+        return
+    names = marker.args or DATABASES
+    unknown = set(names) - set(DATABASES)
+    if unknown:
+        raise pytest.UsageError(f"databases marker: unknown {sorted(unknown)}; known: {DATABASES}")
+    metafunc.parametrize("database_url", [
+        pytest.param(name, id=name, marks=[pytest.mark.postgres] if name == "postgresql" else [])
+        for name in names], indirect=True)
+
+
+@contextmanager
+def fresh_postgres_database(server_url: str):
+    """A new, empty database on the server at `server_url`; dropped (connections and all) on exit."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    server = make_url(server_url)
+    name = f"graft_{uuid.uuid4().hex[:12]}"
+
+    def admin(statement: str) -> None:
+        with psycopg.connect(host=server.host, port=server.port, user=server.username, dbname="postgres",
+                             autocommit=True, connect_timeout=10) as conn:
+            conn.execute(statement)
+
+    admin(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0')
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
-def make_settings(tmp_path, base_model_dir, embedding_cache_dir):
-    """Settings for a gateway in a fresh data dir with a migrated SQLite database."""
+def database_url(request):
+    """The database make_settings uses: None (the SQLite file in the data dir) unless the module's
+    `databases` marker parametrizes it; for "postgresql", a fresh database for this test alone."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        yield None
+        return
+    with fresh_postgres_database(request.getfixturevalue("postgres_url")) as url:
+        yield url
+
+
+@pytest.fixture
+def make_settings(tmp_path, base_model_dir, embedding_cache_dir, database_url):
+    """Settings for a gateway in a fresh data dir with a migrated database (SQLite in the data dir
+    unless the module asks for PostgreSQL too: see `database_url`). Every call in one test shares
+    the data dir and the database, as replicas of one deployment do."""
     from migrations.runner import upgrade
 
     def make(**overrides) -> Settings:
         overrides.setdefault("embedding_cache_dir", embedding_cache_dir)
+        if database_url is not None:
+            overrides.setdefault("database_url", database_url)
         settings = Settings(data_dir=tmp_path / "data", base_model=str(base_model_dir),
                             port=free_port(), **overrides)
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,12 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def running_gateway(settings, **app_kwargs):
-    """Yield the base URL of a gateway serving `create_app(settings, **app_kwargs)`."""
+async def running_gateway(settings, *, wrap=None, **app_kwargs):
+    """Yield the base URL of a gateway serving `create_app(settings, **app_kwargs)`; `wrap`, if
+    given, takes that ASGI app and returns the one uvicorn serves (e.g. one that watches it)."""
     app = create_app(settings, **app_kwargs)
+    if wrap is not None:
+        app = wrap(app)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port,
                                            log_level="warning", lifespan="on"))
     server.install_signal_handlers = lambda: None

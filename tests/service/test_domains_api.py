@@ -15,6 +15,9 @@ from service.auth import create_key
 from tests.harness import client, running_gateway
 from tests.service.test_corpora_api import wait_job
 
+# Each test on SQLite and on a fresh PostgreSQL database (tests/conftest.py, `database_url`).
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 BASE = "SmolLM2-135M-Instruct"
 
 

@@ -7,6 +7,9 @@ from tests.harness import client, running_gateway
 from tests.service.test_adapters_engine import adapter_files
 from tests.service.test_corpora_api import wait_job
 
+# Each test on SQLite and on a fresh PostgreSQL database (tests/conftest.py, `database_url`).
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 ASK = [{"role": "user", "content": "when was the institute founded?"}]
 
 # (what is wrong, method, path, JSON body): each group must answer one status and one code.

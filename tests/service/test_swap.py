@@ -7,6 +7,9 @@ import pytest
 from tests.harness import client, running_gateway
 from tests.service.test_adapters_engine import adapter_files
 
+# Each test on SQLite and on a fresh PostgreSQL database (tests/conftest.py, `database_url`).
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 
 @pytest.fixture
 async def gateway(make_settings, fake_engine, good_lora):
