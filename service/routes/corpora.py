@@ -92,9 +92,8 @@ async def list_corpora(state: GatewayState = Depends(get_state)):
 
 @router.get("/v1/corpora/{name}", dependencies=[Depends(admin_principal)])
 async def get_corpus(name: str, state: GatewayState = Depends(get_state)):
-    corpus = _corpus(state, name)
     with state.sessions() as session:
-        return repo.corpus_stats(session, session.merge(corpus)).as_dict()
+        return repo.corpus_stats(session, repo.get_corpus(session, name)).as_dict()
 
 
 @router.delete("/v1/corpora/{name}", dependencies=[Depends(admin_principal)])
@@ -105,7 +104,7 @@ async def delete_corpus(name: str, state: GatewayState = Depends(get_state)):
         raise Conflict(f"corpus {name!r} is used by domain(s) {', '.join(users)}", param="corpus",
                        code="corpus_in_use")
     with state.sessions() as session, session.begin():
-        repo.delete_corpus(session, session.merge(corpus))
+        repo.delete_corpus(session, repo.get_corpus(session, name))
     state.registry.drop(corpus.id)
     await asyncio.to_thread(_remove_corpus_files, state, corpus.id)
     return {"object": "corpus.deleted", "name": name, "deleted": True}
@@ -122,7 +121,8 @@ async def upload_documents(name: str, request: Request, state: GatewayState = De
         items = await items_from_json(request, dest, state.settings)
     await asyncio.to_thread(fsync_dir, dest)
     with state.sessions() as session, session.begin():
-        job = repo.create_job(session, session.merge(corpus), items)
+        # Read again, not merged: the worker may have moved the generation while the body streamed.
+        job = repo.create_job(session, repo.get_corpus(session, name), items)
         job_id = job.id
     state.worker.submit(job_id)
     return accepted(job_id)
