@@ -26,6 +26,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs_durably(folder: Path) -> None:
+    """`mkdir -p` that fsyncs the parent of each folder it makes: a file later made durable in
+    `folder` is then reachable after a crash too."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)
+        fsync_dir(made.parent)
+
+
 def fsync_tree(root: Path) -> None:
     """fsync every file and folder under root (root included), deepest first."""
     for folder, _dirs, files in os.walk(root, topdown=False):

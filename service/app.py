@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 
 from adapters_store.artifacts import AdapterArtifactStore
 from adapters_store.db import make_engine, make_session_factory
+from adapters_store.durable import make_dirs_durably
 from adapters_store.hotload import HotLoader
 from adapters_store.models import Corpus
 from adapters_store.reconciler import Reconciler
@@ -72,7 +73,7 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None) -
 async def _start(settings: Settings, local_engine: LocalEngine | None) -> GatewayState:
     for folder in (settings.data_dir, settings.indexes_dir, settings.uploads_dir,
                    settings.adapters_dir, settings.logs_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs_durably(folder)
     db = make_engine(settings.resolved_database_url)
     try:
         require_head(db)

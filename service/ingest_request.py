@@ -7,14 +7,14 @@ from pathlib import Path
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapters_store.durable import write_bytes_durably
+from adapters_store.durable import make_dirs_durably, write_bytes_durably
 from adapters_store.errors import Invalid, Unsupported
 from adapters_store.models import JobItem
 from indexer.extract import KINDS, detect_kind
 from service.errors import invalid_from
 from service.http_body import read_json_object
 from service.settings import Settings
-from service.uploads import make_dirs_durably, receive_files
+from service.uploads import receive_files
 
 MAX_FILES = 1000
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from adapters_store.durable import fsync_dir
+from adapters_store.durable import make_dirs_durably
 from adapters_store.errors import GraftError, Invalid, TooLarge
 
 
@@ -35,18 +35,6 @@ class _Part:
     handle: object | None = None
     digest: object | None = None
     value: bytearray = field(default_factory=bytearray)
-
-
-def make_dirs_durably(folder: Path) -> None:
-    """`mkdir -p` that fsyncs the parent of each folder it makes: a file later made durable in
-    `folder` is then reachable after a crash too."""
-    missing = []
-    while not folder.is_dir():
-        missing.append(folder)
-        folder = folder.parent
-    for made in reversed(missing):
-        made.mkdir(exist_ok=True)
-        fsync_dir(made.parent)
 
 
 def multipart_boundary(request: Request) -> bytes | None:
