@@ -14,7 +14,6 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
 from adapters_store.errors import NotFound
-from service.responses import EngineList, answers
 from service.state import GatewayState, admin_principal, get_state
 
 router = APIRouter()
@@ -53,7 +52,7 @@ async def console_asset(path: str):
     return _file(target)
 
 
-@router.get("/v1/engines", dependencies=[Depends(admin_principal)], responses=answers(EngineList))
+@router.get("/v1/engines", dependencies=[Depends(admin_principal)])
 async def list_engines(state: GatewayState = Depends(get_state)):
     return {"object": "list", "data": [
         {"object": "engine", "url": e.url, "healthy": e.healthy, "ready": e.ready, "in_flight": e.in_flight,
