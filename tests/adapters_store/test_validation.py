@@ -207,4 +207,5 @@ def test_a_backtracking_target_modules_regex_is_cut_off(lora, base):
     started = time.monotonic()
     error = rejected(lora, base)
     assert error.check == "regex_too_slow" and "list the module names" in str(error)
-    assert time.monotonic() - started < REGEX_TIME_LIMIT_S + 2
+    # Cut off, not run out: this pattern backtracks for hours. The bound is loose for a busy machine.
+    assert time.monotonic() - started < REGEX_TIME_LIMIT_S + 60
