@@ -3,10 +3,6 @@ it, JSON bodies are read whatever Content-Type the client sends, and keys are ch
 
 import pytest
 
-from tests.harness import client, running_gateway
-from tests.service.test_adapters_engine import adapter_files
-from tests.service.test_corpora_api import wait_job
-
 # Each test on SQLite and on a fresh PostgreSQL database (tests/conftest.py, `database_url`).
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -70,17 +66,8 @@ JSON_ROUTES = [
 
 
 @pytest.fixture
-async def gateway(make_settings, fake_engine, good_lora):
-    settings = make_settings(engine_urls=[fake_engine.url], api_keys=["admin-key"])
-    async with running_gateway(settings) as url:
-        async with client(url, "admin-key") as http:
-            await http.post("/v1/corpora", json={"name": "lore"})
-            job = (await http.post("/v1/corpora/lore/documents", json={"documents": [
-                {"id": "zorblax", "text": "The Zorblax Institute was founded in 1847."}]})).json()
-            assert (await wait_job(http, job["job_id"]))["status"] == "succeeded"
-            assert (await http.post("/v1/adapters/tone/versions", files=adapter_files(good_lora))).status_code == 201
-            assert (await http.put("/v1/domains/lore", json={"corpora": ["lore"]})).status_code == 201
-            yield http
+async def gateway(lore_gateway):
+    return lore_gateway
 
 
 async def test_the_same_bad_input_gets_the_same_status_and_code_on_every_route(gateway):

@@ -12,7 +12,6 @@ import pytest
 from adapters_store import adapter_repo
 from service.app import create_app
 from tests.harness import client, running_gateway
-from tests.service.test_adapters_engine import adapter_files
 from tests.service.test_corpora_api import wait_job
 
 ASK = [{"role": "user", "content": "when was the institute founded?"}]
@@ -21,17 +20,8 @@ TOO_BIG = [2**63, -(2**63) - 1, 10**30]
 
 
 @pytest.fixture
-async def gateway(make_settings, fake_engine, good_lora):
-    settings = make_settings(engine_urls=[fake_engine.url], api_keys=["admin-key"])
-    async with running_gateway(settings) as url:
-        async with client(url, "admin-key") as http:
-            await http.post("/v1/corpora", json={"name": "lore"})
-            job = (await http.post("/v1/corpora/lore/documents", json={"documents": [
-                {"id": "zorblax", "text": "The Zorblax Institute was founded in 1847."}]})).json()
-            assert (await wait_job(http, job["job_id"]))["status"] == "succeeded"
-            assert (await http.post("/v1/adapters/tone/versions", files=adapter_files(good_lora))).status_code == 201
-            assert (await http.put("/v1/domains/lore", json={"corpora": ["lore"]})).status_code == 201
-            yield http
+async def gateway(lore_gateway):
+    return lore_gateway
 
 
 def refused(response, status: int = 400, code: str | None = None, param: str | None = None) -> dict:
