@@ -117,6 +117,27 @@ async def serve_subprocess(settings: Settings, log_path: Path, ready_path: str =
                 await process.wait()
 
 
+@contextlib.asynccontextmanager
+async def lore_domain(engine: str | None, docs: list[dict], prefix: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A served gateway (own process; a local vLLM unless `engine` is a URL) with corpus `lore` of
+    `docs` indexed and domain `lore` over it (retrieval k 4): bench/train.py, bench/train_beside.py."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        async with engine_url(engine, Path(tmp) / "engine", DEFAULT_BASE_MODEL) as url:
+            settings = migrated_settings(Path(tmp) / "gateway", DEFAULT_BASE_MODEL, engine_urls=[url],
+                                         port=free_port())
+            async with serve_subprocess(settings, Path(tmp) / "gateway.log") as gateway, \
+                    httpx.AsyncClient(base_url=gateway, timeout=7200) as http:
+                await http.post("/v1/corpora", json={"name": "lore"})
+                ingest = (await http.post("/v1/corpora/lore/documents", json={"documents": docs})).json()
+                job = await wait_job(http, ingest["job_id"], timeout_s=1800)
+                if job["status"] != "succeeded":
+                    raise SystemExit(f"ingesting the lore corpus {job['status']}: {job.get('reason')}")
+                await http.put("/v1/domains/lore", json={"corpora": ["lore"], "retrieval": {"k": 4}})
+                yield http
+
+
 # --- a vLLM + gateway stack, adapters, timed requests (bench/swap.py, bench/adapters.py) -----
 
 @dataclass

@@ -17,16 +17,11 @@ plain PEFT loop is bench/train_speed.py.
 import argparse
 import asyncio
 import os
-import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import httpx  # noqa: E402
-
-from bench.common import DEFAULT_BASE_MODEL, engine_url, free_port, migrated_settings, serve_subprocess  # noqa: E402
-from bench.common import wait_job  # noqa: E402
+from bench.common import lore_domain, wait_job  # noqa: E402
 from bench.lore import corpus_and_qa  # noqa: E402
 
 
@@ -67,30 +62,21 @@ async def main() -> None:
     parser.add_argument("--engine-url")
     args = parser.parse_args()
     docs, qa = corpus_and_qa(args.docs)
-    with tempfile.TemporaryDirectory(prefix="graft-bench-train-") as tmp:
-        async with engine_url(args.engine_url, Path(tmp) / "engine", DEFAULT_BASE_MODEL) as engine:
-            settings = migrated_settings(Path(tmp) / "gateway", DEFAULT_BASE_MODEL, engine_urls=[engine],
-                                         port=free_port())
-            async with serve_subprocess(settings, Path(tmp) / "gateway.log") as url, \
-                    httpx.AsyncClient(base_url=url, timeout=7200) as http:
-                await http.post("/v1/corpora", json={"name": "lore"})
-                await finished(http, (await http.post("/v1/corpora/lore/documents",
-                                                      json={"documents": docs})).json()["job_id"])
-                await http.put("/v1/domains/lore", json={"corpora": ["lore"], "retrieval": {"k": 4}})
-                items = [{"question": q, "answers": answers, "document_ids": [doc]} for q, answers, doc in qa]
-                await http.post("/v1/evalsets", json={"name": "lore-qa", "items": items})
-                print(f"lore: {len(docs)} documents, {len(items)} held-out questions; epochs {args.epochs or 'default'}, "
-                      f"max_examples {args.max_examples}, lr {args.learning_rate or 'default'}")
+    async with lore_domain(args.engine_url, docs, "graft-bench-train-") as http:
+        items = [{"question": q, "answers": answers, "document_ids": [doc]} for q, answers, doc in qa]
+        await http.post("/v1/evalsets", json={"name": "lore-qa", "items": items})
+        print(f"lore: {len(docs)} documents, {len(items)} held-out questions; epochs {args.epochs or 'default'}, "
+              f"max_examples {args.max_examples}, lr {args.learning_rate or 'default'}")
 
-                base_rag = await accuracy(http, args.max_tokens)
-                base_closed = await accuracy(http, args.max_tokens, retrieval=False)
-                adapters, seconds, scores = {}, {}, {}
-                for recipe in args.recipes:
-                    adapter = f"lore-{recipe}"
-                    trained, seconds[adapter] = await train(http, adapter, recipe, args)
-                    scores[recipe] = await accuracy(http, args.max_tokens, retrieval=recipe == "reader",
-                                                    adapter={"name": adapter, "version": trained["version"]})
-                    adapters[adapter] = (await http.get(f"/v1/adapters/{adapter}/versions")).json()["data"][-1]
+        base_rag = await accuracy(http, args.max_tokens)
+        base_closed = await accuracy(http, args.max_tokens, retrieval=False)
+        adapters, seconds, scores = {}, {}, {}
+        for recipe in args.recipes:
+            adapter = f"lore-{recipe}"
+            trained, seconds[adapter] = await train(http, adapter, recipe, args)
+            scores[recipe] = await accuracy(http, args.max_tokens, retrieval=recipe == "reader",
+                                            adapter={"name": adapter, "version": trained["version"]})
+            adapters[adapter] = (await http.get(f"/v1/adapters/{adapter}/versions")).json()["data"][-1]
 
     print(f"\n{'':<28} {'base':>6} {'adapter':>8} {'goal':>24}")
     if "reader" in scores:

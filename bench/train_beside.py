@@ -13,16 +13,11 @@ Throughput is generated tokens (`ignore_eos`, fixed max_tokens) over each window
 import argparse
 import asyncio
 import os
-import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import httpx  # noqa: E402
-
-from bench.common import (  # noqa: E402
-    DEFAULT_BASE_MODEL, engine_url, free_port, migrated_settings, one_request, serve_subprocess, wait_job)
+from bench.common import lore_domain, one_request  # noqa: E402
 from bench.lore import corpus_and_questions  # noqa: E402
 
 
@@ -85,37 +80,28 @@ async def main() -> None:
     parser.add_argument("--engine-url")
     args = parser.parse_args()
     docs, questions = corpus_and_questions(args.docs)
-    with tempfile.TemporaryDirectory(prefix="graft-bench-beside-") as tmp:
-        async with engine_url(args.engine_url, Path(tmp) / "engine", DEFAULT_BASE_MODEL) as engine:
-            settings = migrated_settings(Path(tmp) / "gateway", DEFAULT_BASE_MODEL, engine_urls=[engine],
-                                         port=free_port())
-            async with serve_subprocess(settings, Path(tmp) / "gateway.log") as url, \
-                    httpx.AsyncClient(base_url=url, timeout=3600) as http:
-                await http.post("/v1/corpora", json={"name": "lore"})
-                ingest = (await http.post("/v1/corpora/lore/documents", json={"documents": docs})).json()
-                await wait_job(http, ingest["job_id"], timeout_s=1800)
-                await http.put("/v1/domains/lore", json={"corpora": ["lore"], "retrieval": {"k": 4}})
-                await window(http, questions, args.concurrency, args.concurrency, args.max_tokens)  # warm-up
-                alone, beside = [], []
-                for round_ in range(args.rounds):
-                    for arm in (("alone", "beside") if round_ % 2 == 0 else ("beside", "alone")):
-                        if arm == "alone":
-                            alone.append(await window(http, questions, args.requests, args.concurrency,
-                                                      args.max_tokens))
-                        else:
-                            job_id = await start_training(http, args)
-                            beside.append(await window(http, questions, args.requests, args.concurrency,
-                                                       args.max_tokens))
-                            progress = (await http.get(f"/v1/jobs/{job_id}")).json()["progress"]
-                            await http.post(f"/v1/jobs/{job_id}/cancel")
-                            await until_ended(http, job_id)
-                            print(f"  training at step {progress.get('step')}/{progress.get('steps')}, "
-                                  f"{progress.get('tokens_per_s') or 0:.0f} tokens/s", flush=True)
-                        print(f"round {round_ + 1} {arm:<6}: {(alone if arm == 'alone' else beside)[-1]:7.1f} "
-                              f"tokens/s", flush=True)
+    async with lore_domain(args.engine_url, docs, "graft-bench-beside-") as http:
+        await window(http, questions, args.concurrency, args.concurrency, args.max_tokens)  # warm-up
+        alone, beside = [], []
+        for round_ in range(args.rounds):
+            for arm in (("alone", "beside") if round_ % 2 == 0 else ("beside", "alone")):
+                if arm == "alone":
+                    alone.append(await window(http, questions, args.requests, args.concurrency,
+                                              args.max_tokens))
+                else:
+                    job_id = await start_training(http, args)
+                    beside.append(await window(http, questions, args.requests, args.concurrency,
+                                               args.max_tokens))
+                    progress = (await http.get(f"/v1/jobs/{job_id}")).json()["progress"]
+                    await http.post(f"/v1/jobs/{job_id}/cancel")
+                    await until_ended(http, job_id)
+                    print(f"  training at step {progress.get('step')}/{progress.get('steps')}, "
+                          f"{progress.get('tokens_per_s') or 0:.0f} tokens/s", flush=True)
+                print(f"round {round_ + 1} {arm:<6}: {(alone if arm == 'alone' else beside)[-1]:7.1f} "
+                      f"tokens/s", flush=True)
     ratio = sum(beside) / sum(alone)
     print(f"\ncompletion throughput, {args.concurrency} in flight, {args.max_tokens} tokens each "
-          f"(training threads {settings.training_threads})")
+          f"(trainer threads: GRAFT_TRAINING_THREADS, default 2)")
     print(f"{'alone':>8} {'beside':>8} {'ratio':>6}   goal")
     print(f"{sum(alone) / len(alone):8.1f} {sum(beside) / len(beside):8.1f} {ratio:6.3f}   >= 0.7 -> "
           f"{'PASS' if ratio >= 0.7 else 'FAIL'}")
