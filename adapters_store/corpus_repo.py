@@ -2,12 +2,14 @@
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from adapters_store import tenancy
 from adapters_store.errors import Conflict, Invalid, NotFound
 from adapters_store.models import Chunk, Corpus, Document, IndexGeneration, Job, JobItem, utcnow
 
@@ -79,11 +81,20 @@ def delete_corpus(session: Session, corpus: Corpus) -> None:
     session.delete(corpus)
 
 
-def list_documents(session: Session, corpus: Corpus, limit: int, after: str | None) -> list[Document]:
-    query = select(Document).where(Document.corpus_id == corpus.id)
-    if after:
-        query = query.where(Document.external_id > after)
-    return list(session.scalars(query.order_by(Document.external_id).limit(limit)))
+def list_documents(session: Session, corpus: Corpus, limit: int, after: str | None,
+                   keep: Callable[[dict], bool] | None = None) -> list[Document]:
+    """Up to `limit` documents by id after `after`; with `keep`, only those whose metadata it keeps
+    (read on in pages until `limit` are kept or none are left)."""
+    found: list[Document] = []
+    while True:
+        query = select(Document).where(Document.corpus_id == corpus.id)
+        if after:
+            query = query.where(Document.external_id > after)
+        page = list(session.scalars(query.order_by(Document.external_id).limit(limit)))
+        found += page if keep is None else [d for d in page if keep(d.doc_metadata or {})]
+        if keep is None or len(found) >= limit or len(page) < limit:
+            return found[:limit]
+        after = page[-1].external_id
 
 
 def get_document(session: Session, corpus: Corpus, external_id: str) -> Document:
@@ -109,7 +120,7 @@ def chunk_ids_of(session: Session, document_ids: list[int]) -> list[int]:
 
 def create_job(session: Session, corpus: Corpus, items: list[JobItem]) -> Job:
     job = Job(id=str(uuid.uuid4()), corpus_id=corpus.id, status="queued",
-              documents_total=len(items), items=items)
+              documents_total=len(items), items=items, tenant=tenancy.tenant_of(corpus.name))
     session.add(job)
     session.flush()
     return job
@@ -127,7 +138,7 @@ def create_rebuild_job(session: Session, corpus: Corpus, chunk_size: int | None 
     headers = contextual_headers if contextual_headers is not None else corpus.contextual_headers
     documents = session.scalar(select(func.count(Document.id)).where(Document.corpus_id == corpus.id))
     job = Job(id=str(uuid.uuid4()), kind="rebuild", corpus_id=corpus.id, status="queued",
-              documents_total=documents, errors=[],
+              documents_total=documents, errors=[], tenant=tenancy.tenant_of(corpus.name),
               params={"chunk_size": size, "chunk_overlap": overlap, "contextual_headers": headers})
     session.add(job)
     session.flush()

@@ -53,3 +53,8 @@ class Forbidden(GraftError):
 class Unavailable(GraftError):
     """A dependency (an engine, the base model's files) is not there now; retrying may work."""
     default_code = "unavailable"
+
+
+class RateLimited(GraftError):
+    """A key or tenant used its share; `retry_after_s` says when to try again."""
+    default_code = "rate_limit_exceeded"

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from adapters_store import tenancy
 from adapters_store.errors import Conflict, NotFound
 from adapters_store.models import Eval, EvalItem, EvalSet, Job, utcnow
 
@@ -52,7 +53,8 @@ def evalset_as_dict(evalset: EvalSet, with_items: bool = False) -> dict:
 def create_eval(session: Session, *, domain: str, evalset: EvalSet, engine_model: str, adapter: dict | None,
                 retrieval: dict | None, k: int, max_tokens: int, job_kind: str = "eval") -> Eval:
     """An evaluation run and the job that tracks it (progress counts items)."""
-    job = Job(id=str(uuid.uuid4()), kind=job_kind, status="queued", documents_total=len(evalset.items))
+    job = Job(id=str(uuid.uuid4()), kind=job_kind, status="queued", documents_total=len(evalset.items),
+              tenant=tenancy.tenant_of(domain))
     run = Eval(id=str(uuid.uuid4()), job_id=job.id, domain=domain, evalset=evalset.name,
                evalset_sha256=evalset.sha256, engine_model=engine_model, adapter=adapter, retrieval=retrieval,
                k=k, max_tokens=max_tokens, status="queued")
@@ -79,10 +81,14 @@ def finish_eval(session: Session, run: Eval, status: str, metrics: dict | None) 
     run.finished_at = utcnow()
 
 
-def list_evals(session: Session, domain: str | None = None, limit: int = 100) -> list[Eval]:
+def list_evals(session: Session, domain: str | None = None, limit: int = 100, *, tenant: str | None = None
+               ) -> list[Eval]:
+    """The newest runs, of one domain or all; with `tenant`, only of that tenant's domains."""
     query = select(Eval).order_by(Eval.created_at.desc()).limit(limit)
     if domain is not None:
         query = query.where(Eval.domain == domain)
+    if tenant is not None:
+        query = query.where(Eval.domain.startswith(tenant + tenancy.SEPARATOR, autoescape=True))
     return list(session.scalars(query))
 
 

@@ -114,6 +114,7 @@ class Job(Base):
     params: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     progress: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # kind-specific live figures
+    tenant: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # whose job; None: global
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -222,8 +223,41 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16), index=True)  # shown in listings
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the key
     scope: Mapped[str] = mapped_column(String(16))  # inference | admin
+    # The documents the key may retrieve: an indexer.filters filter in its canonical form, or None.
+    metadata_filter: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # The tenant whose resources the key works on; None: a global key (adapters_store/tenancy.py).
+    tenant: Mapped[str | None] = mapped_column(ForeignKey("tenants.name"), nullable=True, index=True)
+    # The domains an inference key may call (short names); None: every domain of its tenant.
+    domains: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    # {requests_per_minute, tokens_per_minute, concurrent}: what the key may use (None: no limit of its own).
+    limits: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Tenant(Base):
+    """A team or customer: its corpora, adapters, domains, evaluation sets and jobs carry its name
+    as a prefix (`tenant:name`, adapters_store/tenancy.py), so names are unique per tenant."""
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # {requests_per_minute, tokens_per_minute, concurrent}: shared by all the tenant's keys.
+    limits: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """One admin change (corpus, document, adapter, domain, swap, key, tenant): who, when, what."""
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    api_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: bootstrap key or open mode
+    tenant: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    action: Mapped[str] = mapped_column(String(64))  # e.g. corpus.create, domain.swap, key.revoke
+    target: Mapped[str] = mapped_column(String(256))  # the full name or id of what changed
+    details: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class EvalSet(Base):

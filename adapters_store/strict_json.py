@@ -2,7 +2,7 @@
 
 Python's json module takes more than RFC 8259 allows and more than graft can keep: NaN and
 Infinity (once stored, every answer that serializes them fails), integers of any size (SQL
-overflows past 64 bits), nesting deep enough to exhaust the recursion limit, and unpaired UTF-16
+overflows past 64 bits; numbers of any kind are held to that range), nesting deep enough to exhaust the recursion limit, and unpaired UTF-16
 surrogate escapes (not encodable as UTF-8, so neither storable nor returnable). Each is refused
 here with a ValueError, as a syntax error is, before anything reads the value.
 """
@@ -56,9 +56,11 @@ def _int(literal: str) -> int:
 
 
 def _float(literal: str) -> float:
+    # The integers' range bounds every number: the API documents one range for all of them (JSON
+    # Schema cannot tell 1e30 from 10**30), and a number past it has no use in graft.
     value = float(literal)
-    if not math.isfinite(value):
-        raise JsonRefused(f"number {literal[:30]} is out of range")
+    if not math.isfinite(value) or not MIN_INT <= value <= MAX_INT:
+        raise JsonRefused(f"number {literal[:30]} is out of range: numbers must lie within ±2**63")
     return value
 
 

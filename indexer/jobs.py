@@ -168,8 +168,9 @@ class IngestionWorker:
 
     def _skip_unchanged(self, corpus_id: int, documents: list[PendingDocument]
                         ) -> tuple[list[PendingDocument], list[tuple[int, str, str]]]:
-        """The documents to index, and (row id, raw path, kind) for unchanged ones that keep no
-        raw upload yet (ingested before uploads were kept): they take this one's, for rebuilds."""
+        """The documents to index (new, or with new content or metadata), and (row id, raw path,
+        kind) for unchanged ones that keep no raw upload yet (ingested before uploads were kept):
+        they take this one's, for rebuilds."""
         if not documents:
             return [], []
         with self.sessions() as session:
@@ -179,10 +180,12 @@ class IngestionWorker:
         changed, adopted = [], []
         for document in documents:
             old = existing.get(document.external_id)
-            if old is not None and old.content_sha256 == document.sha256:
+            # New metadata alone is a change too: filters (document-level access) read it.
+            if old is not None and old.content_sha256 == document.sha256 \
+                    and (old.doc_metadata or {}) == document.metadata:
                 if old.raw_path is None or not Path(old.raw_path).is_file():
                     adopted.append((old.id, document.raw_path, document.kind))
-                continue  # same content again: nothing to index
+                continue  # same content and metadata again: nothing to index
             document.replaces = old.id if old is not None else None
             changed.append(document)
         return changed, adopted

@@ -38,6 +38,7 @@ class LexicalIndex:
     def __init__(self, ids: np.ndarray, retriever: bm25s.BM25 | None):
         self._ids = ids
         self._retriever = retriever  # None when there are no documents (bm25s needs one)
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # (ids sorted, their positions)
 
     @classmethod
     def build(cls, ids: list[int], texts: list[str]) -> "LexicalIndex":
@@ -53,21 +54,43 @@ class LexicalIndex:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        """[(chunk id, score)] best first; only chunks sharing a term with the query."""
-        if self._retriever is None or k < 1:
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """The positions (ascending) of the chunks among `ids` that this index holds: a filtered
+        search's `allowed`."""
+        if self._sorted is None:  # the index never changes: computed once
+            order = np.argsort(self._ids, kind="stable")
+            self._sorted = (self._ids[order], order)
+        sorted_ids, order = self._sorted
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        at = np.searchsorted(sorted_ids, ids)
+        present = at < len(sorted_ids)
+        present[present] = sorted_ids[at[present]] == ids[present]
+        members = np.zeros(len(self._ids), dtype=bool)  # ascending and without repeats, without a sort
+        members[order[at[present]]] = True
+        return np.flatnonzero(members)
+
+    def search(self, query: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """[(chunk id, score)] best first; only chunks sharing a term with the query, and with
+        `allowed` (positions from `positions`) only those: the top k among them."""
+        if self._retriever is None or k < 1 or (allowed is not None and not len(allowed)):
             return []
         terms = [t for t in query_terms(query) if t in self._retriever.vocab_dict]
         if not terms:
             return []
         # Scores for every chunk, then the top k here: bm25s's retrieve() takes half a
-        # millisecond per query just setting up its (disabled) progress bars.
+        # millisecond per query just setting up its (disabled) progress bars. A chunk's BM25
+        # score does not depend on which others are allowed: restricting the scores is the
+        # filtered ranking.
         scores = self._retriever.get_scores(terms)
+        candidates = None
+        if allowed is not None:
+            candidates, scores = allowed, scores[allowed]
         k = min(k, len(scores))
         kth_best = np.partition(scores, len(scores) - k)[len(scores) - k]
         top = np.flatnonzero(scores >= kth_best)
         top = top[np.lexsort((top, -scores[top]))][:k]  # best first; ties in index order
-        return [(int(self._ids[d]), float(scores[d])) for d in top if scores[d] > 0]
+        at = top if candidates is None else candidates[top]
+        return [(int(self._ids[d]), float(s)) for d, s in zip(at, scores[top]) if s > 0]
 
     def save(self, folder: Path) -> None:
         """Write into a temp folder beside `folder`, fsync it all, then rename it into place.

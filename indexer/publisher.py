@@ -16,6 +16,7 @@ from adapters_store.errors import Conflict
 from adapters_store.models import Chunk, Corpus, IndexGeneration
 from indexer.headers import indexed_text
 from indexer.lexical import LexicalIndex
+from indexer.metadata_map import MetadataMap
 from indexer.registry import CorpusEntry, CorpusRegistry
 
 
@@ -68,6 +69,9 @@ def publish_change(
         session.add(IndexGeneration(corpus_id=corpus.id, number=number, path=str(path),
                                     chunk_count=len(vector), index_kind=vector.kind))
         corpus.current_generation = number
-    registry.publish(entry.corpus_id, number, vector, lexical)
+        session.flush()
+        # What filtered searches of the new generation read: exactly the rows it commits with.
+        metadata = MetadataMap.read(session, corpus.id)
+    registry.publish(entry.corpus_id, number, vector, lexical, metadata)
     registry.store.remove_except(entry.corpus_id, {number})
     return number

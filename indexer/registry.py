@@ -4,6 +4,11 @@ A corpus's generation is replaced as a whole (`publish`), after it is durable on
 committed in SQL, so a search always sees one consistent generation. Gateways sharing the index
 folder and database follow SQL's generation pointer (`current`): a generation another gateway
 published is loaded on the first request that sees the pointer move.
+
+Beside each generation's indexes sits its MetadataMap (chunk id → document metadata), which filtered
+searches read: the publisher reads it in the transaction that commits the generation, and a
+generation loaded from disk gets it from SQL (`sessions`). A registry without `sessions` gives
+loaded generations an empty map, so their filtered searches find nothing.
 """
 
 import logging
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 from indexer.embedding import Embedder
 from indexer.generation import GenerationStore
 from indexer.lexical import LexicalIndex
+from indexer.metadata_map import MetadataMap
 from indexer.search import CorpusSearcher
 from indexer.vector_index import EF_CONSTRUCTION, EF_SEARCH, HNSW_M, VectorIndex
 
@@ -45,9 +51,10 @@ class CorpusRegistry:
 
     def __init__(self, store: GenerationStore, exact_max: int = 50_000, *, hnsw_m: int = HNSW_M,
                  ef_construction: int = EF_CONSTRUCTION, ef_search: int = EF_SEARCH,
-                 load_embedder: Callable[[str], Embedder] = Embedder.load):
+                 load_embedder: Callable[[str], Embedder] = Embedder.load, sessions=None):
         self.store = store
         self.load_embedder = load_embedder
+        self.sessions = sessions  # a sessionmaker: where loaded generations read their MetadataMap
         self.exact_max = exact_max
         self.hnsw_m = hnsw_m
         self.ef_construction = ef_construction
@@ -69,11 +76,11 @@ class CorpusRegistry:
         if generation is None:
             vector = VectorIndex.empty(embedder.dimension, exact_max=self.exact_max, hnsw_m=self.hnsw_m,
                                        ef_construction=self.ef_construction, ef_search=self.ef_search)
-            lexical = LexicalIndex.build([], [])
+            lexical, metadata = LexicalIndex.build([], []), MetadataMap.empty()
         else:
-            vector, lexical = self._read(corpus_id, generation)
+            vector, lexical, metadata = self._read(corpus_id, generation)
         entry = CorpusEntry(corpus_id, embedding_model, generation,
-                            CorpusSearcher(embedder, vector, lexical), incarnation=incarnation)
+                            CorpusSearcher(embedder, vector, lexical, metadata), incarnation=incarnation)
         with self._lock:
             previous = self._entries.get(corpus_id)
             if previous is not None:
@@ -114,21 +121,32 @@ class CorpusRegistry:
         return self.current(corpus.id, corpus.embedding_model, corpus.current_generation, corpus.created_at,
                             may_load=may_load)
 
-    def _read(self, corpus_id: int, generation: int) -> tuple[VectorIndex, LexicalIndex]:
+    def _read(self, corpus_id: int, generation: int) -> tuple[VectorIndex, LexicalIndex, MetadataMap]:
         vector, lexical = self.store.load(corpus_id, generation)
         vector.ef_search = self.ef_search
-        return vector, lexical
+        return vector, lexical, self.read_metadata(corpus_id)
 
-    def publish(self, corpus_id: int, generation: int, vector: VectorIndex, lexical: LexicalIndex) -> None:
-        _switch(self._entries[corpus_id], generation, vector, lexical)
+    def read_metadata(self, corpus_id: int) -> MetadataMap:
+        """The corpus's chunk → document metadata map as SQL holds it now (SQL is at the generation
+        just read or newer: a chunk deleted since is allowed by no filter; one added since is not in
+        the index)."""
+        if self.sessions is None:
+            return MetadataMap.empty()
+        with self.sessions() as session:
+            return MetadataMap.read(session, corpus_id)
+
+    def publish(self, corpus_id: int, generation: int, vector: VectorIndex, lexical: LexicalIndex,
+                metadata: MetadataMap | None = None) -> None:
+        _switch(self._entries[corpus_id], generation, vector, lexical, metadata)
 
     def drop(self, corpus_id: int) -> None:
         with self._lock:
             self._entries.pop(corpus_id, None)
 
 
-def _switch(entry: CorpusEntry, generation: int, vector: VectorIndex, lexical: LexicalIndex) -> None:
-    entry.searcher = CorpusSearcher(entry.searcher.embedder, vector, lexical)
+def _switch(entry: CorpusEntry, generation: int, vector: VectorIndex, lexical: LexicalIndex,
+            metadata: MetadataMap | None) -> None:
+    entry.searcher = CorpusSearcher(entry.searcher.embedder, vector, lexical, metadata)
     entry.generation = generation
 
 

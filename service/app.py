@@ -21,6 +21,7 @@ from indexer.generation import GenerationStore
 from indexer.jobs import IngestionWorker, IngestLimits
 from indexer.registry import CorpusRegistry
 from migrations.runner import SchemaBehind, require_head
+from service.audit import AuditLog
 from service.auth import Authenticator
 from service.domains import RoutingTable
 from service.engine.client import EngineClient
@@ -28,11 +29,13 @@ from service.engine.pool import EnginePool
 from service.engine.supervisor import LocalEngine
 from service.errors import install_error_handlers
 from service.evals import EvalService
+from service.limits import RateLimiter, tenant_limits_loader
 from service.metrics import Metrics, RequestMetrics
+from service.openapi import install_openapi
 from service.rag.planner import Planner
 from service.rag.prompt import PromptBuilder
 from service.rag.retrieval import Retriever
-from service.routes import adapters, completions, console, corpora, domains, evals, health, jobs, trainings
+from service.routes import adapters, audit, completions, console, corpora, domains, evals, health, jobs, keys, trainings
 from service.settings import Settings
 from service.state import GatewayState
 from service.swap import SwapService
@@ -64,8 +67,10 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None) -
 
     app = FastAPI(title="graft", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    install_openapi(app)
+    app.add_middleware(AuditLog)  # inside RequestMetrics, which then counts its 500s
     app.add_middleware(RequestMetrics)
-    for module in (health, completions, corpora, domains, adapters, evals, trainings, jobs, console):
+    for module in (health, completions, corpora, domains, adapters, evals, trainings, jobs, keys, audit, console):
         app.include_router(module.router)
     return app
 
@@ -84,7 +89,8 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
 
     registry = CorpusRegistry(GenerationStore(settings.indexes_dir), settings.exact_search_max_vectors,
                               hnsw_m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
-                              ef_search=settings.hnsw_ef_search, load_embedder=embedder_loader(settings))
+                              ef_search=settings.hnsw_ef_search, load_embedder=embedder_loader(settings),
+                              sessions=sessions)
     await asyncio.to_thread(_load_corpora, sessions, registry)
     retriever = Retriever(db, registry)
     routing = RoutingTable(settings.base_model_name)
@@ -115,12 +121,14 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
     artifacts = AdapterArtifactStore(settings.adapters_dir / "store")
     artifacts.sweep_leftovers()
     swaps = SwapService(sessions, routing, loader, eval_service)
+    metrics = Metrics()
     state = GatewayState(
-        settings=settings, db=db, sessions=sessions, pool=pool, metrics=Metrics(),
+        settings=settings, db=db, sessions=sessions, pool=pool, metrics=metrics,
         auth=Authenticator(sessions, settings.api_keys), registry=registry, retriever=retriever,
         worker=worker, routing=routing, planner=planner, swaps=swaps,
         evals=eval_service, trainings=None,
         reconciler=reconciler, artifacts=artifacts,
+        limiter=RateLimiter(tenant_limits_loader(sessions), metrics=metrics),
         local_engine=local_engine, owns_engine=owns_engine)
     state.trainings = TrainingService(settings, sessions, retriever, planner.prompts, artifacts, swaps,
                                       eval_service, pool, state.base_shapes)

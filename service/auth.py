@@ -2,19 +2,28 @@
 
 Keys come from the database (`graft keys create`) and from GRAFT_API_KEYS (bootstrap admin keys).
 With no key at all, the gateway is open, and `graft serve` refuses to bind beyond loopback.
+
+A database key belongs to a tenant or is global (service/keys.py, adapters_store/tenancy.py): it
+names and sees its tenant's resources only; an inference key may be limited to some domains.
+
+A database key may carry a metadata filter (`graft keys create --filter '{"group": ["hr"]}'`): every
+retrieval made with it (search, completions) reads only documents the filter allows, and so does
+its listing of a corpus's documents.
 """
 
 import asyncio
 import hashlib
-import secrets
 from dataclasses import dataclass
 
 from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from adapters_store import tenancy
 from adapters_store.errors import Forbidden, Unauthenticated
 from adapters_store.models import ApiKey
+from indexer import filters
+from indexer.filters import MetadataFilter
 
 SCOPES = ("inference", "admin")
 
@@ -23,24 +32,25 @@ SCOPES = ("inference", "admin")
 class Principal:
     key_id: int | None  # None for bootstrap keys and open mode
     scope: str
+    filter: MetadataFilter | None = None  # the documents this key may read (None: all)
+    tenant: str | None = None  # whose resources it works on (None: a global key, adapters_store/tenancy.py)
+    domains: tuple[str, ...] | None = None  # the domains (full names) it may call (None: all its tenant's)
+    limits: dict | None = None  # the key's own {requests_per_minute, tokens_per_minute, concurrent}
+
+    def full_name(self, name: str, *, param: str = "name", kind: str = "resource") -> str:
+        """The stored name of what this key calls `name` (its tenant's, or any in full for a global key)."""
+        return tenancy.full_name(self.tenant, name, param=param, kind=kind)
+
+    def sees(self, stored_name: str) -> bool:
+        return tenancy.visible(self.tenant, stored_name)
+
+    def may_call(self, domain: str) -> bool:
+        """Whether the key may send requests to the domain (full name): its tenant's, and in its list."""
+        return self.sees(domain) and (self.domains is None or domain in self.domains)
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def new_key() -> str:
-    return "graft-" + secrets.token_urlsafe(32)
-
-
-def create_key(session: Session, name: str, scope: str) -> tuple[ApiKey, str]:
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}")
-    key = new_key()
-    row = ApiKey(name=name, prefix=key[:12], key_hash=hash_key(key), scope=scope)
-    session.add(row)
-    session.flush()
-    return row, key
 
 
 def any_key_configured(session: Session, bootstrap_keys: list[str]) -> bool:
@@ -58,7 +68,8 @@ class Authenticator:
 
     async def authenticate(self, request: Request, scope: str) -> Principal:
         if self.open_mode:
-            return Principal(None, "admin")
+            request.state.principal = Principal(None, "admin")
+            return request.state.principal
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -71,6 +82,7 @@ class Authenticator:
         if scope == "admin" and principal.scope != "admin":
             raise Forbidden("this key has scope 'inference'; the route needs 'admin'",
                             code="insufficient_scope")
+        request.state.principal = principal  # for what runs after the route (rate limits, audit)
         return principal
 
     def _bootstrap_principal(self, digest: str) -> Principal | None:
@@ -81,4 +93,10 @@ class Authenticator:
             row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
         if row is None or row.revoked:
             return None
-        return Principal(row.id, row.scope)
+        # Stored in canonical form by create_key; should it not parse, the request is refused
+        # rather than let the key read everything.
+        domains = None
+        if row.domains is not None:
+            domains = tuple(tenancy.full_name(row.tenant, d, param="api_key.domains") for d in row.domains)
+        return Principal(row.id, row.scope, filters.parse(row.metadata_filter, param="api_key.filter"),
+                         tenant=row.tenant, domains=domains, limits=row.limits)

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import signal
 import sys
@@ -21,9 +22,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="graft: knowl
 db_app = typer.Typer(no_args_is_help=True, help="Database schema")
 model_app = typer.Typer(no_args_is_help=True, help="Base model")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys")
+tenants_app = typer.Typer(no_args_is_help=True, help="tenants: teams or customers whose resources are kept apart")
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(keys_app, name="keys")
+app.add_typer(tenants_app, name="tenants")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(adapter_app, name="adapter")
 app.add_typer(domain_app, name="domain")
@@ -157,39 +160,96 @@ class _Server(uvicorn.Server):
 
 @keys_app.command("create")
 def keys_create(name: str = typer.Argument(..., help="who or what uses the key"),
-                scope: str = typer.Option("inference", help="inference | admin")) -> None:
+                scope: str = typer.Option("inference", help="inference | admin"),
+                tenant: str = typer.Option(None, help="the tenant the key belongs to (default: a global key)"),
+                domains: str = typer.Option(None, help="comma-separated domains an inference key may call"),
+                metadata_filter: str = typer.Option(
+                    None, "--filter", help='JSON metadata filter: the documents the key may read, e.g. '
+                                           '\'{"group": ["hr", "all"]}\''),
+                limits: str = typer.Option(None, help='JSON limits, e.g. \'{"requests_per_minute": 60, '
+                                                      '"tokens_per_minute": 20000, "concurrent": 4}\'')) -> None:
     """Create a key; it is printed once and stored only as a hash."""
-    from service.auth import SCOPES, create_key
+    from adapters_store.errors import GraftError
+    from service import audit
+    from service.keys import create_key
 
-    if scope not in SCOPES:
-        fail(f"scope must be one of {', '.join(SCOPES)}")
-    with _session() as session:
-        row, key = create_key(session, name, scope)
-        typer.echo(f"{key}\t(id {row.id}, scope {scope}; shown once)")
+    try:
+        with _session() as session:
+            row, key = create_key(session, name, scope, _json_option(metadata_filter, "--filter"), tenant=tenant,
+                                  domains=[d.strip() for d in domains.split(",")] if domains is not None else None,
+                                  limits=_json_option(limits, "--limits"))
+            audit.record(session, "key.create", str(row.id), details={"name": name, "scope": scope, "tenant": tenant})
+            typer.echo(f"{key}\t(id {row.id}, scope {scope}{_key_details(row, ', ')}; shown once)")
+    except GraftError as exc:
+        fail(exc.message)
+
+
+def _json_option(text: str | None, option: str):
+    from adapters_store import strict_json
+
+    if text is None:
+        return None
+    try:
+        return strict_json.loads(text)
+    except ValueError as exc:
+        fail(f"{option} is not valid JSON: {exc}")
+
+
+def _key_details(row, separator: str) -> str:
+    shown = {"tenant": row.tenant, "domains": row.domains, "filter": row.metadata_filter, "limits": row.limits}
+    return "".join(f"{separator}{field} {value if isinstance(value, str) else json.dumps(value)}"
+                   for field, value in shown.items() if value)
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    from sqlalchemy import select
-
-    from adapters_store.models import ApiKey
+    from service.keys import list_keys
 
     with _session() as session:
-        for row in session.scalars(select(ApiKey).order_by(ApiKey.id)):
+        for row in list_keys(session):
             state = "revoked" if row.revoked else "active"
-            typer.echo(f"{row.id}\t{row.prefix}…\t{row.scope}\t{state}\t{row.name}")
+            typer.echo(f"{row.id}\t{row.prefix}…\t{row.scope}\t{state}\t{row.name}{_key_details(row, chr(9))}")
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: int) -> None:
-    from adapters_store.models import ApiKey
+    from adapters_store.errors import NotFound
+    from service import audit
+    from service.keys import revoke_key
+
+    try:
+        with _session() as session:
+            revoke_key(session, key_id)
+            audit.record(session, "key.revoke", str(key_id))
+    except NotFound:
+        fail(f"no key with id {key_id}")
+    typer.echo(f"revoked key {key_id}")
+
+
+@tenants_app.command("create")
+def tenants_create(name: str = typer.Argument(..., help="letters, digits, `_`, `-`"),
+                   limits: str = typer.Option(None, help="JSON limits shared by all the tenant's keys")) -> None:
+    """Create a tenant; give it keys with `graft keys create --tenant NAME`."""
+    from adapters_store.errors import GraftError
+    from service import audit
+    from service.keys import create_tenant
+
+    try:
+        with _session() as session:
+            create_tenant(session, name, _json_option(limits, "--limits"))
+            audit.record(session, "tenant.create", name)
+    except GraftError as exc:
+        fail(exc.message)
+    typer.echo(f"created tenant {name}")
+
+
+@tenants_app.command("list")
+def tenants_list() -> None:
+    from service.keys import list_tenants
 
     with _session() as session:
-        row = session.get(ApiKey, key_id)
-        if row is None:
-            fail(f"no key with id {key_id}")
-        row.revoked = True
-    typer.echo(f"revoked key {key_id}")
+        for row in list_tenants(session):
+            typer.echo(f"{row.name}" + (f"\tlimits {json.dumps(row.limits)}" if row.limits else ""))
 
 
 def _session():

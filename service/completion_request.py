@@ -1,5 +1,6 @@
 """The fields of an OpenAI completion request that graft itself reads, typed and checked before
-planning. Every other field passes through to the engine untouched: the engine judges those."""
+planning. Every other field passes through to the engine untouched: the engine judges those.
+These models are also the completion routes' request schemas in the OpenAPI document."""
 
 from typing import Annotated, Any, Literal
 
@@ -8,6 +9,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -16,10 +18,15 @@ from pydantic import (
 )
 
 from service.errors import invalid_from
+from service.http_body import integral_numbers_as_ints
+from service.rag.planner import RetrievalOverride
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # A text part's `text` is a string (the validator below), in the schema too.
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "if": {"properties": {"type": {"const": "text"}}},
+        "then": {"properties": {"text": {"type": "string"}}, "required": ["text"]}})
     type: StrictStr
     text: StrictStr | None = None  # joined into the prompt and the retrieval query
 
@@ -43,7 +50,19 @@ def _as_parts(content: Any) -> Any:
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: Annotated[list[ContentPart] | None, BeforeValidator(_as_parts)] = None
+    content: Annotated[list[ContentPart] | None,
+                       BeforeValidator(_as_parts, json_schema_input_type=str | list[ContentPart] | None)] = None
+
+
+def _retrieval(value: Any) -> Any:
+    """`retrieval` as the planner reads it (false, true, or an override object), checked here
+    too so a bad one is refused whatever `model` names; passed on unchanged."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, dict):
+        RetrievalOverride.model_validate(value, strict=True)
+        return value
+    raise ValueError("`retrieval` must be false or an object {k, mode, corpora, min_score}")
 
 
 class _Completion(BaseModel):
@@ -51,6 +70,8 @@ class _Completion(BaseModel):
     model: StrictStr = Field(min_length=1, description="a domain name or the base model")
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     stream: StrictBool | None = None
+    retrieval: Annotated[Any, PlainValidator(_retrieval, json_schema_input_type=RetrievalOverride | bool | None)] = \
+        Field(default=None, description="graft's own: the domain's retrieval for this request, or false for none")
 
 
 class ChatCompletionRequest(_Completion):
@@ -61,10 +82,13 @@ class CompletionRequest(_Completion):
     prompt: StrictStr = Field(min_length=1)
 
 
-def validate_completion(kind: str, body: dict[str, Any]) -> None:
-    """Raise Invalid naming the first bad field of a "chat" or "text" completion request."""
+def validate_completion(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The body of a "chat" or "text" completion request, its integral numbers read as integers
+    (`"max_tokens": 64.0` is 64); raise Invalid naming its first bad field."""
     model = ChatCompletionRequest if kind == "chat" else CompletionRequest
+    body = integral_numbers_as_ints(body)
     try:
         model.model_validate(body)
     except ValidationError as exc:
         raise invalid_from(exc) from exc
+    return body

@@ -10,8 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from adapters_store.models import AdapterVersion, Domain
+from indexer import filters
+from indexer.filters import MetadataFilter
+from service.auth import Principal
 
-DEFAULT_RETRIEVAL = {"k": 4, "mode": "hybrid", "min_score": None}
+# `filter`: the domain's enforced metadata filter (canonical JSON form), or None.
+DEFAULT_RETRIEVAL = {"k": 4, "mode": "hybrid", "min_score": None, "filter": None}
 
 
 @dataclass(frozen=True)
@@ -24,19 +28,22 @@ class DomainRoute:
     retrieval: dict = field(default_factory=lambda: dict(DEFAULT_RETRIEVAL))
     created_at: int = 0
     gate: dict | None = None
+    filter: MetadataFilter | None = None  # parsed from retrieval["filter"]: every retrieval applies it
 
 
 def route_of(domain: Domain, base_model: str) -> DomainRoute:
     version = domain.adapter_version
+    retrieval = {**DEFAULT_RETRIEVAL, **(domain.retrieval or {})}
     return DomainRoute(
         name=domain.name,
         corpora=tuple(domain.corpora or ()),
         engine_model=version.engine_name if version is not None else base_model,
         adapter_path=version.path if version is not None else None,
         system_prompt=domain.system_prompt,
-        retrieval={**DEFAULT_RETRIEVAL, **(domain.retrieval or {})},
+        retrieval=retrieval,
         created_at=int(domain.created_at.timestamp()),
         gate=domain.gate,
+        filter=filters.parse(retrieval["filter"], param="retrieval.filter"),
     )
 
 
@@ -61,6 +68,15 @@ class RoutingTable:
 
     def all(self) -> list[DomainRoute]:
         return sorted(self._routes.values(), key=lambda r: r.name)
+
+    def may_read(self, principal: Principal, corpus: str) -> bool:
+        """Whether a key may retrieve from the corpus: its tenant's, and for a key limited to some
+        domains, a corpus one of them binds."""
+        if not principal.sees(corpus):
+            return False
+        if principal.domains is None:
+            return True
+        return any(corpus in route.corpora for d in principal.domains if (route := self._routes.get(d)))
 
     def using_corpus(self, corpus: str) -> list[str]:
         return [r.name for r in self._routes.values() if corpus in r.corpora]

@@ -10,8 +10,9 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from adapters_store.errors import (
     Conflict,
@@ -19,6 +20,7 @@ from adapters_store.errors import (
     GraftError,
     Invalid,
     NotFound,
+    RateLimited,
     TooLarge,
     Unauthenticated,
     Unavailable,
@@ -37,16 +39,40 @@ ERROR_TABLE: dict[type[GraftError], tuple[int, str]] = {
     Conflict: (409, "conflict_error"),
     TooLarge: (413, "request_too_large"),
     Unsupported: (415, "unsupported_media_type"),
+    RateLimited: (429, "rate_limit_error"),
     Unavailable: (503, "service_unavailable"),
 }
 _TYPE_OF_STATUS = {status: error_type for status, error_type in ERROR_TABLE.values()}
+# The catch-all's answer (an unexpected exception), in the same shape.
+INTERNAL_ERROR = (500, "internal_error")
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape every route answers with, OpenAI-style: documented for every error status."""
+    model_config = ConfigDict(extra="forbid")
+    error: ErrorDetail
+
+
+def error_statuses() -> dict[int, str]:
+    """Every status the error table can answer with, and its error type (the OpenAPI document
+    lists these, so a class added to the table is documented too)."""
+    return {**{status: error_type for status, error_type in ERROR_TABLE.values()},
+            INTERNAL_ERROR[0]: INTERNAL_ERROR[1]}
 
 
 def status_of(exc: GraftError) -> tuple[int, str]:
     for cls in type(exc).__mro__:
         if cls in ERROR_TABLE:
             return ERROR_TABLE[cls]
-    return 500, "internal_error"
+    return INTERNAL_ERROR
 
 
 def error_body(status_code: int, message: str, param: str | None = None,
@@ -75,6 +101,16 @@ def invalid_from(exc: ValidationError, prefix: str = "") -> Invalid:
     return Invalid(f"{param}: {message}" if param else message, param=param or None)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on this request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GraftError)
     async def _graft_error(_: Request, exc: GraftError):
@@ -101,13 +137,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return await _graft_error(request, invalid_from(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException):
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette's Allow names the first route of the path only
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return error_response(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         # Starlette re-raises the error after this answer, and uvicorn then closes the connection:
         # say so, or a keep-alive client sends its next request into a closed socket.
-        return error_response(500, "internal error", error_type="internal_error",
+        return error_response(INTERNAL_ERROR[0], "internal error", error_type=INTERNAL_ERROR[1],
                               headers={"Connection": "close"})

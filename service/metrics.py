@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.limits import tenant_label
+
 
 @dataclass
 class Metrics:
@@ -25,6 +27,16 @@ class Metrics:
         self.completion_tokens = Counter("graft_completion_tokens_total", "Generated tokens",
                                          ["model"], registry=r)
         self.engine_restarts = Gauge("graft_engine_restarts", "Local engine restarts", registry=r)
+        # Per tenant (service/limits.py): `tenant` is the tenant's name, "" for global keys and open mode.
+        self.tenant_requests = Counter("graft_requests_total", "Requests with a valid key, per tenant",
+                                       ["tenant", "route", "status"], registry=r)
+        self.rate_limited = Counter("graft_rate_limited_total", "Requests refused by a limit: `limit` is "
+                                    "requests_per_minute, tokens_per_minute or concurrent, `whose` key or tenant",
+                                    ["tenant", "limit", "whose"], registry=r)
+        self.in_flight = Gauge("graft_requests_in_flight", "Completion requests in flight, per tenant",
+                               ["tenant"], registry=r)
+        self.generated_tokens = Counter("graft_generated_tokens_total", "Generated tokens, per tenant",
+                                        ["tenant"], registry=r)
 
 
 
@@ -55,3 +67,6 @@ class RequestMetrics:
                 route = getattr(scope.get("route"), "path", "unmatched")
                 state.metrics.requests.labels(scope["method"], route, str(status)).inc()
                 state.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
+                principal = scope.get("state", {}).get("principal")  # set by a route's key check
+                if principal is not None:
+                    state.metrics.tenant_requests.labels(tenant_label(principal), route, str(status)).inc()

@@ -19,6 +19,7 @@ from service.domains import RoutingTable
 from service.engine.pool import EnginePool
 from service.engine.supervisor import LocalEngine
 from service.evals import EvalService
+from service.limits import RateLimiter
 from service.metrics import Metrics
 from service.rag.planner import Planner
 from service.rag.retrieval import Retriever
@@ -45,6 +46,7 @@ class GatewayState:
     trainings: TrainingService
     reconciler: Reconciler
     artifacts: AdapterArtifactStore
+    limiter: RateLimiter  # keys' and tenants' rate and concurrency limits (service/limits.py)
     local_engine: LocalEngine | None = None
     owns_engine: bool = False
     _shapes: BaseModelShapes | None = None
@@ -73,4 +75,5 @@ async def inference_principal(request: Request) -> Principal:
 
 
 async def admin_principal(request: Request) -> Principal:
+    request.state.audited = True  # a write that then answers 2xx is recorded (service/audit.py)
     return await request.app.state.graft.auth.authenticate(request, "admin")

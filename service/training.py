@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
-from adapters_store import adapter_repo
+from adapters_store import adapter_repo, tenancy
 from adapters_store.artifacts import AdapterArtifactStore
 from adapters_store.errors import Conflict
 from adapters_store.models import Corpus, Job, utcnow
@@ -78,6 +78,7 @@ class TrainingService:
         with self.sessions() as session, session.begin():
             corpus = session.scalar(select(Corpus).where(Corpus.name == request.corpus))
             job = Job(id=_new_id(), kind="train", corpus_id=corpus.id, status="queued",
+                      tenant=tenancy.tenant_of(request.adapter),
                       params={"adapter": request.adapter, **request.params})
             session.add(job)
             job_id = job.id

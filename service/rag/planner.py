@@ -7,11 +7,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from adapters_store import tenancy
 from adapters_store.errors import Invalid, NotFound
+from indexer import filters
 from indexer.registry import NotLoaded
 from indexer.search import MAX_K, SearchMode
+from service.auth import Principal
 from service.domains import DomainRoute, RoutingTable
 from service.errors import invalid_from
 from service.rag.plan import GRAFT_FIELDS, Plan, base_plan
@@ -23,8 +26,19 @@ class RetrievalOverride(BaseModel):
     model_config = ConfigDict(extra="forbid")
     k: int | None = Field(default=None, ge=0, le=MAX_K)
     mode: SearchMode | None = None
-    corpora: list[str] | None = Field(default=None, max_length=32)
+    corpora: list[tenancy.NameRef] | None = Field(default=None, max_length=32)
     min_score: float | None = Field(default=None, allow_inf_nan=False)
+    # Narrows what the domain's and the key's filters allow; never widens it.
+    filter: filters.JsonFilter | None = None
+
+    @field_validator("filter")
+    @classmethod
+    def _valid_filter(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        try:
+            filters.parse(value)
+        except Invalid as exc:
+            raise ValueError(exc.message) from None
+        return value
 
 
 class Planner:
@@ -48,7 +62,7 @@ class Planner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def plan(self, kind: str, body: dict[str, Any], *, gateway_idle: bool = False,
-                   engine_model: str | None = None) -> Plan:
+                   engine_model: str | None = None, principal: Principal | None = None) -> Plan:
         """`gateway_idle`: the caller has nothing else in flight (no engine request). Then, unless
         another plan is running, this one runs right here on the event loop: there is nothing
         for it to hold up, and the hop to a worker thread and back costs two thread wake-ups,
@@ -58,18 +72,23 @@ class Planner:
         loop keeps serving them meanwhile.
 
         `engine_model` replaces the domain's adapter for this request only (an evaluation of a
-        candidate version that is loaded but not routed)."""
+        candidate version that is loaded but not routed). `principal`: the API key the request came
+        with: `model` is in its tenant's namespace and must be a domain it may call, retrieval applies its
+        metadata filter with the domain's and the request's, and `retrieval.corpora` may name only corpora
+        it may read. None: a request from inside the gateway (an evaluation), names already in full."""
         model = body["model"]
-        if model == self.base_model:
+        if model == self.base_model and (principal is None or principal.domains is None):
             return base_plan(body, model)
+        if principal is not None:
+            model = principal.full_name(model, param="model", kind="model")
         route = self.routing.get(model)
-        if route is None:
+        if route is None or (principal is not None and not principal.may_call(model)):
             raise NotFound(f"model {model!r} does not exist: name a domain or {self.base_model!r} "
                            "(GET /v1/models lists them)", param="model", code="model_not_found")
         if engine_model is not None:
             route = dataclasses.replace(route, engine_model=engine_model)
         started = time.perf_counter()
-        settings = self._retrieval_settings(route, body.get("retrieval"))
+        settings = self._retrieval_settings(route, body.get("retrieval"), principal)
         if gateway_idle and not self._in_threads:
             try:
                 return self._plan_domain(kind, body, route, settings, started, may_load=False)
@@ -89,9 +108,12 @@ class Planner:
         passages, seconds = [], 0.0
         if settings is not None and query and settings["k"] > 0 and settings["corpora"]:
             try:
+                # `filters` only when there is one: tests/service/rag/test_planner.py's stand-in
+                # retriever does not take the argument yet.
+                access = {"filters": settings["filters"]} if any(settings["filters"]) else {}
                 hits, seconds = self.retriever.search(settings["corpora"], query, settings["k"],
                                                       settings["mode"], settings["min_score"],
-                                                      may_load=may_load)
+                                                      may_load=may_load, **access)
             except UnknownCorpus as exc:
                 exc.param = "retrieval.corpora"  # the request's own field, not a path segment
                 raise
@@ -116,21 +138,36 @@ class Planner:
                     retrieved=[p.document_id for p in passages],
                     retrieval_s=seconds, plan_s=time.perf_counter() - started)
 
-    def _retrieval_settings(self, route: DomainRoute, override: Any) -> dict | None:
+    def _retrieval_settings(self, route: DomainRoute, override: Any, principal: Principal | None = None
+                            ) -> dict | None:
+        """k, mode, min_score and corpora (the domain's, overridden by the request's), and
+        `filters`: the domain's, the key's and the request's, all applied (the retriever intersects them)."""
         if override is False:
             return None
         settings = {**route.retrieval, "corpora": list(route.corpora)}
+        settings.pop("filter", None)  # the domain's is route.filter, below
+        settings["filters"] = [route.filter, principal.filter if principal is not None else None]
         if override is None or override is True:
             return settings
         if not isinstance(override, dict):
-            raise Invalid("`retrieval` must be false or an object {k, mode, corpora, min_score}",
+            raise Invalid("`retrieval` must be false or an object {k, mode, corpora, min_score, filter}",
                           param="retrieval")
         try:
             parsed = RetrievalOverride.model_validate(override)
         except ValidationError as exc:
             raise invalid_from(exc, prefix="retrieval") from exc
-        settings.update({k: v for k, v in parsed.model_dump().items() if v is not None})
+        settings["filters"].append(filters.parse(parsed.filter, param="retrieval.filter"))
+        settings.update({k: v for k, v in parsed.model_dump(exclude={"filter", "corpora"}).items() if v is not None})
+        if parsed.corpora is not None:
+            settings["corpora"] = [self._readable(route, principal, c) for c in parsed.corpora]
         return settings
+
+    def _readable(self, route: DomainRoute, principal: Principal | None, corpus: str) -> str:
+        """A corpus the request names, in the domain's namespace, if the key may read it."""
+        stored = tenancy.within(route.name, corpus, param="retrieval.corpora", kind="corpus")
+        if principal is not None and not self.routing.may_read(principal, stored):
+            raise NotFound(f"corpus {corpus!r} does not exist", param="retrieval.corpora", code="corpus_not_found")
+        return stored
 
 
 def _query_of(kind: str, body: dict[str, Any]) -> str:

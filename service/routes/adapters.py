@@ -8,24 +8,28 @@ from fastapi.responses import JSONResponse
 
 from adapters_store import adapter_repo
 from adapters_store.artifacts import unpack_upload
-from adapters_store.corpus_repo import NAME_PATTERN
 from adapters_store.errors import Invalid, Unsupported
 from adapters_store.validation import validate_adapter
+from service.auth import Principal
+from service.http_body import request_body
+from service.responses import AdapterCreated, AdapterList, AdapterVersionList, Deleted, answers
+from service.routes import Name
 from service.routes.domains import MAX_VERSION
 from service.state import GatewayState, admin_principal, get_state
 from service.uploads import multipart_boundary, receive_files
 
-router = APIRouter(dependencies=[Depends(admin_principal)])
+router = APIRouter()
 
 
-def _check_name(name: str) -> None:
-    if not NAME_PATTERN.match(name) or "@" in name:
-        raise Invalid(f"invalid adapter name {name!r}", param="adapter")
+async def adapter_name(name: Name, principal: Principal = Depends(admin_principal)) -> str:
+    """The stored name of the adapter the path names, in the key's namespace."""
+    return principal.full_name(name, param="adapter", kind="adapter")
 
 
-@router.post("/v1/adapters/{name}/versions", status_code=201)
-async def upload_version(name: str, request: Request, state: GatewayState = Depends(get_state)):
-    _check_name(name)
+@router.post("/v1/adapters/{name}/versions", status_code=201, responses=answers(AdapterCreated, 201))
+@request_body(files="files", max_files=4, description="adapter_config.json and adapter_model.safetensors, "
+              "or one .tar.gz/.zip of them")
+async def upload_version(request: Request, name: str = Depends(adapter_name), state: GatewayState = Depends(get_state)):
     boundary = multipart_boundary(request)
     if boundary is None:
         raise Unsupported("upload the adapter as multipart/form-data with the repeatable field `files`",
@@ -60,25 +64,25 @@ def _unpack_and_validate(state: GatewayState, received, folder):
                             state.settings.lora_target_modules)
 
 
-@router.get("/v1/adapters")
-async def list_adapters(state: GatewayState = Depends(get_state)):
+@router.get("/v1/adapters", responses=answers(AdapterList))
+async def list_adapters(principal: Principal = Depends(admin_principal), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
         return {"object": "list", "data": [
             {"object": "adapter", "name": a.name,
              "versions": [v.version for v in a.versions if not v.deleted]}
-            for a in adapter_repo.list_adapters(session)]}
+            for a in adapter_repo.list_adapters(session) if principal.sees(a.name)]}
 
 
-@router.get("/v1/adapters/{name}/versions")
-async def list_versions(name: str, state: GatewayState = Depends(get_state)):
+@router.get("/v1/adapters/{name}/versions", responses=answers(AdapterVersionList))
+async def list_versions(name: str = Depends(adapter_name), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
         adapter = adapter_repo.get_adapter(session, name)
         return {"object": "list", "data": [adapter_repo.version_as_dict(v, name)
                                            for v in adapter.versions if not v.deleted]}
 
 
-@router.delete("/v1/adapters/{name}/versions/{version}")
-async def delete_version(name: str, version: int = Path(ge=1, le=MAX_VERSION),
+@router.delete("/v1/adapters/{name}/versions/{version}", responses=answers(Deleted))
+async def delete_version(name: str = Depends(adapter_name), version: int = Path(ge=1, le=MAX_VERSION),
                          state: GatewayState = Depends(get_state)):
     with state.sessions() as session, session.begin():
         row = adapter_repo.get_version(session, name, version)

@@ -14,6 +14,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
 from adapters_store.errors import NotFound
+from service.auth import Principal
+from service.responses import EngineList, answers
 from service.state import GatewayState, admin_principal, get_state
 
 router = APIRouter()
@@ -52,8 +54,9 @@ async def console_asset(path: str):
     return _file(target)
 
 
-@router.get("/v1/engines", dependencies=[Depends(admin_principal)])
-async def list_engines(state: GatewayState = Depends(get_state)):
+@router.get("/v1/engines", responses=answers(EngineList))
+async def list_engines(principal: Principal = Depends(admin_principal), state: GatewayState = Depends(get_state)):
+    """The engines and the adapters each holds (a tenant's key sees its own adapters only)."""
     return {"object": "list", "data": [
         {"object": "engine", "url": e.url, "healthy": e.healthy, "ready": e.ready, "in_flight": e.in_flight,
-         "adapters": sorted(e.loaded_adapters)} for e in state.pool.engines]}
+         "adapters": sorted(a for a in e.loaded_adapters if principal.sees(a))} for e in state.pool.engines]}

@@ -2,24 +2,33 @@
 rebuild the index with new chunking settings."""
 
 import asyncio
+import functools
 import shutil
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from adapters_store import corpus_repo as repo
+from adapters_store import tenancy
 from adapters_store.durable import fsync_dir
-from adapters_store.errors import Conflict, Invalid
+from adapters_store.errors import Conflict, Invalid, NotFound
 from adapters_store.models import Corpus
+from indexer import filters
 from indexer.deletion import delete_document
 from indexer.search import MAX_K, SearchMode
-from service.http_body import json_body
-from service.ingest_request import items_from_json, items_from_multipart
+from service.auth import Principal
+from service.http_body import json_body, request_body
+from service.ingest_request import MAX_FILES, JsonDocuments, items_from_json, items_from_multipart
+from service.responses import Corpus as CorpusAnswer
+from service.responses import CorpusList, Deleted, DocumentList, JobAccepted, SearchResult, answers
+from service.routes import Name
 from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state, inference_principal
 from service.uploads import multipart_boundary
 
 router = APIRouter()
+# The media types of the files an upload takes (a file's extension, when it has one, decides).
+FILE_TYPES = ("text/plain", "text/markdown", "text/html", "application/pdf", "application/jsonl")
 
 
 class Chunking(BaseModel):
@@ -30,7 +39,7 @@ class Chunking(BaseModel):
 
 
 class CorpusCreate(Chunking):
-    name: str = Field(pattern=repo.NAME_PATTERN.pattern)
+    name: str = Field(pattern=tenancy.FULL_NAME_PATTERN.pattern)
     embedding_model: str | None = Field(default=None, min_length=1, max_length=256)
 
 
@@ -43,6 +52,8 @@ class SearchRequest(BaseModel):
     query: str = Field(min_length=1, max_length=8192)
     k: int = Field(default=5, ge=1, le=MAX_K)
     mode: SearchMode = "hybrid"
+    # {metadata_key: value | [values]}: narrows what the key's filter allows (indexer/filters.py).
+    filter: filters.JsonFilter | None = None
 
     @model_validator(mode="after")
     def _query_not_blank(self):
@@ -61,9 +72,16 @@ def _remove_corpus_files(state: GatewayState, corpus_id: int) -> None:
     shutil.rmtree(state.settings.uploads_dir / str(corpus_id), ignore_errors=True)
 
 
-@router.post("/v1/corpora", status_code=201, dependencies=[Depends(admin_principal)])
-async def create_corpus(body: CorpusCreate = Depends(json_body(CorpusCreate)),
+async def corpus_name(name: Name, principal: Principal = Depends(admin_principal)) -> str:
+    """The stored name of the corpus the path names, in the key's namespace."""
+    return principal.full_name(name, param="corpus", kind="corpus")
+
+
+@router.post("/v1/corpora", status_code=201, responses=answers(CorpusAnswer, 201))
+async def create_corpus(principal: Principal = Depends(admin_principal),
+                        body: CorpusCreate = Depends(json_body(CorpusCreate)),
                         state: GatewayState = Depends(get_state)):
+    name = principal.full_name(body.name, kind="corpus")
     s = state.settings
     size = body.chunk_size or s.default_chunk_size
     overlap = body.chunk_overlap if body.chunk_overlap is not None else min(s.default_chunk_overlap, size // 4)
@@ -77,27 +95,28 @@ async def create_corpus(body: CorpusCreate = Depends(json_body(CorpusCreate)),
         raise Invalid(f"embedding model {model!r} cannot be loaded: {exc}",
                       param="embedding_model") from exc
     with state.sessions() as session, session.begin():
-        corpus = repo.create_corpus(session, body.name, size, overlap, model, bool(body.contextual_headers))
+        corpus = repo.create_corpus(session, name, size, overlap, model, bool(body.contextual_headers))
         # SQLite may give the new corpus the id of a deleted one: files that one left behind (a
         # crash between its delete's commit and the file removal) must not become this one's.
         _remove_corpus_files(state, corpus.id)
         return repo.corpus_stats(session, corpus).as_dict()
 
 
-@router.get("/v1/corpora", dependencies=[Depends(admin_principal)])
-async def list_corpora(state: GatewayState = Depends(get_state)):
+@router.get("/v1/corpora", responses=answers(CorpusList))
+async def list_corpora(principal: Principal = Depends(admin_principal), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
-        return {"object": "list", "data": [s.as_dict() for s in repo.list_corpora(session)]}
+        return {"object": "list", "data": [s.as_dict() for s in repo.list_corpora(session)
+                                           if principal.sees(s.corpus.name)]}
 
 
-@router.get("/v1/corpora/{name}", dependencies=[Depends(admin_principal)])
-async def get_corpus(name: str, state: GatewayState = Depends(get_state)):
+@router.get("/v1/corpora/{name}", responses=answers(CorpusAnswer))
+async def get_corpus(name: str = Depends(corpus_name), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
         return repo.corpus_stats(session, repo.get_corpus(session, name)).as_dict()
 
 
-@router.delete("/v1/corpora/{name}", dependencies=[Depends(admin_principal)])
-async def delete_corpus(name: str, state: GatewayState = Depends(get_state)):
+@router.delete("/v1/corpora/{name}", responses=answers(Deleted))
+async def delete_corpus(name: str = Depends(corpus_name), state: GatewayState = Depends(get_state)):
     corpus = _corpus(state, name)
     users = state.routing.using_corpus(name)
     if users:
@@ -110,8 +129,10 @@ async def delete_corpus(name: str, state: GatewayState = Depends(get_state)):
     return {"object": "corpus.deleted", "name": name, "deleted": True}
 
 
-@router.post("/v1/corpora/{name}/documents", status_code=202, dependencies=[Depends(admin_principal)])
-async def upload_documents(name: str, request: Request, state: GatewayState = Depends(get_state)):
+@router.post("/v1/corpora/{name}/documents", status_code=202, responses=answers(JobAccepted, 202))
+@request_body(json=JsonDocuments, files="files", max_files=MAX_FILES, file_types=FILE_TYPES)
+async def upload_documents(request: Request, name: str = Depends(corpus_name),
+                           state: GatewayState = Depends(get_state)):
     corpus = _corpus(state, name)
     dest = state.settings.uploads_dir / str(corpus.id)
     boundary = multipart_boundary(request)
@@ -128,8 +149,8 @@ async def upload_documents(name: str, request: Request, state: GatewayState = De
     return accepted(job_id)
 
 
-@router.post("/v1/corpora/{name}/rebuild", status_code=202, dependencies=[Depends(admin_principal)])
-async def rebuild(name: str, body: RebuildRequest = Depends(json_body(RebuildRequest)),
+@router.post("/v1/corpora/{name}/rebuild", status_code=202, responses=answers(JobAccepted, 202))
+async def rebuild(name: str = Depends(corpus_name), body: RebuildRequest = Depends(json_body(RebuildRequest)),
                   state: GatewayState = Depends(get_state)):
     """Re-extract, re-chunk and re-embed every document into a new index generation; searches
     answer from the current one until the switch."""
@@ -141,18 +162,20 @@ async def rebuild(name: str, body: RebuildRequest = Depends(json_body(RebuildReq
     return accepted(job_id)
 
 
-@router.get("/v1/corpora/{name}/documents", dependencies=[Depends(admin_principal)])
-async def list_documents(name: str, state: GatewayState = Depends(get_state),
-                         limit: int = Query(100, ge=1, le=1000), after: str | None = None):
+@router.get("/v1/corpora/{name}/documents", responses=answers(DocumentList))
+async def list_documents(name: str = Depends(corpus_name), state: GatewayState = Depends(get_state),
+                         limit: int = Query(100, ge=1, le=1000), after: str | None = None,
+                         principal: Principal = Depends(admin_principal)):
     corpus = _corpus(state, name)
+    keep = principal.filter.matches if principal.filter is not None else None  # a key sees what it may read
     with state.sessions() as session:
-        documents = repo.list_documents(session, corpus, limit, after)
+        documents = repo.list_documents(session, corpus, limit, after, keep)
         return {"object": "list", "data": [repo.document_as_dict(d) for d in documents],
                 "has_more": len(documents) == limit}
 
 
-@router.delete("/v1/corpora/{name}/documents/{document_id:path}", dependencies=[Depends(admin_principal)])
-async def remove_document(name: str, document_id: str, state: GatewayState = Depends(get_state)):
+@router.delete("/v1/corpora/{name}/documents/{document_id:path}", responses=answers(Deleted))
+async def remove_document(document_id: str, name: str = Depends(corpus_name), state: GatewayState = Depends(get_state)):
     corpus = _corpus(state, name)
     with state.sessions() as session:
         document = repo.get_document(session, corpus, document_id)
@@ -164,8 +187,15 @@ async def remove_document(name: str, document_id: str, state: GatewayState = Dep
     return {"object": "document.deleted", "id": document_id, "deleted": True, "generation": generation}
 
 
-@router.post("/v1/corpora/{name}/search", dependencies=[Depends(inference_principal)])
-async def search(name: str, body: SearchRequest = Depends(json_body(SearchRequest)),
+@router.post("/v1/corpora/{name}/search", responses=answers(SearchResult))
+async def search(name: Name, principal: Principal = Depends(inference_principal),
+                 body: SearchRequest = Depends(json_body(SearchRequest)),
                  state: GatewayState = Depends(get_state)):
-    hits, _ = await asyncio.to_thread(state.retriever.search, [name], body.query, body.k, body.mode)
+    await state.limiter.count_request(principal)  # against requests_per_minute (service/limits.py)
+    name = principal.full_name(name, param="corpus", kind="corpus")
+    if not state.routing.may_read(principal, name):
+        raise NotFound(f"corpus {name!r} does not exist", param="corpus", code="corpus_not_found")
+    requested = filters.parse(body.filter, param="filter")
+    hits, _ = await asyncio.to_thread(functools.partial(
+        state.retriever.search, [name], body.query, body.k, body.mode, filters=[principal.filter, requested]))
     return {"object": "list", "hits": [hit.as_dict() for hit in hits]}

@@ -6,14 +6,17 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from adapters_store import adapter_repo
-from adapters_store.corpus_repo import NAME_PATTERN
+from adapters_store import adapter_repo, tenancy
 from adapters_store.errors import Invalid, NotFound
+from adapters_store.tenancy import FULL_NAME_PATTERN
 from evaluation.metrics import METRICS
+from indexer import filters
 from indexer.search import MAX_K, SearchMode
 from service.auth import Principal
 from service.domains import DEFAULT_RETRIEVAL, DomainRoute
 from service.http_body import json_body
+from service.responses import Deleted, Domain, DomainHistory, DomainList, DomainSwapped, ModelList, answers
+from service.routes import Name
 from service.state import GatewayState, admin_principal, get_state, inference_principal
 from service.swap import Binding
 
@@ -26,7 +29,7 @@ Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 
 class AdapterRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=NAME_PATTERN.pattern)
+    name: str = Field(pattern=FULL_NAME_PATTERN.pattern)
     version: Version
 
 
@@ -35,13 +38,15 @@ class RetrievalSettings(BaseModel):
     k: int = Field(default=DEFAULT_RETRIEVAL["k"], ge=0, le=MAX_K)
     mode: SearchMode = DEFAULT_RETRIEVAL["mode"]
     min_score: float | None = Field(default=None, allow_inf_nan=False)
+    # Enforced on every retrieval of the domain: {metadata_key: value | [values]} (indexer/filters.py).
+    filter: filters.JsonFilter | None = None
 
 
 class Gate(BaseModel):
     """Swap only when the candidate scores `metric` at least `min_delta` above the current binding."""
     model_config = ConfigDict(extra="forbid")
-    evalset: str = Field(pattern=NAME_PATTERN.pattern)
-    metric: str
+    evalset: str = Field(pattern=FULL_NAME_PATTERN.pattern)
+    metric: str = Field(json_schema_extra={"enum": list(METRICS)})
     min_delta: float = Field(default=0.0, ge=-1.0, le=1.0, allow_inf_nan=False)
 
     @field_validator("metric")
@@ -54,7 +59,7 @@ class Gate(BaseModel):
 
 class DomainPut(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    corpora: list[str] = Field(default_factory=list, max_length=32)
+    corpora: list[tenancy.NameRef] = Field(default_factory=list, max_length=32)
     adapter: AdapterRef | None = None
     system_prompt: str | None = Field(default=None, max_length=20_000)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
@@ -63,7 +68,7 @@ class DomainPut(BaseModel):
 
 class SwapBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    adapter: str = Field(pattern=NAME_PATTERN.pattern)
+    adapter: str = Field(pattern=FULL_NAME_PATTERN.pattern)
     version: Version
     gate: Gate | None = None
 
@@ -78,6 +83,11 @@ def domain_as_dict(route: DomainRoute) -> dict:
             "retrieval": route.retrieval, "gate": route.gate, "created_at": route.created_at}
 
 
+async def domain_name(name: Name, principal: Principal = Depends(admin_principal)) -> str:
+    """The stored name of the domain the path names, in the key's namespace."""
+    return principal.full_name(name, param="domain", kind="domain")
+
+
 def _route(state: GatewayState, name: str) -> DomainRoute:
     route = state.routing.get(name)
     if route is None:
@@ -85,67 +95,82 @@ def _route(state: GatewayState, name: str) -> DomainRoute:
     return route
 
 
-@router.put("/v1/domains/{name}")
-async def put_domain(name: str, response: Response, state: GatewayState = Depends(get_state),
+@router.put("/v1/domains/{name}", responses=answers(Domain, 200, 201))
+async def put_domain(response: Response, name: str = Depends(domain_name), state: GatewayState = Depends(get_state),
                      principal: Principal = Depends(admin_principal),
                      body: DomainPut = Depends(json_body(DomainPut))):
-    if not NAME_PATTERN.match(name) or name == state.settings.base_model_name:
-        raise Invalid(f"invalid domain name {name!r}", param="domain")
-    binding = Binding(corpora=body.corpora, system_prompt=body.system_prompt,
-                      adapter=(body.adapter.name, body.adapter.version) if body.adapter else None,
-                      retrieval=body.retrieval.model_dump(),
-                      gate=body.gate.model_dump() if body.gate else None)
+    if name == state.settings.base_model_name:
+        raise Invalid(f"invalid domain name {name!r}: it is the base model's", param="domain")
+    enforced = filters.parse(body.retrieval.filter, param="retrieval.filter")
+    retrieval = {**body.retrieval.model_dump(), "filter": enforced.as_dict() if enforced is not None else None}
+    # What the body names lives in the domain's namespace: a tenant's domain binds its own things.
+    corpora = [tenancy.within(name, c, param="corpora", kind="corpus") for c in body.corpora]
+    adapter = None
+    if body.adapter:
+        adapter = (tenancy.within(name, body.adapter.name, param="adapter.name", kind="adapter"), body.adapter.version)
+    binding = Binding(corpora=corpora, system_prompt=body.system_prompt, adapter=adapter, retrieval=retrieval,
+                      gate=_gate(name, body.gate))
     created = await state.swaps.put(name, binding, principal.key_id)
     response.status_code = 201 if created else 200
     return domain_as_dict(_route(state, name))
 
 
-@router.delete("/v1/domains/{name}", dependencies=[Depends(admin_principal)])
-async def delete_domain(name: str, state: GatewayState = Depends(get_state)):
+def _gate(domain: str, gate: Gate | None) -> dict | None:
+    if gate is None:
+        return None
+    return {**gate.model_dump(), "evalset": tenancy.within(domain, gate.evalset, param="gate.evalset", kind="evalset")}
+
+
+@router.delete("/v1/domains/{name}", responses=answers(Deleted))
+async def delete_domain(name: str = Depends(domain_name), state: GatewayState = Depends(get_state)):
     await state.swaps.delete(name)
     return {"object": "domain.deleted", "name": name, "deleted": True}
 
 
-@router.get("/v1/domains", dependencies=[Depends(admin_principal)])
-async def list_domains(state: GatewayState = Depends(get_state)):
-    return {"object": "list", "data": [domain_as_dict(r) for r in state.routing.all()]}
+@router.get("/v1/domains", responses=answers(DomainList))
+async def list_domains(principal: Principal = Depends(admin_principal), state: GatewayState = Depends(get_state)):
+    return {"object": "list", "data": [domain_as_dict(r) for r in state.routing.all() if principal.sees(r.name)]}
 
 
-@router.get("/v1/domains/{name}", dependencies=[Depends(admin_principal)])
-async def get_domain(name: str, state: GatewayState = Depends(get_state)):
+@router.get("/v1/domains/{name}", responses=answers(Domain))
+async def get_domain(name: str = Depends(domain_name), state: GatewayState = Depends(get_state)):
     return domain_as_dict(_route(state, name))
 
 
-@router.post("/v1/domains/{name}/adapter")
-async def swap_adapter(name: str, state: GatewayState = Depends(get_state),
+@router.post("/v1/domains/{name}/adapter", responses=answers(DomainSwapped))
+async def swap_adapter(name: str = Depends(domain_name), state: GatewayState = Depends(get_state),
                        principal: Principal = Depends(admin_principal),
                        body: SwapBody = Depends(json_body(SwapBody))):
     started = time.perf_counter()
-    gate = await state.swaps.swap(name, body.adapter, body.version, principal.key_id,
-                                  body.gate.model_dump() if body.gate else None)
+    adapter = tenancy.within(name, body.adapter, param="adapter", kind="adapter")
+    gate = await state.swaps.swap(name, adapter, body.version, principal.key_id, _gate(name, body.gate))
     return {**domain_as_dict(state.routing.get(name)), "swap_seconds": time.perf_counter() - started,
             "gate_result": gate}
 
 
-@router.post("/v1/domains/{name}/rollback")
-async def rollback(name: str, state: GatewayState = Depends(get_state),
+@router.post("/v1/domains/{name}/rollback", responses=answers(DomainSwapped))
+async def rollback(name: str = Depends(domain_name), state: GatewayState = Depends(get_state),
                    principal: Principal = Depends(admin_principal)):
     started = time.perf_counter()
     await state.swaps.rollback(name, principal.key_id)
     return {**domain_as_dict(state.routing.get(name)), "swap_seconds": time.perf_counter() - started}
 
 
-@router.get("/v1/domains/{name}/history", dependencies=[Depends(admin_principal)])
-async def domain_history(name: str, state: GatewayState = Depends(get_state)):
+@router.get("/v1/domains/{name}/history", responses=answers(DomainHistory))
+async def domain_history(name: str = Depends(domain_name), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
         domain = adapter_repo.get_domain(session, name)
         return {"object": "list", "data": adapter_repo.history(session, domain)}
 
 
-@router.get("/v1/models", dependencies=[Depends(inference_principal)])
-async def list_models(state: GatewayState = Depends(get_state)):
+@router.get("/v1/models", responses=answers(ModelList))
+async def list_models(principal: Principal = Depends(inference_principal), state: GatewayState = Depends(get_state)):
+    """What the key may call: its tenant's domains (those in its list, if it has one) and the base
+    model (unless it is limited to some domains). A tenant's domains are listed by their full name."""
     base = state.settings.base_model_name
-    models = [{"id": base, "object": "model", "created": 0, "owned_by": "graft", "root": base}]
+    models = []
+    if principal.domains is None:
+        models.append({"id": base, "object": "model", "created": 0, "owned_by": "graft", "root": base})
     models += [{"id": r.name, "object": "model", "created": r.created_at, "owned_by": "graft",
-                "root": r.engine_model} for r in state.routing.all()]
+                "root": r.engine_model} for r in state.routing.all() if principal.may_call(r.name)]
     return {"object": "list", "data": models}

@@ -8,19 +8,34 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from adapters_store import eval_repo, strict_json
-from adapters_store.corpus_repo import NAME_PATTERN
-from adapters_store.errors import Invalid
+from adapters_store import eval_repo, strict_json, tenancy
+from adapters_store.errors import Invalid, NotFound
+from adapters_store.tenancy import FULL_NAME_PATTERN
 from indexer.search import MAX_K, SearchMode
+from service.auth import Principal
 from service.errors import invalid_from
 from service.evals import EvalRequest
-from service.http_body import json_body, read_json_object
+from service.http_body import json_body, read_json_object, request_body
+from service.responses import Deleted, Eval, EvalItems, EvalList, EvalSet, EvalSetList, JobAccepted, answers
+from service.routes import Name
 from service.routes.domains import AdapterRef
 from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state
 from service.uploads import multipart_boundary, receive_files
 
-router = APIRouter(dependencies=[Depends(admin_principal)])
+router = APIRouter()
+
+
+async def evalset_name(name: Name, principal: Principal = Depends(admin_principal)) -> str:
+    """The stored name of the evaluation set the path names, in the key's namespace."""
+    return principal.full_name(name, param="evalset", kind="evalset")
+
+
+def _visible_eval(session, principal: Principal, eval_id: str):
+    run = eval_repo.get_eval(session, eval_id)
+    if not principal.sees(run.domain):
+        raise NotFound(f"evaluation {eval_id!r} does not exist", param="eval_id", code="eval_not_found")
+    return run
 
 
 class EvalItemIn(BaseModel):
@@ -33,7 +48,7 @@ class EvalItemIn(BaseModel):
 
 class EvalSetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=NAME_PATTERN.pattern)
+    name: str = Field(pattern=FULL_NAME_PATTERN.pattern)
     items: list[EvalItemIn] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -52,8 +67,8 @@ class RetrievalIn(BaseModel):
 
 class EvalIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    domain: str = Field(pattern=NAME_PATTERN.pattern)
-    evalset: str = Field(pattern=NAME_PATTERN.pattern)
+    domain: str = Field(pattern=FULL_NAME_PATTERN.pattern)
+    evalset: str = Field(pattern=FULL_NAME_PATTERN.pattern)
     adapter: AdapterRef | None = None
     retrieval: RetrievalIn | Literal[False] | None = None
     max_tokens: int = Field(default=64, ge=1, le=4096)
@@ -65,9 +80,11 @@ def _stored_items(body: EvalSetIn) -> list[dict]:
              "document_ids": item.document_ids} for i, item in enumerate(body.items)]
 
 
-@router.post("/v1/evalsets", status_code=201)
-async def create_evalset(request: Request, state: GatewayState = Depends(get_state),
-                         name: str | None = Query(None, description="the set's name, for a JSONL upload")):
+@router.post("/v1/evalsets", status_code=201, responses=answers(EvalSet, 201))
+@request_body(json=EvalSetIn, files="files", max_files=1,
+              description="the set as JSON, or one JSONL file of items (its name from `name` or the file's)")
+async def create_evalset(request: Request, principal: Principal = Depends(admin_principal),
+                         state: GatewayState = Depends(get_state), name: str | None = Query(None, description="the set's name, for a JSONL upload")):
     boundary = multipart_boundary(request)
     raw = await (_jsonl_upload(request, boundary, state, name) if boundary is not None
                  else read_json_object(request, state.settings.max_request_bytes))
@@ -78,7 +95,8 @@ async def create_evalset(request: Request, state: GatewayState = Depends(get_sta
     except ValidationError as exc:
         raise invalid_from(exc) from exc
     with state.sessions() as session, session.begin():
-        return eval_repo.evalset_as_dict(eval_repo.create_evalset(session, body.name, _stored_items(body)))
+        stored = principal.full_name(body.name, kind="evalset")
+        return eval_repo.evalset_as_dict(eval_repo.create_evalset(session, stored, _stored_items(body)))
 
 
 async def _jsonl_upload(request: Request, boundary: bytes, state: GatewayState, name: str | None) -> dict:
@@ -102,37 +120,45 @@ async def _jsonl_upload(request: Request, boundary: bytes, state: GatewayState, 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-@router.get("/v1/evalsets")
-async def list_evalsets(state: GatewayState = Depends(get_state)):
+@router.get("/v1/evalsets", responses=answers(EvalSetList))
+async def list_evalsets(principal: Principal = Depends(admin_principal), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
-        return {"object": "list", "data": [eval_repo.evalset_as_dict(e) for e in eval_repo.list_evalsets(session)]}
+        return {"object": "list", "data": [eval_repo.evalset_as_dict(e) for e in eval_repo.list_evalsets(session)
+                                           if principal.sees(e.name)]}
 
 
-@router.get("/v1/evalsets/{name}")
-async def get_evalset(name: str, state: GatewayState = Depends(get_state)):
+@router.get("/v1/evalsets/{name}", responses=answers(EvalSet))
+async def get_evalset(name: str = Depends(evalset_name), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
         return eval_repo.evalset_as_dict(eval_repo.get_evalset(session, name), with_items=True)
 
 
-@router.delete("/v1/evalsets/{name}")
-async def delete_evalset(name: str, state: GatewayState = Depends(get_state)):
+@router.delete("/v1/evalsets/{name}", responses=answers(Deleted))
+async def delete_evalset(name: str = Depends(evalset_name), state: GatewayState = Depends(get_state)):
     """Runs keep the set's name and hash, so deleting a set loses none of them."""
     with state.sessions() as session, session.begin():
         session.delete(eval_repo.get_evalset(session, name))
     return {"object": "evalset.deleted", "name": name, "deleted": True}
 
 
-@router.post("/v1/evals", status_code=202)
-async def start_eval(body: EvalIn = Depends(json_body(EvalIn)), state: GatewayState = Depends(get_state)):
+@router.post("/v1/evals", status_code=202, responses=answers(JobAccepted, 202))
+async def start_eval(principal: Principal = Depends(admin_principal), body: EvalIn = Depends(json_body(EvalIn)),
+                     state: GatewayState = Depends(get_state)):
     retrieval = body.retrieval.model_dump(exclude_none=True) if isinstance(body.retrieval, RetrievalIn) \
         else body.retrieval
-    request = EvalRequest(body.domain, body.evalset, retrieval=retrieval, max_tokens=body.max_tokens,
-                          adapter=body.adapter.model_dump() if body.adapter else None)
+    # The set and the candidate live in the domain's namespace.
+    domain = principal.full_name(body.domain, param="domain", kind="domain")
+    evalset = tenancy.within(domain, body.evalset, param="evalset", kind="evalset")
+    adapter = None
+    if body.adapter:
+        adapter = {"name": tenancy.within(domain, body.adapter.name, param="adapter.name", kind="adapter"),
+                   "version": body.adapter.version}
+    request = EvalRequest(domain, evalset, retrieval=retrieval, max_tokens=body.max_tokens, adapter=adapter)
     state.evals.check(request)  # unknown domain or set: 404 before any adapter is loaded
     if body.adapter is None:
         job_id, eval_id = state.evals.submit(request)
     else:
-        candidate = await state.swaps.stage(body.adapter.name, body.adapter.version)
+        candidate = await state.swaps.stage(adapter["name"], adapter["version"])
         try:
             job_id, eval_id = state.evals.submit(dataclasses.replace(request, engine_model=candidate),
                                                  on_done=lambda: state.swaps.release(candidate))
@@ -142,22 +168,26 @@ async def start_eval(body: EvalIn = Depends(json_body(EvalIn)), state: GatewaySt
     return accepted(job_id, eval_id=eval_id)
 
 
-@router.get("/v1/evals")
-async def list_evals(state: GatewayState = Depends(get_state), domain: str | None = None,
-                     limit: int = Query(100, ge=1, le=1000)):
+@router.get("/v1/evals", responses=answers(EvalList))
+async def list_evals(principal: Principal = Depends(admin_principal), state: GatewayState = Depends(get_state),
+                     domain: tenancy.NameRef | None = None, limit: int = Query(100, ge=1, le=1000)):
+    if domain is not None:
+        domain = principal.full_name(domain, param="domain", kind="domain")
     with state.sessions() as session:
-        return {"object": "list", "data": [eval_repo.eval_as_dict(r) for r in eval_repo.list_evals(session, domain,
-                                                                                                    limit)]}
+        runs = eval_repo.list_evals(session, domain, limit, tenant=principal.tenant)
+        return {"object": "list", "data": [eval_repo.eval_as_dict(r) for r in runs]}
 
 
-@router.get("/v1/evals/{eval_id}")
-async def get_eval(eval_id: str, state: GatewayState = Depends(get_state)):
+@router.get("/v1/evals/{eval_id}", responses=answers(Eval))
+async def get_eval(eval_id: str, principal: Principal = Depends(admin_principal),
+                   state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
-        return eval_repo.eval_as_dict(eval_repo.get_eval(session, eval_id))
+        return eval_repo.eval_as_dict(_visible_eval(session, principal, eval_id))
 
 
-@router.get("/v1/evals/{eval_id}/items")
-async def get_eval_items(eval_id: str, state: GatewayState = Depends(get_state)):
+@router.get("/v1/evals/{eval_id}/items", responses=answers(EvalItems))
+async def get_eval_items(eval_id: str, principal: Principal = Depends(admin_principal),
+                         state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
-        run = eval_repo.get_eval(session, eval_id)
+        run = _visible_eval(session, principal, eval_id)
         return {"object": "list", "items": [eval_repo.eval_item_as_dict(i) for i in eval_repo.eval_items(session, run)]}

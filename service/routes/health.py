@@ -1,10 +1,12 @@
 """Liveness, readiness and Prometheus metrics."""
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from adapters_store.db import ping
 from service.errors import error_response
+from service.openapi import error_responses
 from service.state import GatewayState, get_state
 
 router = APIRouter()
@@ -15,7 +17,7 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=error_responses(503))
 async def readyz(state: GatewayState = Depends(get_state)):
     problems = []
     try:
@@ -30,7 +32,7 @@ async def readyz(state: GatewayState = Depends(get_state)):
     return {"status": "ready", "engines": [e.url for e in state.pool.engines if e.ready]}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     state: GatewayState = request.app.state.graft
     state.metrics.engine_ready.set(sum(e.ready for e in state.pool.engines))

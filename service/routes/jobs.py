@@ -5,9 +5,22 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from adapters_store import corpus_repo
 from adapters_store.errors import Conflict, NotFound
+from adapters_store.models import Job
+from service.auth import Principal
+from service.responses import Job as JobAnswer
+from service.responses import JobCancelling, answers
 from service.state import GatewayState, admin_principal, get_state
 
-router = APIRouter(dependencies=[Depends(admin_principal)])
+router = APIRouter()
+
+
+def _job(state: GatewayState, principal: Principal, job_id: str) -> Job:
+    """The job, if the key's tenant owns it (a global key sees every job)."""
+    with state.sessions() as session:
+        job = corpus_repo.get_job(session, job_id)
+    if principal.tenant is not None and job.tenant != principal.tenant:
+        raise NotFound(f"job {job_id!r} does not exist", param="job_id", code="job_not_found")
+    return job
 
 
 def accepted(job_id: str, **extra) -> JSONResponse:
@@ -16,18 +29,19 @@ def accepted(job_id: str, **extra) -> JSONResponse:
                         headers={"Location": f"/v1/jobs/{job_id}"})
 
 
-@router.get("/v1/jobs/{job_id}")
-async def get_job(job_id: str, state: GatewayState = Depends(get_state)):
+@router.get("/v1/jobs/{job_id}", responses=answers(JobAnswer))
+async def get_job(job_id: str, principal: Principal = Depends(admin_principal),
+                  state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
-        return corpus_repo.job_as_dict(corpus_repo.get_job(session, job_id))
+        return corpus_repo.job_as_dict(corpus_repo.get_job(session, _job(state, principal, job_id).id))
 
 
-@router.post("/v1/jobs/{job_id}/cancel")
-async def cancel_job(job_id: str, state: GatewayState = Depends(get_state)):
+@router.post("/v1/jobs/{job_id}/cancel", responses=answers(JobCancelling))
+async def cancel_job(job_id: str, principal: Principal = Depends(admin_principal),
+                     state: GatewayState = Depends(get_state)):
     """Cancel a training or an evaluation; ingestion and rebuilds run to their end."""
-    with state.sessions() as session:
-        job = corpus_repo.get_job(session, job_id)
-        kind, status = job.kind, job.status
+    job = _job(state, principal, job_id)
+    kind, status = job.kind, job.status
     if status not in ("queued", "running"):
         raise Conflict(f"job {job_id!r} is already {status}", param="job_id", code="job_finished")
     cancel = {"train": state.trainings.cancel, "eval": state.evals.cancel}.get(kind)
@@ -36,11 +50,12 @@ async def cancel_job(job_id: str, state: GatewayState = Depends(get_state)):
     return {"object": "job", "id": job_id, "status": "cancelling"}
 
 
-@router.get("/v1/jobs/{job_id}/examples")
-async def training_examples(job_id: str, state: GatewayState = Depends(get_state)):
+@router.get("/v1/jobs/{job_id}/examples", response_class=FileResponse, responses={200: {
+    "description": "JSONL, one example a line", "content": {"application/jsonl": {"schema": {"type": "string"}}}}})
+async def training_examples(job_id: str, principal: Principal = Depends(admin_principal),
+                            state: GatewayState = Depends(get_state)):
     """The examples a training used, as JSONL (each with the prompt, the target and its source)."""
-    with state.sessions() as session:
-        job = corpus_repo.get_job(session, job_id)
+    job = _job(state, principal, job_id)
     path = state.trainings.folder(job.id) / "examples.jsonl"
     if job.kind != "train" or not path.is_file():
         raise NotFound(f"job {job_id!r} has no training examples", param="job_id", code="examples_not_found")

@@ -5,11 +5,13 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters_store import corpus_repo, eval_repo
-from adapters_store.corpus_repo import NAME_PATTERN
+from adapters_store import corpus_repo, eval_repo, tenancy
 from adapters_store.errors import Invalid, NotFound
+from adapters_store.tenancy import FULL_NAME_PATTERN
 from service.auth import Principal
 from service.http_body import json_body
+from service.responses import JobAccepted, answers
+from service.routes import Name
 from service.routes.domains import Gate
 from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state
@@ -21,30 +23,29 @@ router = APIRouter()
 
 class Promotion(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    domain: str = Field(pattern=NAME_PATTERN.pattern)
+    domain: str = Field(pattern=FULL_NAME_PATTERN.pattern)
     gate: Gate | None = None
 
 
 class TrainingIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    corpus: str = Field(pattern=NAME_PATTERN.pattern)
+    corpus: str = Field(pattern=FULL_NAME_PATTERN.pattern)
     recipe: Literal[RECIPES]
     base: str | None = None
     rank: int = Field(default=8, ge=1, le=256)
     epochs: int | None = Field(default=None, ge=1, le=100)  # None: the recipe's default
     max_examples: int = Field(default=200, ge=1)
     learning_rate: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
-    evalset: str | None = Field(default=None, pattern=NAME_PATTERN.pattern)
+    evalset: str | None = Field(default=None, pattern=FULL_NAME_PATTERN.pattern)
     promote: Promotion | None = None
 
 
-@router.post("/v1/adapters/{name}/trainings", status_code=202)
-async def start_training(name: str, state: GatewayState = Depends(get_state),
+@router.post("/v1/adapters/{name}/trainings", status_code=202, responses=answers(JobAccepted, 202))
+async def start_training(name: Name, state: GatewayState = Depends(get_state),
                          principal: Principal = Depends(admin_principal),
                          body: TrainingIn = Depends(json_body(TrainingIn))):
     settings = state.settings
-    if not NAME_PATTERN.match(name) or "@" in name:
-        raise Invalid(f"invalid adapter name {name!r}", param="adapter")
+    name = principal.full_name(name, param="adapter", kind="adapter")
     if body.base not in (None, settings.base_model_name):
         raise Invalid(f"this gateway trains adapters for its base model {settings.base_model_name!r} only",
                       param="base")
@@ -56,20 +57,28 @@ async def start_training(name: str, state: GatewayState = Depends(get_state),
     if body.evalset and not body.promote:
         raise Invalid("an evaluation runs through a domain: give `promote.domain` with `evalset`",
                       param="evalset")
+    # What the body names lives in the adapter's namespace (a tenant trains on its own corpora).
+    corpus = tenancy.within(name, body.corpus, param="corpus", kind="corpus")
+    evalset = tenancy.within(name, body.evalset, param="evalset", kind="evalset") if body.evalset else None
+    promote = body.promote.model_dump() if body.promote else None
+    if promote is not None:
+        promote["domain"] = tenancy.within(name, promote["domain"], param="promote.domain", kind="domain")
+        if promote.get("gate"):
+            promote["gate"]["evalset"] = tenancy.within(name, promote["gate"]["evalset"], param="promote.gate.evalset",
+                                                        kind="evalset")
     with state.sessions() as session:
-        corpus_repo.get_corpus(session, body.corpus)
-        if body.evalset:
-            eval_repo.get_evalset(session, body.evalset)
-        gate = body.promote.gate if body.promote else None
-        if gate is not None:
-            eval_repo.get_evalset(session, gate.evalset)
-    if body.promote and state.routing.get(body.promote.domain) is None:
+        corpus_repo.get_corpus(session, corpus)
+        if evalset:
+            eval_repo.get_evalset(session, evalset)
+        if promote is not None and promote.get("gate"):
+            eval_repo.get_evalset(session, promote["gate"]["evalset"])
+    if promote is not None and state.routing.get(promote["domain"]) is None:
         raise NotFound(f"domain {body.promote.domain!r} does not exist", param="promote.domain",
                        code="domain_not_found")
     params = {**RECIPE_DEFAULTS[body.recipe], **body.model_dump(exclude_none=True)}
-    request = TrainingRequest(adapter=name, corpus=body.corpus, recipe=body.recipe, rank=body.rank,
+    request = TrainingRequest(adapter=name, corpus=corpus, recipe=body.recipe, rank=body.rank,
                               epochs=params["epochs"], max_examples=body.max_examples,
-                              learning_rate=params["learning_rate"], evalset=body.evalset,
-                              promote=body.promote.model_dump() if body.promote else None,
+                              learning_rate=params["learning_rate"], evalset=evalset,
+                              promote=promote,
                               key_id=principal.key_id, params=params)
     return accepted(state.trainings.submit(request))

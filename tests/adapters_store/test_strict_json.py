@@ -11,7 +11,7 @@ def nested(depth: int) -> str:
 
 @pytest.mark.parametrize("text", [
     '{"a": [1, -2, 3.5, true, null, "x"], "b": {}}',
-    str(MAX_INT), str(MIN_INT), "1e308", "-0.0",
+    str(MAX_INT), str(MIN_INT), "9.2e18", "-9.2e18", "1e-300", "-0.0",
     nested(MAX_DEPTH), '{"a": ' * (MAX_DEPTH - 1) + "{}" + "}" * (MAX_DEPTH - 1),
     '"\\ud83d\\ude00 paired"', '"\\\\ud800 an escaped backslash, not an escape"',
 ])
@@ -25,6 +25,8 @@ def test_what_json_allows_and_graft_can_keep_reads_as_json_loads(text):
     ('{"x": [Infinity]}', "Infinity is not a JSON number"),
     ("-Infinity", "-Infinity is not a JSON number"),
     ("1e999", "out of range"),
+    ("1e308", "numbers must lie within"),
+    ("-1.5e19", "numbers must lie within"),
     (str(MAX_INT + 1), "signed 64 bits"),
     (str(MIN_INT - 1), "signed 64 bits"),
     ("9" * 5000, "signed 64 bits"),  # past int()'s digit limit too

@@ -4,14 +4,14 @@ The retrieval, embedder, tokenizer and database are real; the answers from the r
 checked in test_completions_engine.py.
 """
 
+import asyncio
 import json
-import time
 
 import pytest
 from sqlalchemy.orm import sessionmaker
 
 from adapters_store.db import make_engine, session_scope
-from service.auth import create_key
+from service.keys import create_key
 from tests.harness import client, running_gateway
 from tests.service.test_corpora_api import wait_job
 
@@ -104,22 +104,31 @@ async def test_prompt_carries_numbered_passages_and_citations(gateway, fake_engi
 
 
 async def test_stream_events_are_relayed_as_the_engine_sends_them(gateway, fake_engine):
-    """No buffering: each engine event reaches the client when the engine sends it. (Timing on the
-    real engine depends on how busy the machine is; the fake engine's pace is fixed.)"""
+    """No buffering: the engine sends each event only once the client has received the one before.
+    A relay that held events back would leave the client waiting for one the engine never sends;
+    the engine's wait then ends (a generous bound) and the event counts as held back."""
     await gateway.put("/v1/domains/lore", json={"corpora": ["lore"]})
-    fake_engine.stream_pace = 0.05
-    arrivals = []
+    received, arrived, held_back = [0], asyncio.Event(), []
+
+    async def after_event(i: int) -> None:
+        if held_back:
+            return  # already failed: finish quickly
+        try:
+            while received[0] <= i:
+                arrived.clear()
+                await asyncio.wait_for(arrived.wait(), 60)
+        except asyncio.TimeoutError:
+            held_back.append(i)
+
+    fake_engine.after_event = after_event
     async with gateway.stream("POST", "/v1/chat/completions", json={
             "model": "lore", "stream": True, "messages": [{"role": "user", "content": "Zorblax founder?"}]}) as response:
-        started = time.perf_counter()
         async for line in response.aiter_lines():
             if line.startswith("data: {"):
-                arrivals.append(time.perf_counter() - started)
-    assert len(arrivals) > 20, len(arrivals)  # the prompt echoed back, a word per event
-    gaps = sorted(later - earlier for earlier, later in zip(arrivals, arrivals[1:]))
-    # A buffering relay delivers in bursts: most gaps ~0. (A median, as a busy machine may
-    # delay the odd event.)
-    assert gaps[len(gaps) // 2] > 0.03, gaps
+                received[0] += 1
+                arrived.set()
+    assert received[0] > 20, received[0]  # the prompt echoed back, a word per event
+    assert not held_back, f"event {held_back[0]} reached the client only after the engine sent more"
 
 
 async def test_completion_errors(gateway, fake_engine):
