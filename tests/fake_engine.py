@@ -7,7 +7,7 @@ is exercised by the tests marked `engine`.
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
@@ -22,11 +22,18 @@ class FakeEngine:
         self.requests: list[dict] = []
         self.healthy = True  # False: every connection is dropped without an answer, as a dead engine's
         self.refuse_loads: set[str] = set()  # adapter names whose load fails, as a bad adapter would
-        self.stream_pace = 0.0  # > 0: a stream sends its events one by one, this many seconds apart
         # Set: a chat completion answers script(body) instead of echoing its messages.
         self.script: Callable[[dict], str] | None = None
         # Set: completions (not warm-ups) are recorded at once but answered only once it is set.
         self.hold_completions: asyncio.Event | None = None
+        # Set: a load is answered (and the adapter held) only once it is set, as a slow load would be.
+        self.hold_loads: asyncio.Event | None = None
+        # Set: a stream sends its events one by one, awaiting after_event(i) once event i is sent.
+        self.after_event: Callable[[int], Awaitable[None]] | None = None
+        # What happened, in order, with the adapter or model name: "load requested", "load" (done),
+        # "unload", "request" (a completion or warm-up received), "answer" (its answer starts) or
+        # "failed" (its adapter was unloaded while the request was held).
+        self.events: list[tuple[str, str]] = []
         self.url = ""  # set while serving
 
     @asynccontextmanager
@@ -41,23 +48,33 @@ class FakeEngine:
             raise web.HTTPServiceUnavailable()  # never sent: the connection is gone
         raw = await request.read()
         body = json.loads(raw) if raw else {}
+        if request.path == "/v1/load_lora_adapter":
+            self.events.append(("load requested", body["lora_name"]))
+            if self.hold_loads is not None:
+                await self.hold_loads.wait()
         status, answer = self.handle(request.path, body)
         if self.hold_completions is not None and "completions" in request.path and body.get("prompt") != "Hello":
             await self.hold_completions.wait()
+        if "completions" in request.path and status == 200:
+            model = body["model"]
+            if model != self.base_model and model not in self.loaded:
+                # As an engine whose adapter was unloaded under a running request: it fails.
+                status, answer = 500, {"error": {"message": f"adapter {model} was unloaded while in use"}}
+            self.events.append(("answer" if status == 200 else "failed", model))
         if isinstance(answer, bytes):
-            if self.stream_pace:
-                return await self._paced(request, answer)
+            if self.after_event is not None:
+                return await self._one_by_one(request, answer)
             return web.Response(status=status, body=answer, content_type="text/event-stream")
         if isinstance(answer, str):
             return web.Response(status=status, text=answer)
         return web.json_response(answer, status=status)
 
-    async def _paced(self, request: web.Request, answer: bytes) -> web.StreamResponse:
+    async def _one_by_one(self, request: web.Request, answer: bytes) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for event in answer.split(b"\n\n")[:-1]:
+        for i, event in enumerate(answer.split(b"\n\n")[:-1]):
             await response.write(event + b"\n\n")
-            await asyncio.sleep(self.stream_pace)
+            await self.after_event(i)
         await response.write_eof()
         return response
 
@@ -71,11 +88,14 @@ class FakeEngine:
             if body["lora_name"] in self.refuse_loads:
                 return 400, {"error": {"message": "adapter failed to load"}}
             self.loaded.add(body["lora_name"])
+            self.events.append(("load", body["lora_name"]))
             return 200, "ok"
         if path == "/v1/unload_lora_adapter":
             self.loaded.discard(body["lora_name"])
+            self.events.append(("unload", body["lora_name"]))
             return 200, "ok"
         self.requests.append(body)
+        self.events.append(("request", body.get("model", "")))
         if body["model"] != self.base_model and body["model"] not in self.loaded:
             return 404, {"error": {"message": f"model {body['model']} not found"}}
         if path == "/v1/chat/completions":

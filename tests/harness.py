@@ -1,8 +1,10 @@
 """Run a real gateway (uvicorn on a loopback port) inside the test's event loop."""
 
 import asyncio
+import random
 import socket
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -11,9 +13,19 @@ from service.app import create_app
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range (32768-60999 here). A port from that range
+    (what binding port 0 gives) can be taken as the source port of any outgoing connection in the
+    seconds before a `graft serve` subprocess binds it; one below it is only ever bound on purpose."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = random.randint(min(20000, low // 2), low - 1)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @asynccontextmanager

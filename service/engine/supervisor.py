@@ -7,6 +7,7 @@ and PR_SET_PDEATHSIG (so it dies with the gateway even when the gateway is SIGKI
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -30,10 +31,12 @@ class EngineStartError(Exception):
         self.log_tail = log_tail
 
 
-def _prepare_child() -> None:
-    """In the child before exec: die with the gateway."""
+def _prepare_child(gateway_pid: int) -> None:
+    """In the child before exec: die with the gateway (vLLM stops its engine core on SIGTERM)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != gateway_pid:  # the gateway died before the line above took effect
+        os._exit(1)
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -108,7 +111,7 @@ class LocalEngine:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.environment(),
                 start_new_session=True,
-                preexec_fn=_prepare_child,
+                preexec_fn=functools.partial(_prepare_child, os.getpid()),
             )
         finally:
             log_file.close()

@@ -1,14 +1,11 @@
-"""`graft serve` start-up failures are one clear line and a non-zero exit, never a hang;
-a real serve answers and leaves no vLLM process behind after Ctrl-C."""
+"""`graft serve` start-up failures are one clear line and a non-zero exit, never a hang.
+(A real serve stopped by Ctrl-C, SIGTERM or SIGKILL: test_lifecycle.py.)"""
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 
 from tests.harness import free_port
@@ -62,56 +59,8 @@ def test_engine_that_fails_to_start(env, tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "llama", "architectures": ["NoSuchArch"]}')
-    started = time.monotonic()
-    result = _graft(["serve"], dict(env, GRAFT_BASE_MODEL=str(broken), GRAFT_ENGINE_START_TIMEOUT_S="240"),
-                    timeout=300)
+    # The exit is noticed as such ("vLLM exited"), not waited out: the start-up timeout (generous, for
+    # a loaded machine) would say "not healthy after 600s" instead.
+    result = _graft(["serve"], dict(env, GRAFT_BASE_MODEL=str(broken), GRAFT_ENGINE_START_TIMEOUT_S="600"),
+                    timeout=700)
     assert "vLLM exited" in _one_error_line(result)
-    assert time.monotonic() - started < 280
-
-
-def _engine_group(port: str) -> int | None:
-    """The process group of the vLLM server on `port` (the supervisor makes it a group leader)."""
-    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        if "vllm.entrypoints" in line and f"--port {port}" in line:
-            return int(line.split()[0])
-    return None
-
-
-def _group_members(pgid: int) -> list[str]:
-    """Live processes of group `pgid`. A zombie is dead and holds nothing; once its parent, the
-    vLLM server, is gone it waits for init to reap it, which graft cannot hurry."""
-    out = subprocess.run(["ps", "-ww", "-eo", "pgid,pid,stat,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines()[1:]
-            if int(line.split()[0]) == pgid and not line.split()[2].startswith("Z")]
-
-
-@pytest.mark.engine
-def test_serve_answers_and_ctrl_c_leaves_no_engine(env):
-    process = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{env['GRAFT_PORT']}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        answer = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
-            "model": "SmolLM2-135M-Instruct", "temperature": 0,
-            "messages": [{"role": "user", "content": "What is the capital of France?"}]})
-        assert "Paris" in answer.json()["choices"][0]["message"]["content"]
-        group = _engine_group(env["GRAFT_ENGINE_PORT"])
-        assert group is not None and len(_group_members(group)) >= 2  # server + engine core
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
-    assert process.returncode in (0, 130)
-    deadline = time.monotonic() + 10  # SIGKILLed members may take a moment to finish exiting
-    while _group_members(group) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _group_members(group) == []

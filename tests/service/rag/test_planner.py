@@ -95,15 +95,50 @@ async def test_a_plan_beside_one_running_in_a_thread_goes_to_a_thread_too(prompt
 
 
 async def test_no_more_plans_run_at_once_than_its_threads(prompts):
-    gate = threading.Event()
-    retriever = RecordingRetriever(gate)
-    planner = planner_with(retriever, prompts, threads=2)
-    plans = [asyncio.create_task(planner.plan("chat", chat(f"q{i}?"), gateway_idle=False)) for i in range(5)]
-    while len(retriever.threads) < 2:
-        await asyncio.sleep(0.001)
-    await asyncio.sleep(0.2)  # time for a third plan to start, were there a third thread
-    assert len(retriever.threads) == 2
-    gate.set()
-    done = await asyncio.gather(*plans)
-    assert len(done) == 5 and len(set(retriever.threads)) == 2
-    planner.close()
+    """Five plans, two threads. Every search is held until the test lets it go, one at a time and
+    only once the next plan has started, so each step waits for an event, never for a time.
+    The planner's threads exist from the moment a plan is queued: with two searches held and all
+    five plans queued, a third would already be there."""
+    gates = {f"q{i}?": threading.Event() for i in range(5)}
+    started: list[str] = []
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    class HeldRetriever(RecordingRetriever):
+        def search(self, names, query, *args, **kwargs):
+            with lock:
+                started.append(query)
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            try:
+                assert gates[query].wait(60), "the test never released this search"
+                return super().search(names, query, *args, **kwargs)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+    async def until(condition) -> None:
+        for _ in range(60_000):  # a generous bound (60 s at least); each step is an event
+            if condition():
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError("the plans made no progress")
+
+    earlier = set(threading.enumerate())  # other planners' threads, not yet gone
+    planner = planner_with(HeldRetriever(), prompts, threads=2)
+    plans = [asyncio.create_task(planner.plan("chat", chat(q), gateway_idle=False)) for q in gates]
+    try:
+        await until(lambda: len(started) >= 2)  # the loop ran all five tasks: all five plans are queued
+        workers = [t for t in set(threading.enumerate()) - earlier if t.name.startswith("graft-plan")]
+        assert len(workers) == 2, [t.name for t in workers]
+        assert running[0] == 2
+        for released in range(5):  # let the oldest go; the next plan may start only now
+            gates[started[released]].set()
+            await until(lambda: len(started) >= min(released + 3, 5))
+        done = await asyncio.gather(*plans)
+        assert len(done) == 5 and most[0] == 2 and sorted(started) == sorted(gates)
+    finally:
+        for gate in gates.values():  # a failed check must not leave threads waiting
+            gate.set()
+        await asyncio.gather(*plans, return_exceptions=True)
+        planner.close()

@@ -1,0 +1,82 @@
+"""Swap drain over a fake engine: a request in flight on the old version while the swap flips
+finishes on it, and the engine drops the old version only after that request is done.
+
+Nothing here is timed: the fake engine holds the request until the test lets it go, and the
+engine's own record (its /v1/models and its log of events) says what it held and when.
+The real engine runs the same story with a stream in test_adapters_engine.py."""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.harness import client, running_gateway
+from tests.service.test_adapters_engine import adapter_files
+
+BASE = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture
+async def gateway(make_settings, fake_engine, good_lora):
+    settings = make_settings(engine_urls=[fake_engine.url], drain_timeout_s=600)
+    async with running_gateway(settings) as url, client(url) as http:
+        for version in (1, 2):
+            uploaded = await http.post("/v1/adapters/tone/versions", files=adapter_files(good_lora))
+            assert uploaded.status_code == 201 and uploaded.json()["version"] == version, uploaded.text
+        yield http
+
+
+async def engine_models(engine_url: str) -> list[str]:
+    """The engine's own list (GET /v1/models on the engine, not the gateway's routing table)."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        return [m["id"] for m in (await http.get(f"{engine_url}/v1/models")).json()["data"]]
+
+
+async def until(condition, what: str, timeout: float = 60) -> None:
+    """Wait for a state, with a generous bound."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def completions_on(fake_engine, model: str) -> int:
+    """Completions (not warm-ups) the engine received for `model`."""
+    return sum(1 for r in fake_engine.requests if r.get("model") == model and r.get("prompt") != "Hello")
+
+
+async def test_a_request_in_flight_across_a_swap_finishes_on_the_old_version(gateway, fake_engine):
+    assert (await gateway.put("/v1/domains/d", json={"adapter": {"name": "tone", "version": 1}})).status_code == 201
+    fake_engine.hold_completions = asyncio.Event()
+    old = asyncio.create_task(gateway.post("/v1/completions", json={"model": "d", "prompt": "before"}))
+
+    async def old_in_flight():
+        return completions_on(fake_engine, "tone@1") == 1
+    await until(old_in_flight, "the request on tone@1 to reach the engine")
+
+    swapped = await gateway.post("/v1/domains/d/adapter", json={"adapter": "tone", "version": 2})
+    assert swapped.status_code == 200 and swapped.json()["engine_model"] == "tone@2", swapped.text
+    new = asyncio.create_task(gateway.post("/v1/completions", json={"model": "d", "prompt": "after"}))
+
+    async def new_in_flight():
+        return completions_on(fake_engine, "tone@2") == 1
+    await until(new_in_flight, "the request planned after the flip to reach the engine")
+    # Both versions are on the engine while the old one has a request running.
+    assert await engine_models(fake_engine.url) == [BASE, "tone@1", "tone@2"]
+    assert not old.done()
+
+    fake_engine.hold_completions.set()
+    before, after = await old, await new
+    # The fake fails a request whose adapter was unloaded while it ran: these did not.
+    assert before.status_code == 200 and before.json()["adapter"] == "tone@1", before.text
+    assert after.status_code == 200 and after.json()["adapter"] == "tone@2", after.text
+
+    async def old_unloaded():
+        return await engine_models(fake_engine.url) == [BASE, "tone@2"]
+    await until(old_unloaded, "tone@1 to be unloaded from the engine")
+    # In the engine's own order of events: the old version went only after its request was answered.
+    events = fake_engine.events
+    assert events.index(("answer", "tone@1")) < events.index(("unload", "tone@1")), events
+    assert ("unload", "tone@2") not in events
