@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     training_threads: int = Field(default=2, ge=1, le=256)
     training_batch_size: int = Field(default=4, ge=1, le=256)
     training_max_examples: int = Field(default=2000, ge=1, le=100_000)
+    # "local": the gateway runs each training as its own child process; "queue": it hands the run to
+    # `graft trainer` workers through DATA/trainings (training/queue.py; compose's GPU trainer service).
+    trainer: Literal["local", "queue"] = "local"
+    # queue: a claimed run whose worker has not touched it for this long fails (the worker died).
+    trainer_stale_after_s: float = Field(default=120.0, ge=1.0)
 
     @field_validator("api_keys", "engine_urls", "engine_extra_args", "lora_target_modules", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ from service.rag.retrieval import Retriever
 from service.settings import Settings
 from service.swap import SwapService
 from service.training_data import ExampleBuilder, build_examples, corpus_chunks, synthesize, write_examples
+from training import queue
 
 log = logging.getLogger(__name__)
 QUESTION_TOKENS = 96  # room for the base model's "Q: … A: …" about a chunk
@@ -113,6 +114,8 @@ class TrainingService:
                                                          Job.status.in_(("queued", "running")))):
                 job.status, job.updated_at = "failed", utcnow()
                 job.reason = "the gateway restarted during the training; start it again"
+                if self.settings.trainer == "queue" and self.folder(job.id).is_dir():
+                    queue.request_cancel(self.folder(job.id))  # a worker still running it stops
 
     async def _run_logged(self, job_id: str, request: TrainingRequest) -> None:
         try:
@@ -187,24 +190,38 @@ class TrainingService:
                   "threads": self.settings.training_threads, "seed": 0, "precision": "auto",
                   "checkpoint_dir": None, "resume": False}
         (folder / "config.json").write_text(json.dumps(config))
+        done: dict | None = None
+        error = None
+
+        def on_event(event: dict) -> None:
+            nonlocal done, error
+            if event.get("event") == "progress":
+                self._update(job_id, progress={"stage": "training", **{k: event.get(k) for k in (
+                    "step", "steps", "epoch", "loss", "tokens_per_s", "eta_s")}})
+            elif event.get("event") == "done":
+                done = event
+            elif event.get("event") == "error":
+                error = event.get("message")
+
+        if self.settings.trainer == "queue":
+            code = await self._train_by_worker(job_id, folder, on_event)
+        else:
+            code = await self._train_here(job_id, folder, on_event)
+        if code != 0 or done is None:
+            raise RuntimeError(f"the trainer exited with code {code}: {error or 'see trainer.log'}")
+        return done.get("loss_curve") or [], done.get("final_loss")
+
+    async def _train_here(self, job_id: str, folder, on_event) -> int:
+        """The trainer as this gateway's child process, its events read from its stdout."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "training.run", str(folder / "config.json"),
             stdout=asyncio.subprocess.PIPE, stderr=(folder / "trainer.log").open("ab"),
             stdin=asyncio.subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         self._processes[job_id] = process
-        done: dict | None = None
-        error = None
         try:
             async for line in process.stdout:
-                event = _event(line)
-                if event.get("event") == "progress":
-                    self._update(job_id, progress={"stage": "training", **{k: event.get(k) for k in (
-                        "step", "steps", "epoch", "loss", "tokens_per_s", "eta_s")}})
-                elif event.get("event") == "done":
-                    done = event
-                elif event.get("event") == "error":
-                    error = event.get("message")
-            code = await process.wait()
+                on_event(queue.parse_event(line))
+            return await process.wait()
         except asyncio.CancelledError:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
@@ -213,9 +230,16 @@ class TrainingService:
                 if process.returncode is None:
                     process.kill()
             raise
-        if code != 0 or done is None:
-            raise RuntimeError(f"the trainer exited with code {code}: {error or 'see trainer.log'}")
-        return done.get("loss_curve") or [], done.get("final_loss")
+
+    async def _train_by_worker(self, job_id: str, folder, on_event) -> int:
+        """The run handed to a `graft trainer` worker through the shared folder (training/queue.py)."""
+        self._update(job_id, progress={"stage": "waiting for a trainer"})
+        queue.enqueue(folder)
+        try:
+            return await queue.follow(folder, on_event, stale_after_s=self.settings.trainer_stale_after_s)
+        except asyncio.CancelledError:
+            queue.request_cancel(folder)
+            raise
 
     async def _ask_base_model(self, prompt: str) -> str:
         """The base model's greedy answer, through the same engines as traffic."""
@@ -258,14 +282,6 @@ class TrainingService:
             if reason is not None:
                 job.reason = reason
             job.updated_at = utcnow()
-
-
-def _event(line: bytes) -> dict:
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return {}
-    return event if isinstance(event, dict) else {}
 
 
 def _new_id() -> str:

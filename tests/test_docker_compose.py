@@ -90,8 +90,8 @@ def gateway_settings(services, monkeypatch) -> Settings:
     return Settings()
 
 
-def test_three_services_and_named_volumes(compose, services):
-    assert set(services) == {"postgres", "vllm", "gateway"}
+def test_four_services_and_named_volumes(compose, services):
+    assert set(services) == {"postgres", "vllm", "gateway", "trainer"}
     declared = set(compose.get("volumes") or {})
     for service in services.values():
         for target, source in mounts(service).items():
@@ -203,12 +203,13 @@ def test_gateway_image_is_built_from_the_service_dockerfile(services):
     text = dockerfile.read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     assert lines[0] == "FROM python:3.11-slim"
-    assert re.search(r"pip install torch==2\.13\.0 --index-url https://download\.pytorch\.org/whl/cpu", text)
+    assert re.search(r"ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cpu\n", text)
+    assert re.search(r'pip install torch==2\.13\.0 \$\{TORCH_INDEX_URL:\+--index-url "\$TORCH_INDEX_URL"\}', text)
     install = [ln for ln in lines if re.search(r"pip install \.(\s|$)", ln)]
     assert install, "the gateway is installed from the build context"
     assert not any("vllm" in ln.lower() or "[cpu" in ln for ln in lines), "the gateway image carries no vLLM"
     code = "\n".join(lines)
-    assert code.index("download.pytorch.org/whl/cpu") < code.index(install[0]), "CPU torch first"
+    assert code.index("pip install torch==") < code.index(install[0]), "torch (CPU by default) first"
     users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), "run as a non-root user"
     assert "EXPOSE 8000" in lines
@@ -224,3 +225,18 @@ def test_gateway_image_is_built_from_the_service_dockerfile(services):
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     for pattern in packages["include"]:
         assert pattern.rstrip("*") in copied, f"the image does not copy the {pattern.rstrip('*')} package"
+
+
+def test_the_trainer_runs_the_gateways_queued_trainings_on_a_gpu(services, monkeypatch):
+    trainer, gateway = services["trainer"], services["gateway"]
+    assert gateway_settings(services, monkeypatch).trainer == "queue"
+    assert trainer["build"] == {**services["gateway"]["build"], "args": {"TORCH_INDEX_URL": ""}}  # CUDA torch
+    assert as_argv(trainer["command"]) == ["graft", "trainer"]
+    # The run folders (config, examples, adapter) and the base model at the paths the gateway wrote.
+    data_dir = str(gateway_settings(services, monkeypatch).data_dir)
+    assert mounts(trainer)[data_dir] == mounts(gateway)[data_dir] == "data"
+    assert as_dict(trainer["environment"])["GRAFT_DATA_DIR"] == data_dir
+    assert mounts(trainer)["/hf"] == mounts(gateway)["/hf"] == "hf-cache"
+    devices = trainer["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+    assert trainer["healthcheck"] == {"disable": True}
