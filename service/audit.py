@@ -74,6 +74,7 @@ AUDITED: dict[tuple[str, str], Audited] = {
     ("POST", "/v1/evals"): Audited("eval.start", "{eval_id}", ("job_id",)),
     ("POST", "/v1/jobs/{job_id}/cancel"): Audited("job.cancel", "{job_id}"),
     ("POST", "/v1/tenants"): Audited("tenant.create", "{name}", full_name=False),
+    ("PATCH", "/v1/tenants/{name}"): Audited("tenant.update", "{name}", ("limits",), full_name=False),
     ("POST", "/v1/keys"): Audited("key.create", "{id}", ("name", "scope", "tenant")),
     ("DELETE", "/v1/keys/{key_id}"): Audited("key.revoke", "{key_id}"),
 }

@@ -10,6 +10,7 @@ import asyncio
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters_store import tenancy
 from adapters_store.errors import Forbidden
 from indexer import filters
 from service import keys
@@ -56,6 +57,23 @@ async def create_tenant(_: Principal = Depends(global_admin), body: TenantIn = D
         with state.sessions() as session, session.begin():
             return keys.tenant_as_dict(keys.create_tenant(session, body.name, _limits(body.limits)))
     return await asyncio.to_thread(create)
+
+
+class TenantPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limits: Limits | None  # null: no limits of the tenant's own
+
+
+@router.patch("/v1/tenants/{name}", responses=answers(Tenant))
+async def update_tenant(name: str = Path(pattern=tenancy.TENANT_PATTERN.pattern), _: Principal = Depends(global_admin),
+                        body: TenantPatch = Depends(json_body(TenantPatch)), state: GatewayState = Depends(get_state)):
+    """Change a tenant's limits; the gateways apply them within the limiter's cache time (5 s)."""
+    def update():
+        with state.sessions() as session, session.begin():
+            row = keys.get_tenant(session, name)
+            row.limits = _limits(body.limits) or None
+            return keys.tenant_as_dict(row)
+    return await asyncio.to_thread(update)
 
 
 @router.get("/v1/tenants", responses=answers(TenantList))

@@ -257,3 +257,18 @@ async def test_tenants_and_tenant_keys_on_the_command_line(make_settings, fake_e
             assert [m["id"] for m in (await app.get("/v1/models")).json()["data"]] == ["acme:support"]
             answered = await app.post("/v1/completions", json={"model": "support", "prompt": "hi"})
             assert answered.status_code == 200 and answered.json()["adapter"] == "SmolLM2-135M-Instruct"
+
+
+async def test_a_global_admin_changes_a_tenants_limits(deployment):
+    url, keys = deployment
+    async with client(url, GLOBAL) as root, client(url, keys["acme-admin"]) as admin:
+        changed = await root.patch("/v1/tenants/acme", json={"limits": {"requests_per_minute": 5}})
+        assert changed.status_code == 200 and changed.json()["limits"] == {"requests_per_minute": 5}
+        listed = {t["name"]: t["limits"] for t in (await root.get("/v1/tenants")).json()["data"]}
+        assert listed == {"acme": {"requests_per_minute": 5}, "beta": None}
+        assert (await admin.patch("/v1/tenants/acme", json={"limits": None})).status_code == 403
+        assert (await root.patch("/v1/tenants/gamma", json={"limits": None})).status_code == 404
+        assert (await root.patch("/v1/tenants/acme", json={"limits": {"concurrent": 0}})).status_code == 400
+        assert (await root.patch("/v1/tenants/acme", json={"limits": None})).json()["limits"] is None
+        events = (await root.get("/v1/audit", params={"action": "tenant.update"})).json()["data"]
+        assert [e["target"] for e in events] == ["acme", "acme"]
