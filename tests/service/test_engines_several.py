@@ -26,12 +26,13 @@ async def engines():
 
 
 @asynccontextmanager
-async def gateway_for(make_settings, urls: list[str], good_lora, versions: int = 2, **overrides):
-    """Start a gateway on `urls` with `versions` uploads of the adapter `tone`; yields its client."""
+async def gateway_for(make_settings, urls: list[str], good_lora, versions: int = 2, adapter: str = "tone",
+                      **overrides):
+    """Start a gateway on `urls` with `versions` uploads of `adapter`; yields its client."""
     settings = make_settings(engine_urls=urls, **overrides)
     async with running_gateway(settings) as url, client(url) as http:
         for version in range(1, versions + 1):
-            uploaded = await http.post("/v1/adapters/tone/versions", files=adapter_files(good_lora))
+            uploaded = await http.post(f"/v1/adapters/{adapter}/versions", files=adapter_files(good_lora))
             assert uploaded.status_code == 201 and uploaded.json()["version"] == version, uploaded.text
         yield http
 
@@ -165,30 +166,31 @@ async def _equal(ready, expected: list[str]) -> bool:
 async def test_a_swap_on_the_real_engine_and_a_fake_one_loads_on_both_or_on_neither(
         make_settings, local_engine, fake_engine, good_lora):
     real = local_engine.url
-    async with gateway_for(make_settings, [real, fake_engine.url], good_lora, versions=3) as http:
-        # Adapter names of this test alone: the real engine is shared by the session.
+    async with gateway_for(make_settings, [real, fake_engine.url], good_lora, versions=3, adapter="pair-tone") as http:
+        # An adapter name of this test alone: the real engine is shared by the session (other
+        # modules leave their `tone@1` loaded on it).
         held_before = await engine_models(real)
-        assert not {m for m in held_before if m.startswith("tone@")}, held_before
-        assert (await http.put("/v1/domains/pair", json={"adapter": {"name": "tone", "version": 1}})
+        assert not {m for m in held_before if m.startswith("pair-tone@")}, held_before
+        assert (await http.put("/v1/domains/pair", json={"adapter": {"name": "pair-tone", "version": 1}})
                 ).status_code == 201
-        assert "tone@1" in await engine_models(real) and fake_engine.loaded == {"tone@1"}
+        assert "pair-tone@1" in await engine_models(real) and fake_engine.loaded == {"pair-tone@1"}
 
-        fake_engine.refuse_loads.add("tone@2")
-        refused = await http.post("/v1/domains/pair/adapter", json={"adapter": "tone", "version": 2})
+        fake_engine.refuse_loads.add("pair-tone@2")
+        refused = await http.post("/v1/domains/pair/adapter", json={"adapter": "pair-tone", "version": 2})
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "adapter_load_failed"
-        assert "tone@2" not in await engine_models(real), "the real engine kept the refused version"
-        assert fake_engine.loaded == {"tone@1"}
+        assert "pair-tone@2" not in await engine_models(real), "the real engine kept the refused version"
+        assert fake_engine.loaded == {"pair-tone@1"}
 
         fake_engine.refuse_loads.clear()
-        swapped = await http.post("/v1/domains/pair/adapter", json={"adapter": "tone", "version": 3})
+        swapped = await http.post("/v1/domains/pair/adapter", json={"adapter": "pair-tone", "version": 3})
         assert swapped.status_code == 200, swapped.text
 
         async def only_v3():
-            return {m for m in await engine_models(real) if m.startswith("tone@")} == {"tone@3"}
-        await until(only_v3, "tone@1 to leave the real engine")
-        assert fake_engine.loaded == {"tone@3"}
+            return {m for m in await engine_models(real) if m.startswith("pair-tone@")} == {"pair-tone@3"}
+        await until(only_v3, "pair-tone@1 to leave the real engine")
+        assert fake_engine.loaded == {"pair-tone@3"}
         assert (await http.delete("/v1/domains/pair")).status_code == 200
 
         async def none_left():
-            return not {m for m in await engine_models(real) if m.startswith("tone@")}
+            return not {m for m in await engine_models(real) if m.startswith("pair-tone@")}
         await until(none_left, "the deleted domain's adapter to leave the real engine")
