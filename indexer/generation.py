@@ -1,15 +1,23 @@
 """Index generations on disk: immutable, durable snapshots of a corpus's indexes.
 
 Layout: <root>/corpus-<id>/gen-<number:08d>/{vectors.faiss, lexical/, manifest.json}.
-A generation is written under <root>/corpus-<id>/tmp-<uuid>/, fsynced, then renamed to its
-final name and the corpus folder fsynced; so a gen-* folder is always complete, and a crash
-leaves at most a tmp-* folder, which `remove_except` cleans up.
+A generation is written under <root>/corpus-<id>/tmp-<host>-<pid>-<uuid>/, fsynced, then renamed
+to its final name and the corpus folder fsynced; so a gen-* folder is always complete, and a crash
+leaves at most a tmp-* folder (and a gen-* folder SQL never pointed at, if it died before its
+commit), which `remove_superseded` and the next `write` clean up.
+
+Several gateways may share the folder (scale-out): each writes a corpus's next generation only
+while it holds the corpus's row lock (indexer/publisher.py), and cleaning up never touches what
+another one may be writing: generations newer than the current one, temp folders of a live
+process on this host, or recent ones of another host.
 """
 
 import json
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +29,37 @@ _VECTORS = "vectors.faiss"
 _LEXICAL = "lexical"
 _MANIFEST = "manifest.json"
 _GENERATION = re.compile(r"^gen-(\d{8,})$")
+_TMP = re.compile(r"^tmp-(?P<host>[^-]+)-(?P<pid>\d+)-[0-9a-f]+$")
+STALE_TMP_S = 3600.0  # a temp folder of another host (or of an unknown writer) older than this is a leftover
+
+
+def temp_name(host: str | None = None, pid: int | None = None) -> str:
+    """The name a write's temp folder gets: whose it is, so cleanup can tell a live writer's."""
+    host = (host or socket.gethostname()).replace("-", "_") or "host"
+    return f"tmp-{host}-{pid if pid is not None else os.getpid()}-{uuid.uuid4().hex}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _abandoned(path: Path, now: float) -> bool:
+    """A temp folder no live writer owns: its process (on this host) is gone, or it is old."""
+    try:
+        if now - path.stat().st_mtime > STALE_TMP_S:
+            return True
+    except FileNotFoundError:
+        return False
+    match = _TMP.match(path.name)
+    mine = socket.gethostname().replace("-", "_")
+    return bool(match and match["host"] == mine and int(match["pid"]) != os.getpid()
+                and not _pid_alive(int(match["pid"])))
 
 
 class GenerationStore:
@@ -33,13 +72,19 @@ class GenerationStore:
     def generation_dir(self, corpus_id: int, number: int) -> Path:
         return self.corpus_dir(corpus_id) / f"gen-{number:08d}"
 
-    def write(self, corpus_id: int, number: int, vector_index: VectorIndex, lexical: LexicalIndex) -> Path:
-        """Write generation `number` durably and return its folder (only once it is on disk)."""
+    def write(self, corpus_id: int, number: int, vector_index: VectorIndex, lexical: LexicalIndex, *,
+              replace: bool = False) -> Path:
+        """Write generation `number` durably and return its folder (only once it is on disk).
+
+        `replace`: a folder of that number already there is one SQL never pointed at (its writer died
+        before its commit; the caller holds the corpus's lock and knows it): it is replaced."""
         final = self.generation_dir(corpus_id, number)
         if final.exists():
-            raise FileExistsError(f"generation {number} of corpus {corpus_id} already exists")
+            if not replace:
+                raise FileExistsError(f"generation {number} of corpus {corpus_id} already exists")
+            shutil.rmtree(final)
         self._make_corpus_dir(corpus_id)
-        tmp = self.corpus_dir(corpus_id) / f"tmp-{uuid.uuid4().hex}"
+        tmp = self.corpus_dir(corpus_id) / temp_name()
         try:
             tmp.mkdir()
             vector_index.save(tmp / _VECTORS)
@@ -73,19 +118,20 @@ class GenerationStore:
             return []
         return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _GENERATION.match(p.name)))
 
-    def remove_except(self, corpus_id: int, keep: set[int]) -> None:
-        """Delete every generation not in keep, and leftover temp folders.
-
-        It also removes a tmp-* folder being written, so call it only while holding the
-        corpus's writer lock (as after a publish) or before any writer starts.
-        """
+    def remove_superseded(self, corpus_id: int, current: int | None) -> None:
+        """Delete the generations older than `current` and abandoned temp folders. Newer generations
+        stay (another gateway may be about to commit one; an orphan is replaced by the next write), and
+        so do temp folders a live writer may own. Removal is best effort: another gateway may be
+        removing the same folders."""
         folder = self.corpus_dir(corpus_id)
         if not folder.is_dir():
             return
-        for path in folder.iterdir():
+        now = time.time()
+        for path in list(folder.iterdir()):
             match = _GENERATION.match(path.name)
-            if path.name.startswith("tmp-") or (match and int(match.group(1)) not in keep):
-                shutil.rmtree(path)
+            old = match is not None and current is not None and int(match.group(1)) < current
+            if old or (path.name.startswith("tmp-") and _abandoned(path, now)):
+                shutil.rmtree(path, ignore_errors=True)
         fsync_dir(folder)
 
     def remove_corpus(self, corpus_id: int) -> None:

@@ -6,6 +6,7 @@ A change is built on the generation in memory; if SQL has moved past it (another
 published meanwhile), the commit is refused rather than undoing that gateway's change.
 """
 
+import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ from indexer.headers import indexed_text
 from indexer.lexical import LexicalIndex
 from indexer.metadata_map import MetadataMap
 from indexer.registry import CorpusEntry, CorpusRegistry
+
+log = logging.getLogger(__name__)
 
 
 class StaleGeneration(Conflict):
@@ -52,19 +55,18 @@ def publish_change(
     lexical = LexicalIndex.build(ids, texts)
 
     number = (entry.generation or 0) + 1
-    try:
-        path = registry.store.write(entry.corpus_id, number, vector, lexical)
-    except FileExistsError as exc:
-        raise StaleGeneration(f"generation {number} of this corpus is already on disk: another gateway "
-                              "published it since, or wrote it and failed before its commit; retry") from exc
     with sessions() as session, session.begin():
-        corpus = session.get(Corpus, entry.corpus_id, with_for_update=True)  # PostgreSQL: one writer at a time
+        # One writer of a corpus at a time across gateways: the row stays locked (PostgreSQL) from
+        # this check to the commit, with the generation's files written in between.
+        corpus = session.get(Corpus, entry.corpus_id, with_for_update=True)
         if corpus is None:
             raise LookupError("the corpus was deleted while it was being changed")
         if corpus.current_generation != entry.generation:
             raise StaleGeneration(f"corpus {corpus.name!r} moved to generation {corpus.current_generation} "
                                   f"(another gateway changed it) while this change was built on "
                                   f"{entry.generation}; retry it")
+        # Under the lock, a folder of this number is an orphan of a writer that died before its commit.
+        path = registry.store.write(entry.corpus_id, number, vector, lexical, replace=True)
         apply_rows(session)
         session.add(IndexGeneration(corpus_id=corpus.id, number=number, path=str(path),
                                     chunk_count=len(vector), index_kind=vector.kind))
@@ -73,5 +75,8 @@ def publish_change(
         # What filtered searches of the new generation read: exactly the rows it commits with.
         metadata = MetadataMap.read(session, corpus.id)
     registry.publish(entry.corpus_id, number, vector, lexical, metadata)
-    registry.store.remove_except(entry.corpus_id, {number})
+    try:
+        registry.store.remove_superseded(entry.corpus_id, number)
+    except OSError:  # the change is committed: a failed cleanup must not fail it
+        log.warning("removing the old generations of corpus %s failed", entry.corpus_id, exc_info=True)
     return number

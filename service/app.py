@@ -152,13 +152,12 @@ def embedder_loader(settings: Settings) -> Callable[[str], Embedder]:
 
 
 def _load_corpora(sessions, registry: CorpusRegistry) -> None:
-    """Every corpus answers from its last committed generation; half-written ones are removed."""
+    """Every corpus answers from its last committed generation; older ones and abandoned writes are removed."""
     with sessions() as session:
         corpora = list(session.scalars(select(Corpus)))
     for corpus in corpora:
         registry.entry_for(corpus)
-        keep = {corpus.current_generation} if corpus.current_generation else set()
-        registry.store.remove_except(corpus.id, keep)
+        registry.store.remove_superseded(corpus.id, corpus.current_generation)
 
 
 async def _stop(state: GatewayState) -> None:

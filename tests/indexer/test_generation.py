@@ -1,7 +1,12 @@
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
-from indexer.generation import GenerationStore
+from indexer.generation import STALE_TMP_S, GenerationStore, temp_name
 from indexer.lexical import LexicalIndex
 from indexer.vector_index import VectorIndex
 
@@ -45,18 +50,39 @@ def test_failed_write_leaves_no_generation(tmp_path, monkeypatch):
     assert list(store.corpus_dir(1).iterdir()) == []
 
 
-def test_remove_except_keeps_only_the_named_generations(tmp_path):
+def test_remove_superseded_keeps_the_current_and_newer_generations_and_live_writes(tmp_path):
     store = GenerationStore(tmp_path)
-    for number in (1, 2, 3):
+    for number in (1, 2, 3, 4):
         store.write(4, number, *make_indexes(5, seed=number))
     store.write(5, 1, *make_indexes(5, seed=9))
-    (store.corpus_dir(4) / "tmp-leftover").mkdir()  # what a crash mid-write leaves
-    store.remove_except(4, {3})
-    assert sorted(p.name for p in store.corpus_dir(4).iterdir()) == ["gen-00000003"]
-    assert store.generations(4) == [3] and store.generations(5) == [1]
-    store.remove_except(99, set())  # unknown corpus: nothing to do
+    folder = store.corpus_dir(4)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (folder / temp_name(pid=int(dead))).mkdir()  # what a writer killed mid-write leaves
+    live = folder / temp_name()  # this process's: a write in progress
+    live.mkdir()
+    elsewhere = folder / temp_name(host="otherhost", pid=1)  # another host's: it may be writing
+    elsewhere.mkdir()
+    old = folder / temp_name(host="otherhost", pid=2)  # another host's, untouched for long: abandoned
+    old.mkdir()
+    os.utime(old, (time.time() - STALE_TMP_S - 60,) * 2)
+    store.remove_superseded(4, 3)
+    # Generation 4 may be another gateway's, about to be committed: it stays, as do live writes.
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["gen-00000003", "gen-00000004", live.name,
+                                                               elsewhere.name])
+    assert store.generations(5) == [1]
+    store.remove_superseded(99, 1)  # unknown corpus: nothing to do
     store.remove_corpus(4)
     assert store.generations(4) == [] and not store.corpus_dir(4).exists()
+
+
+def test_a_write_under_the_corpus_lock_replaces_an_uncommitted_orphan(tmp_path):
+    store = GenerationStore(tmp_path)
+    store.write(6, 2, *make_indexes(5, seed=1))  # its writer died before the SQL commit
+    with pytest.raises(FileExistsError):
+        store.write(6, 2, *make_indexes(7, seed=2))
+    store.write(6, 2, *make_indexes(7, seed=2), replace=True)
+    assert len(store.load(6, 2)[0]) == 7
 
 
 def test_manifest_records_ef_construction_and_old_manifests_load(tmp_path):

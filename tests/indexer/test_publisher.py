@@ -28,11 +28,10 @@ def test_a_change_on_a_stale_generation_is_refused_and_loses_nothing(sessions, t
     mine, theirs = here.current(corpus_id, "any", None), there.current(corpus_id, "any", None)
 
     assert add_one(sessions, there, theirs, 1) == 1
-    with pytest.raises(StaleGeneration, match="already on disk"):
-        add_one(sessions, here, mine, 3)  # its generation 1 is on disk: the folder stops this one
+    with pytest.raises(StaleGeneration, match="moved to generation 1"):
+        add_one(sessions, here, mine, 3)  # built on none, checked against SQL's pointer under its lock
 
-    # Then its generation 2 (removing 1's folder), so nothing on disk
-    # stops this one from writing a generation 1 built on none: SQL's pointer must.
+    # Then its generation 2 (removing 1's folder): still refused, by SQL's pointer.
     assert add_one(sessions, there, theirs, 2) == 2
     with pytest.raises(StaleGeneration, match="moved to generation 2"):
         add_one(sessions, here, mine, 3)  # would drop chunks 1 and 2 and move the pointer back

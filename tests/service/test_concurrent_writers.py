@@ -62,13 +62,6 @@ async def test_an_upload_in_flight_does_not_roll_back_a_generation_published_mea
 
 
 @pytest.mark.databases("postgresql")
-@pytest.mark.skip(reason=(
-    "fails now and then on service bugs (run it to see them): besides the merge above, "
-    "GenerationStore.remove_except after a publish deletes every tmp-* folder, including one another "
-    "gateway is writing (its job fails: FileNotFoundError), and when that removal itself trips over "
-    "the other gateway's folder the job that already committed is marked failed (its documents are "
-    "listed and searchable, the job says failed); a rename race reports OSError ENOTEMPTY instead of "
-    "corpus_changed"))
 async def test_concurrent_uploads_through_two_gateways_leave_one_consistent_corpus(make_settings, fake_engine):
     """Two gateways on one database and index folder, eight uploads to one corpus at once: a change
     built on a generation the other gateway has moved past is refused (its job fails and asks for

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from indexer.generation import temp_name
 from tests.harness import free_port
 
 FIRST_BATCH = 20
@@ -142,11 +143,12 @@ def _temp_leftovers(indexes: Path) -> list[str]:
                   if p.name.startswith("tmp-") or ".tmp-" in p.name)
 
 
-def _plant_interrupted_publish(corpus_dir: Path) -> list[Path]:
-    """Leave what a kill in the middle of publishing generation 2 would: a temp folder with a
-    half-written file, and a gen-00000002 that SQL never pointed at (garbled, so using it shows)."""
+def _plant_interrupted_publish(corpus_dir: Path, killed_pid: int) -> list[Path]:
+    """Leave what a kill in the middle of publishing generation 2 would: a temp folder of the killed
+    process with a half-written file, and a gen-00000002 that SQL never pointed at (garbled, so
+    using it shows)."""
     vectors = (corpus_dir / "gen-00000001" / "vectors.faiss").read_bytes()
-    tmp = corpus_dir / f"tmp-{uuid.uuid4().hex}"
+    tmp = corpus_dir / temp_name(pid=killed_pid)
     tmp.mkdir()
     (tmp / f".vectors.faiss.tmp-{uuid.uuid4().hex}").write_bytes(vectors[:len(vectors) // 2])
     uncommitted = corpus_dir / "gen-00000002"
@@ -224,7 +226,7 @@ def test_sigkill_during_ingestion_then_restart(env, tmp_path):
         assert seen["chunks_done"] < seen["chunks_total"]
         [corpus_dir] = (data / "indexes").iterdir()
         assert [p.name for p in corpus_dir.iterdir()] == ["gen-00000001"]  # killed before any write
-        planted = _plant_interrupted_publish(corpus_dir)
+        planted = _plant_interrupted_publish(corpus_dir, server.process.pid)
 
         restarted = time.monotonic()
         server.start()
@@ -242,9 +244,8 @@ def test_sigkill_during_ingestion_then_restart(env, tmp_path):
                 assert top != late, "a document of the unfinished job is searchable at generation 1"
             tmp, uncommitted = planted
             assert not tmp.exists(), "start-up kept the temp folder of an interrupted write"
-            garbled = uncommitted / "vectors.faiss"  # the resumed job may have written a real one since
-            assert not (garbled.exists() and garbled.read_bytes() == b"not a faiss index"), \
-                "start-up kept a generation that SQL never pointed at"
+            # The generation SQL never pointed at may stay until the next write replaces it (at start-up
+            # it could be another gateway's, about to commit); nothing reads it: searches answered above.
             print(f"answering {time.monotonic() - restarted:.1f}s after the restart: generation "
                   f"{after['generation']}, job {http.get(f'/v1/jobs/{job_ids[0]}').json()['status']}")
 
@@ -263,7 +264,9 @@ def test_sigkill_during_ingestion_then_restart(env, tmp_path):
             print(f"all {len(accepted)} found {time.monotonic() - restarted:.1f}s after the restart")
 
         assert _temp_leftovers(data / "indexes") == []
+        # The uncommitted generation 2 was replaced by the resumed job's, then removed as superseded.
         assert [p.name for p in corpus_dir.iterdir()] == [f"gen-{stats['generation']:08d}"]
+        assert stats["generation"] >= 2
         # Each document keeps its raw upload (for index rebuilds), and nothing else is left.
         assert len([p for p in (data / "uploads").rglob("*") if p.is_file()]) == stats["documents"]
     except BaseException:
