@@ -87,11 +87,11 @@ def create_key(session: Session, name: str, scope: str, metadata_filter: dict | 
     return row, key
 
 
-def list_keys(session: Session, tenant: str | None = None, *, every_tenant: bool = True) -> list[ApiKey]:
-    """Every key (a global admin's view), or one tenant's keys."""
+def list_keys(session: Session, tenant: str | None = None) -> list[ApiKey]:
+    """One tenant's keys, or every key (a global admin's view) when `tenant` is None."""
     query = select(ApiKey).order_by(ApiKey.id)
-    if not every_tenant:
-        query = query.where(ApiKey.tenant == tenant) if tenant is not None else query.where(ApiKey.tenant.is_(None))
+    if tenant is not None:
+        query = query.where(ApiKey.tenant == tenant)
     return list(session.scalars(query))
 
 

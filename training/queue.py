@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from adapters_store.durable import write_bytes_durably
+
 log = logging.getLogger(__name__)
 
 QUEUED, CLAIMED, EVENTS, EXIT, CANCEL = "queued", "claimed", "events.jsonl", "exit.json", "cancel"
@@ -41,30 +43,16 @@ class TrainerLost(RuntimeError):
     """The worker that claimed a run stopped touching it: it died or lost the volume."""
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # --- the gateway's side -------------------------------------------------------------------------
 
 def enqueue(run: Path) -> None:
     """Offer the run (its config.json already written) to the workers."""
-    _write_atomically(run / QUEUED, json.dumps({"at": time.time()}))
+    write_bytes_durably(run / QUEUED, json.dumps({"at": time.time()}).encode())
 
 
 def request_cancel(run: Path) -> None:
     """Stop the run: a worker running it stops its trainer; one not yet claimed is withdrawn."""
-    _write_atomically(run / CANCEL, "")
+    write_bytes_durably(run / CANCEL, b"")
     with contextlib.suppress(FileNotFoundError):
         (run / QUEUED).unlink()
 
@@ -139,7 +127,7 @@ def run_claimed(run: Path, *, command: list[str] = TRAINER, heartbeat_s: float =
             if not stopping and ((run / CANCEL).exists() or (stop is not None and stop.is_set())):
                 process.send_signal(signal.SIGTERM)
                 stopping = True
-    _write_atomically(run / EXIT, json.dumps({"code": code}))
+    write_bytes_durably(run / EXIT, json.dumps({"code": code}).encode())
     return code
 
 

@@ -106,7 +106,7 @@ async def create_key(principal: Principal = Depends(admin_principal), body: KeyI
 @router.get("/v1/keys", responses=answers(ApiKeyList))
 async def list_keys(principal: Principal = Depends(admin_principal), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
-        rows = keys.list_keys(session, principal.tenant, every_tenant=principal.tenant is None)
+        rows = keys.list_keys(session, principal.tenant)
         return {"object": "list", "data": [keys.key_as_dict(r) for r in rows]}
 
 
