@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 TORCH_INDEX_URL ?=
 PIP_INDEX := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (the suite waits on servers much of the time; two fill 2 cores).
+TEST_WORKERS ?= 2
 
 # Debian packages the tests read, each as package:a file it installs. PostgreSQL's server
 # binaries run a throwaway server; git-doc's pages are a corpus nobody here wrote; chromium and its
@@ -57,7 +59,7 @@ system-packages:
 	fi
 
 test: system-packages model
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: model db
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/gateway.py

@@ -58,6 +58,17 @@ def pytest_configure(config):
                                        "make_settings on each database named (sqlite, postgresql)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs two pytest-xdist workers (`--dist loadgroup`). A module's tests stay on one
+    worker, so its module-scoped fixtures are set up once, and every test on the real engine runs on
+    one worker: one session engine and at most one more vLLM beside it, as in a serial run (a vLLM
+    on CPU holds about 4 GiB; four at once would not fit beside the rest)."""
+    for item in items:
+        group = "engine" if item.get_closest_marker("engine") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def pytest_generate_tests(metafunc):
     marker = metafunc.definition.get_closest_marker("databases")
     if marker is None or "database_url" not in metafunc.fixturenames:
