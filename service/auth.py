@@ -8,7 +8,8 @@ names and sees its tenant's resources only; an inference key may be limited to s
 
 A database key may carry a metadata filter (`graft keys create --filter '{"group": ["hr"]}'`): every
 retrieval made with it (search, completions) reads only documents the filter allows, and so does
-its listing of a corpus's documents.
+its listing of a corpus's documents. Such a key cannot run evaluations or trainings, or read their
+items and examples: they read every document of a corpus.
 """
 
 import asyncio
@@ -47,6 +48,13 @@ class Principal:
     def may_call(self, domain: str) -> bool:
         """Whether the key may send requests to the domain (full name): its tenant's, and in its list."""
         return self.sees(domain) and (self.domains is None or domain in self.domains)
+
+    def check_reads_whole_corpora(self, what: str) -> None:
+        """Refuse `what` (an evaluation, a training, their items or examples) to a key with a document
+        filter: they read every document of a corpus, and what they keep would show the hidden ones."""
+        if self.filter is not None:
+            raise Forbidden(f"{what} reads every document of a corpus; this key may read only the documents "
+                            "its filter allows: use a key without a filter", code="document_filter")
 
 
 def hash_key(key: str) -> str:

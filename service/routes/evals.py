@@ -144,6 +144,7 @@ async def delete_evalset(name: str = Depends(evalset_name), state: GatewayState 
 @router.post("/v1/evals", status_code=202, responses=answers(JobAccepted, 202))
 async def start_eval(principal: Principal = Depends(admin_principal), body: EvalIn = Depends(json_body(EvalIn)),
                      state: GatewayState = Depends(get_state)):
+    principal.check_reads_whole_corpora("an evaluation")
     retrieval = body.retrieval.model_dump(exclude_none=True) if isinstance(body.retrieval, RetrievalIn) \
         else body.retrieval
     # The set and the candidate live in the domain's namespace.
@@ -188,6 +189,7 @@ async def get_eval(eval_id: str, principal: Principal = Depends(admin_principal)
 @router.get("/v1/evals/{eval_id}/items", responses=answers(EvalItems))
 async def get_eval_items(eval_id: str, principal: Principal = Depends(admin_principal),
                          state: GatewayState = Depends(get_state)):
+    principal.check_reads_whole_corpora("an evaluation's items")
     with state.sessions() as session:
         run = _visible_eval(session, principal, eval_id)
         return {"object": "list", "items": [eval_repo.eval_item_as_dict(i) for i in eval_repo.eval_items(session, run)]}

@@ -55,6 +55,7 @@ async def cancel_job(job_id: str, principal: Principal = Depends(admin_principal
 async def training_examples(job_id: str, principal: Principal = Depends(admin_principal),
                             state: GatewayState = Depends(get_state)):
     """The examples a training used, as JSONL (each with the prompt, the target and its source)."""
+    principal.check_reads_whole_corpora("a training's examples")
     job = _job(state, principal, job_id)
     path = state.trainings.folder(job.id) / "examples.jsonl"
     if job.kind != "train" or not path.is_file():

@@ -44,6 +44,7 @@ class TrainingIn(BaseModel):
 async def start_training(name: Name, state: GatewayState = Depends(get_state),
                          principal: Principal = Depends(admin_principal),
                          body: TrainingIn = Depends(json_body(TrainingIn))):
+    principal.check_reads_whole_corpora("a training")
     settings = state.settings
     name = principal.full_name(name, param="adapter", kind="adapter")
     if body.base not in (None, settings.base_model_name):

@@ -203,6 +203,25 @@ async def test_an_admin_keys_filter_applies_to_its_search_and_document_list(depl
         assert len(everything) == len(HANDBOOK)
 
 
+async def test_a_filtered_admin_key_cannot_evaluate_or_train(deployment):
+    """Evaluations and trainings read every document of a corpus (their items and examples quote
+    them): a key with a filter is refused them with 403, before anything is looked up or started;
+    a key without one gets past the check (here to a 404 for what does not exist)."""
+    _, url, keys = deployment
+    requests = [("POST", "/v1/evals", {"domain": "handbook", "evalset": "nope"}),
+                ("GET", "/v1/evals/nope/items", None),
+                ("POST", "/v1/adapters/tuned/trainings", {"corpus": "handbook", "recipe": "reader"}),
+                ("GET", "/v1/jobs/nope/examples", None)]
+    async with client(url, keys["hr-admin"]) as hr_admin, client(url, BOOT) as admin:
+        for method, path, body in requests:
+            refused = await hr_admin.request(method, path, json=body)
+            assert refused.status_code == 403, (path, refused.text)
+            assert refused.json()["error"]["code"] == "document_filter", refused.text
+        for method, path, body in requests[:2] + requests[3:]:
+            assert (await admin.request(method, path, json=body)).status_code == 404, path
+        assert (await admin.get("/v1/evals")).json()["data"] == []
+
+
 async def test_retagging_a_document_changes_who_sees_it(deployment):
     """Uploading the same text again with new metadata is a change (it used to be skipped)."""
     _, url, keys = deployment
