@@ -8,7 +8,7 @@ adapters_store: the one owner of what each engine holds.
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from service.engine.client import EngineClient, EngineUnavailable
@@ -143,14 +143,24 @@ class EnginePool:
             raise EngineUnavailable("no engine is ready (starting, restarting or down)")
         return min(candidates, key=lambda e: e.in_flight)
 
+    @contextlib.contextmanager
+    def hold(self, model: str | None = None) -> Iterator[None]:
+        """Count a request on the engine model `model` from the moment it is routed to it, before
+        it reaches an engine (while its passages are retrieved): a drain waits for it, so the
+        version it was planned on is still loaded when it is sent."""
+        key = model or ""
+        self._model_in_flight[key] = self._model_in_flight.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self._model_in_flight[key] -= 1
+
     @contextlib.asynccontextmanager
     async def lease(self, model: str | None = None) -> AsyncIterator[EngineHandle]:
         engine = self.pick(model)
         engine.in_flight += 1
-        key = model or ""
-        self._model_in_flight[key] = self._model_in_flight.get(key, 0) + 1
         try:
-            yield engine
+            with self.hold(model):
+                yield engine
         finally:
             engine.in_flight -= 1
-            self._model_in_flight[key] -= 1

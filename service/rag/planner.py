@@ -61,9 +61,33 @@ class Planner:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def route(self, model: str, principal: Principal | None = None) -> DomainRoute | None:
+        """The domain `model` names (None: the base model). `principal`: the API key the request came
+        with: `model` is in its tenant's namespace and must be a domain it may call (404 otherwise).
+        None: a request from inside the gateway (an evaluation), the name already in full."""
+        if model == self.base_model and (principal is None or principal.domains is None):
+            return None
+        if principal is not None:
+            model = principal.full_name(model, param="model", kind="model")
+        route = self.routing.get(model)
+        if route is None or (principal is not None and not principal.may_call(model)):
+            raise NotFound(f"model {model!r} does not exist: name a domain or {self.base_model!r} "
+                           "(GET /v1/models lists them)", param="model", code="model_not_found")
+        return route
+
     async def plan(self, kind: str, body: dict[str, Any], *, gateway_idle: bool = False,
                    engine_model: str | None = None, principal: Principal | None = None) -> Plan:
-        """`gateway_idle`: the caller has nothing else in flight (no engine request). Then, unless
+        """Route `body["model"]` (see `route`) and plan the request on that route (see `plan_route`)."""
+        return await self.plan_route(kind, body, self.route(body["model"], principal), gateway_idle=gateway_idle,
+                                     engine_model=engine_model, principal=principal)
+
+    async def plan_route(self, kind: str, body: dict[str, Any], route: DomainRoute | None, *,
+                         gateway_idle: bool = False, engine_model: str | None = None,
+                         principal: Principal | None = None) -> Plan:
+        """`route`: what `route` returned for this request. The gateway routes first and holds the
+        route's engine model while it plans, so a swap's drain waits for a request being planned.
+
+        `gateway_idle`: the caller has nothing else in flight (no engine request). Then, unless
         another plan is running, this one runs right here on the event loop: there is nothing
         for it to hold up, and the hop to a worker thread and back costs two thread wake-ups,
         1-2 ms of the request's latency on an idle 2-core machine. That holds only while the
@@ -72,19 +96,11 @@ class Planner:
         loop keeps serving them meanwhile.
 
         `engine_model` replaces the domain's adapter for this request only (an evaluation of a
-        candidate version that is loaded but not routed). `principal`: the API key the request came
-        with: `model` is in its tenant's namespace and must be a domain it may call, retrieval applies its
-        metadata filter with the domain's and the request's, and `retrieval.corpora` may name only corpora
-        it may read. None: a request from inside the gateway (an evaluation), names already in full."""
-        model = body["model"]
-        if model == self.base_model and (principal is None or principal.domains is None):
-            return base_plan(body, model)
-        if principal is not None:
-            model = principal.full_name(model, param="model", kind="model")
-        route = self.routing.get(model)
-        if route is None or (principal is not None and not principal.may_call(model)):
-            raise NotFound(f"model {model!r} does not exist: name a domain or {self.base_model!r} "
-                           "(GET /v1/models lists them)", param="model", code="model_not_found")
+        candidate version that is loaded but not routed). `principal`: retrieval applies its metadata
+        filter with the domain's and the request's, and `retrieval.corpora` may name only corpora
+        it may read."""
+        if route is None:
+            return base_plan(body, body["model"])
         if engine_model is not None:
             route = dataclasses.replace(route, engine_model=engine_model)
         started = time.perf_counter()

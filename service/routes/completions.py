@@ -44,17 +44,21 @@ async def _complete(kind: str, request: Request, state: GatewayState, principal:
     received = time.perf_counter()
     body = await read_json_object(request, state.settings.max_request_bytes)
     body = validate_completion(kind, body)
-    plan: Plan = await state.planner.plan(kind, body, gateway_idle=state.pool.idle,
-                                          principal=principal)
-    state.metrics.retrieval_latency.observe(plan.retrieval_s)
-    state.metrics.plan_latency.observe(plan.plan_s)
-    path = ENGINE_PATHS[kind]
-    if body.get("stream"):
-        return await _stream(state, path, body["model"], plan, admission)
-    async with state.pool.lease(plan.engine_model) as engine:
-        started = time.perf_counter()
-        result = await engine.client.complete(path, plan.payload)
-        engine_s = time.perf_counter() - started
+    route = state.planner.route(body["model"], principal)
+    # From routing on, the request counts on its engine model: a swap's drain waits for it while
+    # its passages are retrieved, so the version it was routed to is still loaded when it is sent.
+    with state.pool.hold(route.engine_model if route is not None else body["model"]):
+        plan: Plan = await state.planner.plan_route(kind, body, route, gateway_idle=state.pool.idle,
+                                                    principal=principal)
+        state.metrics.retrieval_latency.observe(plan.retrieval_s)
+        state.metrics.plan_latency.observe(plan.plan_s)
+        path = ENGINE_PATHS[kind]
+        if body.get("stream"):  # the stream's lease is taken before this returns
+            return await _stream(state, path, body["model"], plan, admission)
+        async with state.pool.lease(plan.engine_model) as engine:
+            started = time.perf_counter()
+            result = await engine.client.complete(path, plan.payload)
+            engine_s = time.perf_counter() - started
     _decorate(result, body["model"], plan)
     usage = result.get("usage") or {}
     state.metrics.completion_tokens.labels(plan.engine_model).inc(usage.get("completion_tokens", 0))

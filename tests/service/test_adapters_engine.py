@@ -125,8 +125,8 @@ async def _load(http, model: str, stop: asyncio.Event, log: list) -> None:
             "model": model, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0,
             "max_tokens": 20})
         body = response.json()
-        log.append((started, response.status_code, body.get("adapter"),
-                    (body.get("choices") or [{}])[0].get("message", {}).get("content", "")))
+        text = (body.get("choices") or [{}])[0].get("message", {}).get("content", "")
+        log.append((started, response.status_code, body.get("adapter"), body.get("error") or text))
 
 
 async def _wait_for(condition, timeout: float = 120) -> None:
