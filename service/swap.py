@@ -116,8 +116,17 @@ class SwapService:
             raise
         return target.engine_name
 
+    def keep_current(self, domain: str) -> str:
+        """The domain's engine model now, kept loaded until `release` even if the domain is swapped
+        meanwhile: an evaluation of the current binding scores that one version to its end."""
+        route = self.routing.get(domain)
+        if route is None:
+            raise NotFound(f"domain {domain!r} does not exist", param="domain", code="domain_not_found")
+        self._staged[route.engine_model] += 1  # loaded already: it is routed
+        return route.engine_model
+
     def release(self, engine_model: str) -> None:
-        if self._unstage(engine_model):
+        if self._unstage(engine_model) and engine_model != self.routing.base_model:
             self._unload_after_drain(engine_model)
 
     def _unstage(self, engine_model: str) -> bool:

@@ -156,16 +156,16 @@ async def start_eval(principal: Principal = Depends(admin_principal), body: Eval
                    "version": body.adapter.version}
     request = EvalRequest(domain, evalset, retrieval=retrieval, max_tokens=body.max_tokens, adapter=adapter)
     state.evals.check(request)  # unknown domain or set: 404 before any adapter is loaded
-    if body.adapter is None:
-        job_id, eval_id = state.evals.submit(request)
+    if body.adapter is None:  # the current binding, kept loaded to the end if the domain is swapped meanwhile
+        engine_model = state.swaps.keep_current(domain)
     else:
-        candidate = await state.swaps.stage(adapter["name"], adapter["version"])
-        try:
-            job_id, eval_id = state.evals.submit(dataclasses.replace(request, engine_model=candidate),
-                                                 on_done=lambda: state.swaps.release(candidate))
-        except BaseException:
-            state.swaps.release(candidate)
-            raise
+        engine_model = await state.swaps.stage(adapter["name"], adapter["version"])
+    try:
+        job_id, eval_id = state.evals.submit(dataclasses.replace(request, engine_model=engine_model),
+                                             on_done=lambda: state.swaps.release(engine_model))
+    except BaseException:
+        state.swaps.release(engine_model)
+        raise
     return accepted(job_id, eval_id=eval_id)
 
 

@@ -2,6 +2,7 @@
 retrieval, embedder and database are real. Every metric is checked against a hand computation."""
 
 import asyncio
+import threading
 
 import pytest
 
@@ -36,10 +37,12 @@ def scripted(body: dict) -> str:
 
 
 @pytest.fixture
-async def gateway(make_settings, fake_engine, good_lora):
+async def served(make_settings, fake_engine, good_lora):
+    """(client, the gateway's state): domain `lore` on tone@1 over corpus `lore`, evaluation set `lore-qa`."""
     fake_engine.script = scripted
     settings = make_settings(engine_urls=[fake_engine.url])
-    async with running_gateway(settings) as url:
+    apps = []
+    async with running_gateway(settings, wrap=lambda app: apps.append(app) or app) as url:
         async with client(url) as http:
             await http.post("/v1/corpora", json={"name": "lore"})
             job = (await http.post("/v1/corpora/lore/documents", json={"documents": DOCS})).json()
@@ -51,7 +54,12 @@ async def gateway(make_settings, fake_engine, good_lora):
             assert put.status_code == 201, put.text
             created = await http.post("/v1/evalsets", json={"name": "lore-qa", "items": ITEMS})
             assert created.status_code == 201, created.text
-            yield http
+            yield http, apps[0].state.graft
+
+
+@pytest.fixture
+def gateway(served):
+    return served[0]
 
 
 async def finished(http, job_id: str) -> dict:
@@ -136,6 +144,53 @@ async def test_a_candidate_is_evaluated_without_being_routed(gateway, fake_engin
             break
         await asyncio.sleep(0.05)
     assert fake_engine.loaded == {"tone@1"}
+
+
+async def test_an_evaluation_scores_one_version_to_its_end_across_a_swap(served, fake_engine):
+    """The domain is swapped to tone@2 while its evaluation on tone@1 runs: the drain leaves tone@1
+    loaded for the evaluation's later questions (they had found no engine holding it: 503), every
+    question is answered by tone@1, and tone@1 is unloaded once the evaluation ends."""
+    gateway, state = served
+    state.evals.concurrency = 1  # one question at a time: none in flight between two of them
+    fake_engine.hold_completions = asyncio.Event()
+    planning, resume = threading.Event(), threading.Event()
+    plan_domain = state.planner._plan_domain
+
+    def held_plan(*args, **kwargs):  # the second question waits here, on a worker thread
+        if sum(1 for r in fake_engine.requests if r.get("model") == "tone@1" and r.get("messages")) >= 1:
+            planning.set()
+            assert resume.wait(timeout=120), "the test never let the plan go on"
+        return plan_domain(*args, **kwargs)
+
+    state.planner._plan_domain = held_plan
+    started = await gateway.post("/v1/evals", json={"domain": "lore", "evalset": "lore-qa"})
+    assert started.status_code == 202, started.text
+    try:
+        for _ in range(1200):  # the first question is at the engine
+            if any(r.get("model") == "tone@1" and r.get("messages") for r in fake_engine.requests):
+                break
+            await asyncio.sleep(0.05)
+        swapped = await gateway.post("/v1/domains/lore/adapter", json={"adapter": "tone", "version": 2})
+        assert swapped.status_code == 200, swapped.text
+        fake_engine.hold_completions.set()
+        for _ in range(1200):
+            if planning.is_set():
+                break
+            await asyncio.sleep(0.05)
+        assert planning.is_set(), "the second question was never planned"
+        # No question is in flight now: the drain of tone@1 has decided, and it kept tone@1.
+        await asyncio.wait_for(state.swaps.wait_drained(), 120)
+        assert "tone@1" in fake_engine.loaded
+    finally:
+        resume.set()
+    job = await finished(gateway, started.json()["job_id"])
+    run = (await gateway.get(f"/v1/evals/{job['result']['eval_id']}")).json()
+    assert run["adapter"] == "tone@1" and run["metrics"]["answer_contains"] == 0.75, run
+    for _ in range(1200):  # released at the end: the swap's drain unloads it now
+        if "tone@1" not in fake_engine.loaded:
+            break
+        await asyncio.sleep(0.05)
+    assert fake_engine.loaded == {"tone@2"}
 
 
 async def test_a_gate_refuses_a_worse_version_and_lets_a_good_one_flip(gateway, fake_engine):
