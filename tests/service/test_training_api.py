@@ -97,7 +97,7 @@ async def test_bad_training_requests_are_refused_before_anything_runs(gateway):
     assert (await gateway.get("/v1/adapters/reader/versions")).status_code == 404
 
 
-async def wait_for(check, timeout_s: float = 300, interval_s: float = 0.2):
+async def wait_for(check, timeout_s: float = 900, interval_s: float = 0.2):
     """Poll `check()` (async) until it returns something truthy, with a bound."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -125,7 +125,7 @@ async def test_cancel_stops_the_trainer_and_a_restart_fails_an_unfinished_traini
         running = await wait_for(lambda: training_step(first))
         assert running["status"] == "running" and running["progress"]["steps"] > running["progress"]["step"]
         assert (await http.post(f"/v1/jobs/{first}/cancel")).status_code == 200
-        cancelled = await wait_job(http, first)
+        cancelled = await wait_job(http, first, timeout=300)
         assert cancelled["status"] == "cancelled"
         assert (await http.post(f"/v1/jobs/{first}/cancel")).status_code == 409
         assert (await http.get("/v1/adapters/long/versions")).status_code == 404, "no version was made"
