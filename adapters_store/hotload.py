@@ -49,7 +49,8 @@ class AdapterHost(Protocol):
         ...
 
     def in_flight(self, name: str) -> int:
-        """Requests running now on the engine model `name`, on any engine."""
+        """Requests routed to the engine model `name` and not finished: being planned, or running on
+        any engine."""
         ...
 
 
