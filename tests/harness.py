@@ -3,6 +3,7 @@
 import asyncio
 import random
 import socket
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -54,3 +55,17 @@ async def running_gateway(settings, *, wrap=None, **app_kwargs):
 def client(base_url: str, key: str | None = None, timeout: float = 120.0) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+
+
+async def until(condition, what: str, timeout: float = 120) -> None:
+    """Wait for a state, with a generous bound; `condition` may be sync or async."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -5,14 +5,13 @@ the real engine beside a fake one for the swap (tests/adapters_store/test_hotloa
 rules at the unit level, against an in-memory host)."""
 
 import asyncio
-import time
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 
 from tests.fake_engine import FakeEngine
-from tests.harness import client, running_gateway
+from tests.harness import client, running_gateway, until
 from tests.service.test_adapters_engine import adapter_files
 
 BASE = "SmolLM2-135M-Instruct"
@@ -43,20 +42,6 @@ async def engine_models(engine_url: str) -> set[str]:
         response = await http.get(f"{engine_url}/v1/models")
     assert response.status_code == 200, response.text
     return {m["id"] for m in response.json()["data"]} - {BASE}
-
-
-async def until(condition, what: str, timeout: float = 120) -> None:
-    """Wait for a state, with a generous bound; `condition` may be sync or async."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def ready_engines(http) -> list[str]:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tests.harness import client, running_gateway
+from tests.harness import client, running_gateway, until
 from tests.service.test_adapters_engine import adapter_files
 from tests.service.test_corpora_api import wait_job
 
@@ -166,18 +166,12 @@ async def test_an_evaluation_scores_one_version_to_its_end_across_a_swap(served,
     started = await gateway.post("/v1/evals", json={"domain": "lore", "evalset": "lore-qa"})
     assert started.status_code == 202, started.text
     try:
-        for _ in range(1200):  # the first question is at the engine
-            if any(r.get("model") == "tone@1" and r.get("messages") for r in fake_engine.requests):
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: any(r.get("model") == "tone@1" and r.get("messages") for r in fake_engine.requests),
+                    "the first question to reach the engine")
         swapped = await gateway.post("/v1/domains/lore/adapter", json={"adapter": "tone", "version": 2})
         assert swapped.status_code == 200, swapped.text
         fake_engine.hold_completions.set()
-        for _ in range(1200):
-            if planning.is_set():
-                break
-            await asyncio.sleep(0.05)
-        assert planning.is_set(), "the second question was never planned"
+        await until(planning.is_set, "the second question to be planned")
         # No question is in flight now: the drain of tone@1 has decided, and it kept tone@1.
         await asyncio.wait_for(state.swaps.wait_drained(), 120)
         assert "tone@1" in fake_engine.loaded
@@ -186,10 +180,8 @@ async def test_an_evaluation_scores_one_version_to_its_end_across_a_swap(served,
     job = await finished(gateway, started.json()["job_id"])
     run = (await gateway.get(f"/v1/evals/{job['result']['eval_id']}")).json()
     assert run["adapter"] == "tone@1" and run["metrics"]["answer_contains"] == 0.75, run
-    for _ in range(1200):  # released at the end: the swap's drain unloads it now
-        if "tone@1" not in fake_engine.loaded:
-            break
-        await asyncio.sleep(0.05)
+    # released at the end: the swap's drain unloads it now
+    await until(lambda: "tone@1" not in fake_engine.loaded, "tone@1 to be unloaded")
     assert fake_engine.loaded == {"tone@2"}
 
 

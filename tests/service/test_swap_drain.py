@@ -7,13 +7,12 @@ The real engine runs the same story with a stream in test_adapters_engine.py."""
 
 import asyncio
 import threading
-import time
 
 import httpx
 import pytest
 
 from indexer.registry import NotLoaded
-from tests.harness import client, running_gateway
+from tests.harness import client, running_gateway, until
 from tests.service.test_adapters_engine import adapter_files
 
 BASE = "SmolLM2-135M-Instruct"
@@ -40,15 +39,6 @@ async def engine_models(engine_url: str) -> list[str]:
     """The engine's own list (GET /v1/models on the engine, not the gateway's routing table)."""
     async with httpx.AsyncClient(timeout=60) as http:
         return [m["id"] for m in (await http.get(f"{engine_url}/v1/models")).json()["data"]]
-
-
-async def until(condition, what: str, timeout: float = 60) -> None:
-    """Wait for a state, with a generous bound."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def completions_on(fake_engine, model: str) -> int:
