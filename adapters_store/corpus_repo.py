@@ -97,13 +97,30 @@ def list_documents(session: Session, corpus: Corpus, limit: int, after: str | No
         after = page[-1].external_id
 
 
-def get_document(session: Session, corpus: Corpus, external_id: str) -> Document:
+def get_document(session: Session, corpus: Corpus, external_id: str,
+                 visible: Callable[[dict], bool] | None = None) -> Document:
+    """The document; with `visible` (a key's document filter), one the key may see: a hidden
+    document is as missing as one that does not exist, for every operation."""
     document = session.scalar(select(Document).where(Document.corpus_id == corpus.id,
                                                      Document.external_id == external_id))
-    if document is None:
+    if document is None or (visible is not None and not visible(document.doc_metadata or {})):
         raise NotFound(f"document {external_id!r} does not exist in corpus {corpus.name!r}",
                        param="document_id", code="document_not_found")
     return document
+
+
+def check_replaceable(session: Session, corpus: Corpus, external_ids: list[str],
+                      visible: Callable[[dict], bool] | None) -> None:
+    """An upload by a key with a document filter may not replace a document the filter hides
+    (404, as for any operation on it); ids only known after extraction (JSONL) are checked by the
+    ingestion job with the same filter (Job.params["filter"])."""
+    if visible is None or not external_ids:
+        return
+    for document in session.scalars(select(Document).where(Document.corpus_id == corpus.id,
+                                                           Document.external_id.in_(set(external_ids)))):
+        if not visible(document.doc_metadata or {}):
+            raise NotFound(f"document {document.external_id!r} does not exist in corpus {corpus.name!r}",
+                           param="document_id", code="document_not_found")
 
 
 def document_as_dict(document: Document) -> dict:
@@ -118,9 +135,11 @@ def chunk_ids_of(session: Session, document_ids: list[int]) -> list[int]:
     return list(session.scalars(select(Chunk.id).where(Chunk.document_id.in_(document_ids))))
 
 
-def create_job(session: Session, corpus: Corpus, items: list[JobItem]) -> Job:
+def create_job(session: Session, corpus: Corpus, items: list[JobItem], document_filter: dict | None = None) -> Job:
+    """A queued ingestion; `document_filter` (the uploading key's) bounds which documents it may replace."""
     job = Job(id=str(uuid.uuid4()), corpus_id=corpus.id, status="queued",
-              documents_total=len(items), items=items, tenant=tenancy.tenant_of(corpus.name))
+              documents_total=len(items), items=items, tenant=tenancy.tenant_of(corpus.name),
+              params={"filter": document_filter} if document_filter is not None else None)
     session.add(job)
     session.flush()
     return job

@@ -83,12 +83,13 @@ def finish_eval(session: Session, run: Eval, status: str, metrics: dict | None) 
 
 def list_evals(session: Session, domain: str | None = None, limit: int = 100, *, tenant: str | None = None
                ) -> list[Eval]:
-    """The newest runs, of one domain or all; with `tenant`, only of that tenant's domains."""
+    """The newest runs, of one domain or all; with `tenant`, only that tenant's (by its job's tenant
+    column: never by a name prefix, which SQLite's LIKE would match in any case)."""
     query = select(Eval).order_by(Eval.created_at.desc()).limit(limit)
     if domain is not None:
         query = query.where(Eval.domain == domain)
     if tenant is not None:
-        query = query.where(Eval.domain.startswith(tenant + tenancy.SEPARATOR, autoescape=True))
+        query = query.join(Job, Job.id == Eval.job_id).where(Job.tenant == tenant)
     return list(session.scalars(query))
 
 

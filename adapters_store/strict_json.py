@@ -3,8 +3,9 @@
 Python's json module takes more than RFC 8259 allows and more than graft can keep: NaN and
 Infinity (once stored, every answer that serializes them fails), integers of any size (SQL
 overflows past 64 bits; numbers of any kind are held to that range), nesting deep enough to exhaust the recursion limit, and unpaired UTF-16
-surrogate escapes (not encodable as UTF-8, so neither storable nor returnable). Each is refused
-here with a ValueError, as a syntax error is, before anything reads the value.
+surrogate escapes (not encodable as UTF-8, so neither storable nor returnable), and NUL characters
+in strings or keys (PostgreSQL's text cannot hold them; SQLite would, so the two would differ).
+Each is refused here with a ValueError, as a syntax error is, before anything reads the value.
 """
 
 import json
@@ -17,6 +18,8 @@ MIN_INT, MAX_INT = -(2**63), 2**63 - 1  # what SQL's BIGINT (and SQLite's INTEGE
 _MAX_INT_DIGITS = len(str(MIN_INT))
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # \uD800-\uDFFF: paired or not
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_NUL_ESCAPE = "\\u0000"
+NUL_REFUSED = "a string holds a NUL character (\\u0000), which graft does not store"
 
 
 class JsonRefused(ValueError):
@@ -38,8 +41,9 @@ def loads(data: str | bytes) -> Any:
         value = json.loads(data, parse_constant=_refuse_constant, parse_int=_int, parse_float=_float)
     except RecursionError:
         raise JsonRefused(f"nested deeper than {MAX_DEPTH} levels") from None
-    # A paired escape decodes to one code point; only an unpaired one leaves a surrogate.
-    _check_tree(value, strings=_SURROGATE_ESCAPE.search(data) is not None)
+    # A paired escape decodes to one code point; only an unpaired one leaves a surrogate. A NUL can
+    # only come from its escape (JSON refuses raw control characters). Strings are walked only then.
+    _check_tree(value, strings=_SURROGATE_ESCAPE.search(data) is not None or _NUL_ESCAPE in data)
     return value
 
 
@@ -76,9 +80,12 @@ def _check_tree(value: Any, strings: bool) -> None:
         elif isinstance(node, list):
             children = node
         else:
-            if strings and isinstance(node, str) and _SURROGATE.search(node):
-                raise JsonRefused("a string holds an unpaired UTF-16 surrogate (\\ud800-\\udfff): "
-                                  "not valid Unicode")
+            if strings and isinstance(node, str):
+                if _SURROGATE.search(node):
+                    raise JsonRefused("a string holds an unpaired UTF-16 surrogate (\\ud800-\\udfff): "
+                                      "not valid Unicode")
+                if "\x00" in node:
+                    raise JsonRefused(NUL_REFUSED)
             continue
         if depth > MAX_DEPTH:
             raise JsonRefused(f"nested deeper than {MAX_DEPTH} levels")

@@ -21,7 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters_store.corpus_repo import touch, unfinished_jobs
 from adapters_store.models import Chunk, Corpus, Document, Job, JobItem, utcnow
 from indexer.chunking import Chunker
+from indexer import filters
 from indexer.extract import ExtractionError, extract
+from indexer.filters import MetadataFilter
 from indexer.pipeline import PendingDocument, chunk_all, drop_unused_raw, embed, set_progress, text_sha256
 from indexer.publisher import publish_change
 from indexer.rebuild import rebuild
@@ -96,17 +98,20 @@ class IngestionWorker:
                 if kind == "rebuild":
                     rebuild(self.sessions, self.registry, self.limits, job_id, corpus, entry, params)
                 else:
-                    self._ingest(job_id, corpus, entry)
+                    self._ingest(job_id, corpus, entry, params)
             except Exception as exc:
                 log.exception("%s job %s failed", kind, job_id)
                 self._finish(job_id, "failed", reason=f"{exc.__class__.__name__}: {exc}")
 
-    def _ingest(self, job_id: str, corpus: Corpus, entry: CorpusEntry) -> None:
+    def _ingest(self, job_id: str, corpus: Corpus, entry: CorpusEntry, params: dict) -> None:
         with self.sessions() as session:
             items = list(session.scalars(select(JobItem).where(JobItem.job_id == job_id)
                                          .order_by(JobItem.id)))
         documents, errors, done_items = self._extract_all(items)
-        documents, adopted = self._skip_unchanged(corpus.id, documents)
+        uploader_filter = filters.parse(params.get("filter"), param="job.filter")
+        documents, adopted, hidden = self._skip_unchanged(corpus.id, documents, uploader_filter)
+        errors += [{"document_id": d.external_id, "error": f"document {d.external_id!r} does not exist"}
+                   for d in hidden]
         embedder = entry.searcher.embedder
         chunk_all(documents, Chunker(embedder.tokenizer, corpus.chunk_size, corpus.chunk_overlap),
                   corpus.contextual_headers)
@@ -166,20 +171,24 @@ class IngestionWorker:
                                                             item.kind, item.raw_path)
         return list(documents.values()), errors, done
 
-    def _skip_unchanged(self, corpus_id: int, documents: list[PendingDocument]
-                        ) -> tuple[list[PendingDocument], list[tuple[int, str, str]]]:
-        """The documents to index (new, or with new content or metadata), and (row id, raw path,
-        kind) for unchanged ones that keep no raw upload yet (ingested before uploads were kept):
-        they take this one's, for rebuilds."""
+    def _skip_unchanged(self, corpus_id: int, documents: list[PendingDocument], uploader_filter: MetadataFilter | None
+                        ) -> tuple[list[PendingDocument], list[tuple[int, str, str]], list[PendingDocument]]:
+        """The documents to index (new, or with new content or metadata); (row id, raw path, kind)
+        for unchanged ones that keep no raw upload yet (ingested before uploads were kept): they
+        take this one's, for rebuilds; and those that would replace a document the uploading key's
+        filter hides (left as they are: a hidden document does not exist for that key)."""
         if not documents:
-            return [], []
+            return [], [], []
         with self.sessions() as session:
             existing = {d.external_id: d for d in session.scalars(select(Document).where(
                 Document.corpus_id == corpus_id,
                 Document.external_id.in_([d.external_id for d in documents])))}
-        changed, adopted = [], []
+        changed, adopted, hidden = [], [], []
         for document in documents:
             old = existing.get(document.external_id)
+            if old is not None and uploader_filter is not None and not uploader_filter.matches(old.doc_metadata):
+                hidden.append(document)
+                continue
             # New metadata alone is a change too: filters (document-level access) read it.
             if old is not None and old.content_sha256 == document.sha256 \
                     and (old.doc_metadata or {}) == document.metadata:
@@ -188,7 +197,7 @@ class IngestionWorker:
                 continue  # same content and metadata again: nothing to index
             document.replaces = old.id if old is not None else None
             changed.append(document)
-        return changed, adopted
+        return changed, adopted, hidden
 
     @staticmethod
     def _adopt_raw(session: Session, adopted: list[tuple[int, str, str]]) -> None:

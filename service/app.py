@@ -29,6 +29,7 @@ from service.engine.pool import EnginePool
 from service.engine.supervisor import LocalEngine
 from service.errors import install_error_handlers
 from service.evals import EvalService
+from service.http_body import RefuseNul
 from service.limits import RateLimiter, tenant_limits_loader
 from service.metrics import Metrics, RequestMetrics
 from service.openapi import install_openapi
@@ -65,10 +66,13 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None) -
         finally:
             await _stop(state)
 
-    app = FastAPI(title="graft", version="0.1.0", lifespan=lifespan)
+    pages = settings.api_docs_pages
+    app = FastAPI(title="graft", version="0.1.0", lifespan=lifespan,
+                  docs_url="/docs" if pages else None, redoc_url="/redoc" if pages else None)
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(AuditLog)  # inside RequestMetrics, which then counts its 500s
+    app.add_middleware(RefuseNul)
     app.add_middleware(RequestMetrics)
     for module in (health, completions, corpora, domains, adapters, evals, trainings, jobs, keys, audit, console):
         app.include_router(module.router)

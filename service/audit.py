@@ -27,6 +27,7 @@ from datetime import timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from adapters_store import tenancy
 from adapters_store.models import AuditEvent
 from service.errors import INTERNAL_ERROR, error_response
 
@@ -52,6 +53,11 @@ class Audited:
     details: tuple[str, ...] = ()
     created: str | None = None
     full_name: bool = True
+    # Whose thing changed (the event's `tenant`, so that tenant's admin sees a global key's changes
+    # to it): "name", the tenant of the `{name}` target's full name; "tenant", the tenant the route
+    # names (`{name}` of a tenant route, or the response's `tenant`); "route", what the route found
+    # (a thing named by id: it sets `request.state.owner_tenant`).
+    owner: str = "name"
 
 
 # (method, route template as in `route.path_format`) → what it records.
@@ -71,12 +77,12 @@ AUDITED: dict[tuple[str, str], Audited] = {
     ("POST", "/v1/domains/{name}/rollback"): Audited("domain.rollback", "{name}", ("adapter",)),
     ("POST", "/v1/evalsets"): Audited("evalset.create", "{name}", ("sha256", "items")),
     ("DELETE", "/v1/evalsets/{name}"): Audited("evalset.delete", "{name}"),
-    ("POST", "/v1/evals"): Audited("eval.start", "{eval_id}", ("job_id",)),
-    ("POST", "/v1/jobs/{job_id}/cancel"): Audited("job.cancel", "{job_id}"),
-    ("POST", "/v1/tenants"): Audited("tenant.create", "{name}", full_name=False),
-    ("PATCH", "/v1/tenants/{name}"): Audited("tenant.update", "{name}", ("limits",), full_name=False),
-    ("POST", "/v1/keys"): Audited("key.create", "{id}", ("name", "scope", "tenant")),
-    ("DELETE", "/v1/keys/{key_id}"): Audited("key.revoke", "{key_id}"),
+    ("POST", "/v1/evals"): Audited("eval.start", "{eval_id}", ("job_id",), owner="route"),
+    ("POST", "/v1/jobs/{job_id}/cancel"): Audited("job.cancel", "{job_id}", owner="route"),
+    ("POST", "/v1/tenants"): Audited("tenant.create", "{name}", full_name=False, owner="tenant"),
+    ("PATCH", "/v1/tenants/{name}"): Audited("tenant.update", "{name}", ("limits",), full_name=False, owner="tenant"),
+    ("POST", "/v1/keys"): Audited("key.create", "{id}", ("name", "scope", "tenant"), owner="tenant"),
+    ("DELETE", "/v1/keys/{key_id}"): Audited("key.revoke", "{key_id}", owner="route"),
 }
 
 _FIELD = re.compile(r"{(\w+)}")
@@ -111,9 +117,10 @@ def event_as_dict(row: AuditEvent) -> dict:
 
 
 def describe(method: str, template: str, status: int, path_params: dict, answer: dict,
-             principal) -> tuple[str, str, dict | None]:
-    """(action, target, details) of a 2xx admin write, from the table (a route missing from it,
-    which a test forbids, is still recorded, under its method and template)."""
+             principal, route_owner: str | None = None) -> tuple[str, str, dict | None, str | None]:
+    """(action, target, details, tenant) of a 2xx admin write, from the table (a route missing from
+    it, which a test forbids, is still recorded, under its method and template). `route_owner`: the
+    tenant of the thing a route found by id (`request.state.owner_tenant`)."""
     audited = AUDITED.get((method, template))
     if audited is None:
         audited = Audited(f"{method} {template}", "/".join("{%s}" % f for f in _FIELD.findall(template)))
@@ -133,12 +140,25 @@ def describe(method: str, template: str, status: int, path_params: dict, answer:
 
     action = audited.created if audited.created and status == 201 else audited.action
     details = {field: answer[field] for field in audited.details if field in answer}
-    return action, _FIELD.sub(fill, audited.target), details or None
+    target = _FIELD.sub(fill, audited.target)
+    return action, target, details or None, _owner(audited, principal, path_params, answer, route_owner)
 
 
-def _write(sessions, action: str, target: str, details: dict | None, principal) -> None:
+def _owner(audited: Audited, principal, path_params: dict, answer: dict, route_owner: str | None) -> str | None:
+    """The tenant whose thing the event changed: a tenant's key changes its own tenant's things only."""
+    if principal.tenant is not None:
+        return principal.tenant
+    if audited.owner == "route":
+        return route_owner
+    if audited.owner == "tenant":  # a key's answer names its tenant; a tenant route names the tenant
+        return answer["tenant"] if "tenant" in answer else path_params.get("name", answer.get("name"))
+    name = path_params.get("name", answer.get("name"))  # a global key names a tenant's thing in full
+    return tenancy.tenant_of(str(name)) if name is not None else None
+
+
+def _write(sessions, action: str, target: str, details: dict | None, principal, tenant: str | None) -> None:
     with sessions() as session, session.begin():
-        record(session, action, target, api_key_id=principal.key_id, tenant=principal.tenant, details=details)
+        record(session, action, target, api_key_id=principal.key_id, tenant=tenant, details=details)
 
 
 class AuditLog:
@@ -188,10 +208,12 @@ class AuditLog:
         if not isinstance(answer, dict):
             answer = {}
         principal = scope["state"]["principal"]
-        action, target, details = describe(scope["method"], template, status, scope.get("path_params") or {},
-                                           answer, principal)
+        action, target, details, tenant = describe(scope["method"], template, status,
+                                                   scope.get("path_params") or {}, answer, principal,
+                                                   scope["state"].get("owner_tenant"))
         try:
-            await asyncio.to_thread(_write, scope["app"].state.graft.sessions, action, target, details, principal)
+            await asyncio.to_thread(_write, scope["app"].state.graft.sessions, action, target, details, principal,
+                                    tenant)
         except Exception:
             log.exception("could not record the audit event %s %s", action, target)
             return False

@@ -7,12 +7,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from adapters_store import eval_repo
 from adapters_store.errors import Invalid, NotFound
 from adapters_store.models import Job, utcnow
 from evaluation.metrics import cited_document_ids, item_scores, summarize
+from service.auth import Principal
 from service.domains import DomainRoute, RoutingTable
 from service.engine.pool import EnginePool
 from service.rag.planner import Planner
@@ -30,6 +31,9 @@ class EvalRequest:
     adapter: dict | None = None  # the candidate as the client named it
     retrieval: dict | bool | None = None  # a completion's `retrieval` override; False = off
     max_tokens: int = 64
+    # The key the run is made for (a route's, a swap's, a training's): every door to an evaluation
+    # names one, and `EvalService.authorise` decides on it.
+    requested_by: Principal = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,16 @@ class EvalService:
         self.concurrency = concurrency
         self._tasks: dict[str, asyncio.Task] = {}  # job id → running evaluation
 
+    @staticmethod
+    def authorise(request: EvalRequest) -> None:
+        """The one check every evaluation passes (explicit runs, swap gates, trainings, tunings): a
+        key with a document filter may not run one, since a run reads every document of the
+        domain's corpora and its scores and items would show what the filter hides."""
+        request.requested_by.check_reads_whole_corpora("an evaluation")
+
     def check(self, request: EvalRequest) -> None:
-        """NotFound for an unknown domain or evaluation set."""
+        """Forbidden for a key that may not evaluate; NotFound for an unknown domain or evaluation set."""
+        self.authorise(request)
         self._route(request.domain)
         with self.sessions() as session:
             eval_repo.get_evalset(session, request.evalset)
@@ -90,10 +102,11 @@ class EvalService:
         with self.sessions() as session:
             return eval_repo.eval_as_dict(eval_repo.get_eval(session, run_id))
 
-    async def gate(self, domain: str, candidate: str, gate: dict) -> GateResult:
+    async def gate(self, domain: str, candidate: str, gate: dict, requested_by: Principal) -> GateResult:
         """Score the current binding and the candidate on the same set, one after the other."""
-        current = await self.run(EvalRequest(domain, gate["evalset"]))
-        challenger = await self.run(EvalRequest(domain, gate["evalset"], engine_model=candidate))
+        current = await self.run(EvalRequest(domain, gate["evalset"], requested_by=requested_by))
+        challenger = await self.run(EvalRequest(domain, gate["evalset"], engine_model=candidate,
+                                                requested_by=requested_by))
         for run in (current, challenger):
             if run["status"] != "succeeded":
                 raise Invalid(f"the gate's evaluation {run['id']} {run['status']}", param="gate",
@@ -131,6 +144,7 @@ class EvalService:
         return route
 
     def _create(self, request: EvalRequest) -> tuple[str, str]:
+        self.authorise(request)
         route = self._route(request.domain)
         retrieval = None
         if request.retrieval is not False:

@@ -1,4 +1,4 @@
-"""Reading request bodies: a size limit enforced while streaming, and JSON read the same way on
+"""Reading requests: NUL characters refused in URLs, a size limit enforced while streaming, and JSON read the same way on
 every route whatever Content-Type the client sent (curl -d sends a form type), strictly
 (adapters_store.strict_json: no NaN, no integer past 64 bits, no nesting past 64 levels).
 
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from adapters_store import strict_json
 from adapters_store.errors import Invalid, TooLarge
-from service.errors import invalid_from
+from service.errors import error_response, invalid_from
 
 Model = TypeVar("Model", bound=BaseModel)
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
@@ -107,3 +107,22 @@ def json_body(model: type[Model]) -> Callable[[Request], Coroutine[Any, Any, Mod
     read.__name__ = f"json_body_{model.__name__}"
     setattr(read, BODY_DOC, BodyDoc(json=model))
     return read
+
+
+class RefuseNul:
+    """ASGI middleware: a URL whose path or query decodes to a NUL character is answered before any
+    route sees it. No resource is named with one (404 for a path); a query value with one is 400.
+    (PostgreSQL's text cannot hold NUL; JSON bodies are refused by strict_json, file names by uploads.)"""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            if "\x00" in scope.get("path", ""):
+                return await error_response(404, "no resource has a NUL character in its path",
+                                            code="not_found")(scope, receive, send)
+            if b"%00" in scope.get("query_string", b"") or b"\x00" in scope.get("query_string", b""):
+                return await error_response(400, "a query parameter holds a NUL character (%00)",
+                                            code="invalid_parameter")(scope, receive, send)
+        await self.app(scope, receive, send)

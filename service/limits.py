@@ -56,6 +56,19 @@ class Limits(BaseModel):
     concurrent: int | None = Field(default=None, ge=1, le=100_000)  # requests in flight at once
 
 
+def narrow(maker: dict | None, requested: dict | None) -> dict | None:
+    """The limits of a key a key makes: what was asked, each at most its maker's (an unset limit of
+    the maker's leaves the field as asked; a field left unset takes the maker's), as filters are
+    narrowed. A key can never mint one that may do more than itself."""
+    if not maker:
+        return requested
+    narrowed = dict(requested or {})
+    for kind, ceiling in maker.items():
+        if ceiling is not None:
+            narrowed[kind] = min(ceiling, narrowed.get(kind) or ceiling)
+    return narrowed
+
+
 def tenant_limits_loader(sessions) -> Callable[[str], dict | None]:
     """Reads a tenant's stored limits (None: no row, or no limits) with a session of `sessions`."""
     def load(tenant: str) -> dict | None:

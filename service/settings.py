@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)  # bootstrap admin keys
+    # Serve FastAPI's interactive API pages (/docs, /redoc). Off by default: they load their scripts
+    # from a public CDN, which an air-gapped host cannot reach, without the console's CSP.
+    # /openapi.json is always served.
+    api_docs_pages: bool = False
     # Request plans (retrieval, prompt) that run at once; 0 = one per CPU core this process may
     # use. Plans are CPU-bound: more at once than cores makes a burst of requests finish later.
     plan_threads: int = Field(default=0, ge=0, le=256)
@@ -45,7 +49,11 @@ class Settings(BaseSettings):
     engine_extra_args: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # indexing and retrieval
-    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_model: str = "all-MiniLM-L6-v2"  # the default of a new corpus
+    # Other embedding models a corpus may name (`embedding_model`): names of packaged models or
+    # local sentence-transformers folders the operator allows. Anything else is refused with one
+    # message, so a key cannot probe the host's folders or load a model of its choosing.
+    allowed_embedding_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # "onnx": the model exported once (by torch, from the local folder) and run by ONNX Runtime,
     # identical embeddings at less cost (bench/ingest.py C); "torch": SentenceTransformer.encode.
     embedding_backend: Literal["onnx", "torch"] = "onnx"
@@ -86,7 +94,8 @@ class Settings(BaseSettings):
     # queue: a claimed run whose worker has not touched it for this long fails (the worker died).
     trainer_stale_after_s: float = Field(default=120.0, ge=1.0)
 
-    @field_validator("api_keys", "engine_urls", "engine_extra_args", "lora_target_modules", mode="before")
+    @field_validator("api_keys", "engine_urls", "engine_extra_args", "lora_target_modules", "allowed_embedding_models",
+                     mode="before")
     @classmethod
     def _split_list(cls, value):
         if isinstance(value, str):
@@ -101,6 +110,11 @@ class Settings(BaseSettings):
             return len(os.sched_getaffinity(0))  # the cores this process may run on (Linux)
         except AttributeError:
             return os.cpu_count() or 1
+
+    @property
+    def embedding_models(self) -> frozenset[str]:
+        """What a corpus may name as its embedding model: the default and the allowed ones."""
+        return frozenset([self.embedding_model, *self.allowed_embedding_models])
 
     @property
     def resolved_database_url(self) -> str:

@@ -19,6 +19,7 @@ from adapters_store import adapter_repo, eval_repo
 from adapters_store.errors import Conflict, NotFound, Unavailable
 from adapters_store.hotload import HotLoader, HotLoadError
 from adapters_store.models import AdapterVersion, Corpus, Domain, DomainHistory, utcnow
+from service.auth import Principal
 from service.domains import RoutingTable, route_of
 
 # Runs after the target is loaded and before the commit: raises to refuse, returns history details.
@@ -70,10 +71,12 @@ class SwapService:
                            apply=apply, create=created)
         return created
 
-    async def swap(self, name: str, adapter: str, version: int, key_id: int | None,
+    async def swap(self, name: str, adapter: str, version: int, principal: Principal,
                    gate: dict | None = None) -> dict | None:
-        """Swap to adapter@version; with a gate (or the domain's default one) only when the
-        candidate scores at least `min_delta` above the current binding. The gate's numbers."""
+        """Swap to adapter@version for `principal`; with a gate (or the domain's default one) only
+        when the candidate scores at least `min_delta` above the current binding (evaluated for
+        `principal`, so a key that may not evaluate cannot gate). The gate's numbers."""
+        key_id = principal.key_id
         outcome: dict = {}
 
         async def check(domain: Domain, target: AdapterVersion | None) -> dict | None:
@@ -84,7 +87,7 @@ class SwapService:
                 eval_repo.get_evalset(session, spec["evalset"])
             if self.evals is None:
                 raise Unavailable("this gateway cannot evaluate a gate", code="gate_unavailable")
-            result = (await self.evals.gate(name, target.engine_name, spec)).as_dict()
+            result = (await self.evals.gate(name, target.engine_name, spec, principal)).as_dict()
             outcome["gate"] = result
             if not result["passed"]:
                 with self.sessions() as session, session.begin():

@@ -26,6 +26,7 @@ from adapters_store.artifacts import AdapterArtifactStore
 from adapters_store.errors import Conflict
 from adapters_store.models import Corpus, Job, utcnow
 from adapters_store.validation import BaseModelShapes, validate_adapter
+from service.auth import Principal
 from service.engine.pool import EnginePool
 from service.evals import EvalRequest, EvalService
 from service.rag.prompt import PromptBuilder
@@ -51,7 +52,8 @@ class TrainingRequest:
     learning_rate: float
     evalset: str | None = None
     promote: dict | None = None  # {domain, gate?}
-    key_id: int | None = None
+    # The key that started it: its evaluation and promotion run for that key (EvalService.authorise).
+    requested_by: Principal = field(kw_only=True)
     params: dict = field(default_factory=dict)  # as the client sent them + the recipe's defaults
 
 
@@ -256,15 +258,16 @@ class TrainingService:
         candidate = await self.swaps.stage(request.adapter, version)
         try:
             run = await self.evals.run(EvalRequest(domain, request.evalset, engine_model=candidate,
-                                                   adapter={"name": request.adapter, "version": version}))
+                                                   adapter={"name": request.adapter, "version": version},
+                                                   requested_by=request.requested_by))
         finally:
             self.swaps.release(candidate)
         return run["id"]
 
     async def _promote(self, request: TrainingRequest, version: int) -> dict:
         try:
-            gate = await self.swaps.swap(request.promote["domain"], request.adapter, version, request.key_id,
-                                         request.promote.get("gate"))
+            gate = await self.swaps.swap(request.promote["domain"], request.adapter, version,
+                                         request.requested_by, request.promote.get("gate"))
             return {"domain": request.promote["domain"], "promoted": True, "gate": gate}
         except Conflict as exc:
             return {"domain": request.promote["domain"], "promoted": False, "reason": exc.message}

@@ -85,6 +85,9 @@ async def receive_files(request: Request, boundary: bytes, dest: Path, *, field_
             # A count rule of the request's shape, as a JSON array's maxItems is: 400, not 413.
             raise Invalid(f"more than {max_files} files in one upload", param=field_name, code="too_many_files")
         content_type = part.headers.get("content-type")
+        if b"\x00" in filename or (content_type and b"\x00" in content_type):
+            raise Invalid("a file part's name or content type holds a NUL character", param=field_name,
+                          code="invalid_multipart")
         received = ReceivedFile(
             field=name,
             filename=os.path.basename(filename.decode("utf-8", "replace").replace("\\", "/")) or "upload",

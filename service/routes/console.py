@@ -46,11 +46,17 @@ async def console_page():
     return _file(CONSOLE_DIR / "index.html")
 
 
+# What /console/static/ serves, by its path under the folder: listed once, so a request's path is
+# looked up, never handed to the filesystem (no traversal, no NUL or over-long name reaching it).
+ASSETS = {path.relative_to(CONSOLE_DIR).as_posix(): path for path in CONSOLE_DIR.rglob("*")
+          if path.is_file() and path.suffix in MEDIA_TYPES}
+
+
 @router.get("/console/static/{path:path}", include_in_schema=False)
 async def console_asset(path: str):
-    target = (CONSOLE_DIR / path).resolve()
-    if not target.is_relative_to(CONSOLE_DIR) or not target.is_file() or target.suffix not in MEDIA_TYPES:
-        raise NotFound(f"no console file {path!r}", param="path", code="not_found")
+    target = ASSETS.get(path)
+    if target is None:
+        raise NotFound(f"no console file {path[:200]!r}", param="path", code="not_found")
     return _file(target)
 
 

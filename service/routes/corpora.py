@@ -3,6 +3,7 @@ rebuild the index with new chunking settings."""
 
 import asyncio
 import functools
+import logging
 import shutil
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from adapters_store import corpus_repo as repo
 from adapters_store import tenancy
 from adapters_store.durable import fsync_dir
-from adapters_store.errors import Conflict, Invalid, NotFound
+from adapters_store.errors import Conflict, Invalid, NotFound, Unavailable
 from adapters_store.models import Corpus
 from indexer import filters
 from indexer.deletion import delete_document
@@ -26,6 +27,7 @@ from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state, inference_principal
 from service.uploads import multipart_boundary
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 # The media types of the files an upload takes (a file's extension, when it has one, decides).
 FILE_TYPES = ("text/plain", "text/markdown", "text/html", "application/pdf", "application/jsonl")
@@ -89,11 +91,15 @@ async def create_corpus(principal: Principal = Depends(admin_principal),
         raise Invalid(f"chunk_overlap ({overlap}) must be smaller than chunk_size ({size})",
                       param="chunk_overlap")
     model = body.embedding_model or s.embedding_model
+    if model not in s.embedding_models:  # the same answer for any name, path or folder not allowed
+        raise Invalid("embedding_model is not one this gateway allows: leave it out for the default, or ask "
+                      "the operator to allow it (GRAFT_ALLOWED_EMBEDDING_MODELS)", param="embedding_model")
     try:
         await asyncio.to_thread(state.registry.embedder, model)
-    except (ValueError, OSError) as exc:
-        raise Invalid(f"embedding model {model!r} cannot be loaded: {exc}",
-                      param="embedding_model") from exc
+    except (ValueError, OSError) as exc:  # an allowed model that fails is the operator's to fix: logged
+        log.error("allowed embedding model %r cannot be loaded: %s", model, exc)
+        raise Unavailable("the embedding model cannot be loaded on this gateway; see its log",
+                          code="embedding_model_unavailable") from exc
     with state.sessions() as session, session.begin():
         corpus = repo.create_corpus(session, name, size, overlap, model, bool(body.contextual_headers))
         # SQLite may give the new corpus the id of a deleted one: files that one left behind (a
@@ -132,7 +138,7 @@ async def delete_corpus(name: str = Depends(corpus_name), state: GatewayState = 
 @router.post("/v1/corpora/{name}/documents", status_code=202, responses=answers(JobAccepted, 202))
 @request_body(json=JsonDocuments, files="files", max_files=MAX_FILES, file_types=FILE_TYPES)
 async def upload_documents(request: Request, name: str = Depends(corpus_name),
-                           state: GatewayState = Depends(get_state)):
+                           principal: Principal = Depends(admin_principal), state: GatewayState = Depends(get_state)):
     corpus = _corpus(state, name)
     dest = state.settings.uploads_dir / str(corpus.id)
     boundary = multipart_boundary(request)
@@ -141,9 +147,16 @@ async def upload_documents(request: Request, name: str = Depends(corpus_name),
     else:  # JSON whatever the content type says, as on every JSON route
         items = await items_from_json(request, dest, state.settings)
     await asyncio.to_thread(fsync_dir, dest)
+    uploader_filter = principal.filter
     with state.sessions() as session, session.begin():
         # Read again, not merged: the worker may have moved the generation while the body streamed.
-        job = repo.create_job(session, repo.get_corpus(session, name), items)
+        corpus = repo.get_corpus(session, name)
+        if uploader_filter is not None:  # ids known before extraction; the job checks the rest
+            repo.check_replaceable(session, corpus, [i.external_id or i.filename for i in items
+                                                     if i.kind != "jsonl" and (i.external_id or i.filename)],
+                                   uploader_filter.matches)
+        job = repo.create_job(session, corpus, items,
+                              uploader_filter.as_dict() if uploader_filter is not None else None)
         job_id = job.id
     state.worker.submit(job_id)
     return accepted(job_id)
@@ -169,16 +182,18 @@ async def list_documents(name: str = Depends(corpus_name), state: GatewayState =
     corpus = _corpus(state, name)
     keep = principal.filter.matches if principal.filter is not None else None  # a key sees what it may read
     with state.sessions() as session:
-        documents = repo.list_documents(session, corpus, limit, after, keep)
-        return {"object": "list", "data": [repo.document_as_dict(d) for d in documents],
-                "has_more": len(documents) == limit}
+        documents = repo.list_documents(session, corpus, limit + 1, after, keep)  # one more: is there a next page
+        return {"object": "list", "data": [repo.document_as_dict(d) for d in documents[:limit]],
+                "has_more": len(documents) > limit}
 
 
 @router.delete("/v1/corpora/{name}/documents/{document_id:path}", responses=answers(Deleted))
-async def remove_document(document_id: str, name: str = Depends(corpus_name), state: GatewayState = Depends(get_state)):
+async def remove_document(document_id: str, name: str = Depends(corpus_name), state: GatewayState = Depends(get_state),
+                          principal: Principal = Depends(admin_principal)):
     corpus = _corpus(state, name)
     with state.sessions() as session:
-        document = repo.get_document(session, corpus, document_id)
+        document = repo.get_document(session, corpus, document_id,
+                                     principal.filter.matches if principal.filter is not None else None)
 
     def delete() -> int:  # in a thread: following the generation pointer may read it from disk
         return delete_document(state.sessions, state.registry, state.registry.entry_for(corpus), document.id)

@@ -143,7 +143,7 @@ async def swap_adapter(name: str = Depends(domain_name), state: GatewayState = D
                        body: SwapBody = Depends(json_body(SwapBody))):
     started = time.perf_counter()
     adapter = tenancy.within(name, body.adapter, param="adapter", kind="adapter")
-    gate = await state.swaps.swap(name, adapter, body.version, principal.key_id, _gate(name, body.gate))
+    gate = await state.swaps.swap(name, adapter, body.version, principal, _gate(name, body.gate))
     return {**domain_as_dict(state.routing.get(name)), "swap_seconds": time.perf_counter() - started,
             "gate_result": gate}
 

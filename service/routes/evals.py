@@ -88,7 +88,8 @@ async def create_evalset(request: Request, principal: Principal = Depends(admin_
     boundary = multipart_boundary(request)
     raw = await (_jsonl_upload(request, boundary, state, name) if boundary is not None
                  else read_json_object(request, state.settings.max_request_bytes))
-    if len(raw.get("items") or []) > state.settings.eval_max_items:
+    items = raw.get("items")  # counted before validation (cheap); a non-list is the model's 400
+    if isinstance(items, list) and len(items) > state.settings.eval_max_items:
         raise Invalid(f"an evaluation set holds at most {state.settings.eval_max_items} items", param="items")
     try:
         body = EvalSetIn.model_validate(raw)
@@ -142,9 +143,8 @@ async def delete_evalset(name: str = Depends(evalset_name), state: GatewayState 
 
 
 @router.post("/v1/evals", status_code=202, responses=answers(JobAccepted, 202))
-async def start_eval(principal: Principal = Depends(admin_principal), body: EvalIn = Depends(json_body(EvalIn)),
-                     state: GatewayState = Depends(get_state)):
-    principal.check_reads_whole_corpora("an evaluation")
+async def start_eval(request: Request, principal: Principal = Depends(admin_principal),
+                     body: EvalIn = Depends(json_body(EvalIn)), state: GatewayState = Depends(get_state)):
     retrieval = body.retrieval.model_dump(exclude_none=True) if isinstance(body.retrieval, RetrievalIn) \
         else body.retrieval
     # The set and the candidate live in the domain's namespace.
@@ -154,14 +154,16 @@ async def start_eval(principal: Principal = Depends(admin_principal), body: Eval
     if body.adapter:
         adapter = {"name": tenancy.within(domain, body.adapter.name, param="adapter.name", kind="adapter"),
                    "version": body.adapter.version}
-    request = EvalRequest(domain, evalset, retrieval=retrieval, max_tokens=body.max_tokens, adapter=adapter)
-    state.evals.check(request)  # unknown domain or set: 404 before any adapter is loaded
+    run = EvalRequest(domain, evalset, retrieval=retrieval, max_tokens=body.max_tokens, adapter=adapter,
+                      requested_by=principal)
+    state.evals.check(run)  # a key that may not evaluate, an unknown domain or set: before any load
+    request.state.owner_tenant = tenancy.tenant_of(domain)  # the audit event's tenant
     if body.adapter is None:  # the current binding, kept loaded to the end if the domain is swapped meanwhile
         engine_model = state.swaps.keep_current(domain)
     else:
         engine_model = await state.swaps.stage(adapter["name"], adapter["version"])
     try:
-        job_id, eval_id = state.evals.submit(dataclasses.replace(request, engine_model=engine_model),
+        job_id, eval_id = state.evals.submit(dataclasses.replace(run, engine_model=engine_model),
                                              on_done=lambda: state.swaps.release(engine_model))
     except BaseException:
         state.swaps.release(engine_model)

@@ -1,6 +1,6 @@
 """Jobs over REST: every long task (ingestion, rebuild, evaluation, training) is one."""
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from adapters_store import corpus_repo
@@ -37,10 +37,11 @@ async def get_job(job_id: str, principal: Principal = Depends(admin_principal),
 
 
 @router.post("/v1/jobs/{job_id}/cancel", responses=answers(JobCancelling))
-async def cancel_job(job_id: str, principal: Principal = Depends(admin_principal),
+async def cancel_job(request: Request, job_id: str, principal: Principal = Depends(admin_principal),
                      state: GatewayState = Depends(get_state)):
     """Cancel a training or an evaluation; ingestion and rebuilds run to their end."""
     job = _job(state, principal, job_id)
+    request.state.owner_tenant = job.tenant  # the audit event's tenant (service/audit.py)
     kind, status = job.kind, job.status
     if status not in ("queued", "running"):
         raise Conflict(f"job {job_id!r} is already {status}", param="job_id", code="job_finished")

@@ -2,12 +2,13 @@
 service/keys.py. A key made here works at once.
 
 A global admin key (no tenant) creates tenants and manages every key; a tenant's admin key manages
-its own tenant's keys, and a key it makes never reads more documents than its own filter allows.
+its own tenant's keys, and a key it makes never reads more documents than its own filter allows nor
+has higher limits than its own (service/limits.py `narrow`).
 """
 
 import asyncio
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters_store import tenancy
@@ -16,7 +17,7 @@ from indexer import filters
 from service import keys
 from service.auth import Principal
 from service.http_body import json_body
-from service.limits import Limits
+from service.limits import Limits, narrow
 from service.responses import ApiKeyCreated, ApiKeyList, Deleted, Tenant, TenantList, answers
 from service.state import GatewayState, admin_principal, get_state
 
@@ -98,7 +99,8 @@ async def create_key(principal: Principal = Depends(admin_principal), body: KeyI
         with state.sessions() as session, session.begin():
             row, secret = keys.create_key(session, body.name, body.scope,
                                           narrowed.as_dict() if narrowed is not None else None,
-                                          tenant=tenant, domains=body.domains, limits=_limits(body.limits))
+                                          tenant=tenant, domains=body.domains,
+                                          limits=narrow(principal.limits, _limits(body.limits)))
             return {**keys.key_as_dict(row), "key": secret}
     return await asyncio.to_thread(create)
 
@@ -111,10 +113,10 @@ async def list_keys(principal: Principal = Depends(admin_principal), state: Gate
 
 
 @router.delete("/v1/keys/{key_id}", responses=answers(Deleted))
-async def revoke_key(key_id: int = Path(ge=1, le=MAX_ID), principal: Principal = Depends(admin_principal),
-                     state: GatewayState = Depends(get_state)):
-    def revoke():
+async def revoke_key(request: Request, key_id: int = Path(ge=1, le=MAX_ID),
+                     principal: Principal = Depends(admin_principal), state: GatewayState = Depends(get_state)):
+    def revoke() -> str | None:
         with state.sessions() as session, session.begin():
-            keys.revoke_key(session, key_id, principal.tenant)
-    await asyncio.to_thread(revoke)
+            return keys.revoke_key(session, key_id, principal.tenant).tenant
+    request.state.owner_tenant = await asyncio.to_thread(revoke)  # the audit event's tenant
     return {"object": "api_key.deleted", "id": key_id, "deleted": True}

@@ -81,5 +81,5 @@ async def start_training(name: Name, state: GatewayState = Depends(get_state),
                               epochs=params["epochs"], max_examples=body.max_examples,
                               learning_rate=params["learning_rate"], evalset=evalset,
                               promote=promote,
-                              key_id=principal.key_id, params=params)
+                              requested_by=principal, params=params)
     return accepted(state.trainings.submit(request))

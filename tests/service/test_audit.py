@@ -161,7 +161,9 @@ async def test_each_change_records_one_event_and_a_refused_one_none(make_setting
         assert [e["id"] for e in events] == sorted((e["id"] for e in events), reverse=True)
         assert [(e["action"], e["target"], e["api_key_id"]) for e in reversed(events)] == expected
         assert len(stored_events(settings)) == count + 1  # the refused ones are not there either
-        assert all(e["tenant"] is None and started - 1 <= e["at"] <= time.time() + 1 for e in events)
+        assert all(started - 1 <= e["at"] <= time.time() + 1 for e in events)
+        # Whose thing changed: the global things are no tenant's; the tenant made is its own.
+        assert {e["action"]: e["tenant"] for e in events if e["tenant"] is not None} == {"tenant.create": "acme"}
         by_action = {e["action"]: e for e in events}
         assert by_action["domain.swap"]["details"]["adapter"] == {"name": "tone", "version": 2}
         assert by_action["domain.rollback"]["details"]["adapter"] == {"name": "tone", "version": 1}
@@ -207,7 +209,7 @@ async def test_a_tenant_admin_reads_its_own_events_and_a_global_admin_all(make_s
         beta_events = [("corpus.create", "beta:memos", beta_id, "beta")]
         assert seen["acme"] == acme_events
         assert seen["beta"] == beta_events
-        assert seen["ops"] == [("tenant.create", "gamma", ops_id, None), *beta_events, *acme_events]
+        assert seen["ops"] == [("tenant.create", "gamma", ops_id, "gamma"), *beta_events, *acme_events]
         assert await all_events(acme, action="corpus.create") == (await all_events(acme))[1:]
         key_event = (await acme.get("/v1/audit", params={"action": "key.create"})).json()["data"][0]
         assert key_event["details"] == {"name": "bot", "scope": "inference", "tenant": "acme"}
