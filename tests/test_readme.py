@@ -1,5 +1,6 @@
-"""README.md stays true: every setting has a row in its settings table (and every row is a setting),
-and its five-minute tour runs, as written, against a real gateway and the real CPU vLLM."""
+"""README.md and docs/ stay true: every setting has a row in docs/settings.md (and every row is a
+setting), the README is a guide of at most 10 kB, nothing links outside the repository, and the
+README's five-minute tour runs, as written, against a real gateway and the real CPU vLLM."""
 
 import asyncio
 import os
@@ -15,6 +16,10 @@ from tests.harness import running_gateway
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
+SETTINGS_DOC = REPO / "docs" / "settings.md"
+MAX_README_BYTES = 10_000
+# A markdown link's target: [text](target).
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 TOUR_TIMEOUT_S = 600
 
 
@@ -28,7 +33,7 @@ def section(text: str, heading: str) -> str:
 def documented_settings(text: str) -> list[str]:
     """GRAFT_ names in the first cell of the rows of the settings table, lower-cased without the prefix."""
     names = []
-    for line in section(text, "Settings").splitlines():
+    for line in text.splitlines():
         if line.startswith("|"):
             first_cell = line.split("|")[1]
             names += [name.lower() for name in re.findall(r"\bGRAFT_([A-Z0-9_]+)", first_cell)]
@@ -43,14 +48,23 @@ def tour_script(text: str) -> str:
 
 
 def test_every_setting_has_a_row_and_every_row_is_a_setting():
-    documented = documented_settings(README.read_text())
+    documented = documented_settings(SETTINGS_DOC.read_text())
     fields = set(Settings.model_fields)
     missing = sorted(f"GRAFT_{name.upper()}" for name in fields - set(documented))
     unknown = sorted(f"GRAFT_{name.upper()}" for name in set(documented) - fields)
     twice = sorted({f"GRAFT_{name.upper()}" for name in documented if documented.count(name) > 1})
-    assert not missing, f"settings with no row in README.md's settings table: {missing}"
-    assert not unknown, f"rows of README.md's settings table that name no setting: {unknown}"
+    assert not missing, f"settings with no row in docs/settings.md: {missing}"
+    assert not unknown, f"rows of docs/settings.md that name no setting: {unknown}"
     assert not twice, f"settings with more than one row: {twice}"
+
+
+def test_the_readme_is_a_guide_and_nothing_links_outside_the_repository():
+    assert len(README.read_bytes()) <= MAX_README_BYTES
+    for page in [README, *sorted((REPO / "docs").glob("*.md"))]:
+        for target in LINK.findall(page.read_text()):
+            assert not re.match(r"^[a-z]+:", target), f"{page.name} links outside the repository: {target}"
+            resolved = (page.parent / target.split("#")[0]).resolve()
+            assert resolved.is_relative_to(REPO) and resolved.exists(), f"{page.name}: broken link {target}"
 
 
 def test_the_rules_find_what_they_look_for():
