@@ -184,6 +184,27 @@ def job_as_dict(job: Job) -> dict:
             "created_at": int(job.created_at.timestamp()), "updated_at": int(job.updated_at.timestamp())}
 
 
+def list_jobs(session: Session, *, tenant: str | None, every_tenant: bool, kind: str | None = None,
+              status: str | None = None, limit: int = 100, after: str | None = None) -> list[Job]:
+    """Newest first, of one tenant (or every tenant's: a global admin); `after` a job id: the jobs
+    older than it (the next page). An `after` that names no job the caller can see is invalid
+    (the same answer whether it exists for another tenant or not at all)."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if not every_tenant:
+        query = query.where(Job.tenant == tenant)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if after is not None:
+        cursor = session.get(Job, after)
+        if cursor is None or (not every_tenant and cursor.tenant != tenant):
+            raise Invalid(f"after: {after!r} is not the id of a job in this listing", param="after")
+        query = query.where((Job.created_at < cursor.created_at)
+                            | ((Job.created_at == cursor.created_at) & (Job.id < cursor.id)))
+    return list(session.scalars(query))
+
+
 def unfinished_jobs(session: Session, kinds: tuple[str, ...] = ("ingest",)) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.status.in_(("queued", "running")), Job.kind.in_(kinds))
                                 .order_by(Job.created_at)))

@@ -1,6 +1,7 @@
 """SQLAlchemy models of graft's store. The schema changes only through Alembic migrations."""
 
 from datetime import datetime, timezone
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -93,6 +94,27 @@ class IndexGeneration(Base):
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     index_kind: Mapped[str] = mapped_column(String(32), default="flat")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class JobKind(StrEnum):
+    """What a job does: the one list of job kinds (their values are what the API shows)."""
+    INGEST = "ingest"
+    REBUILD = "rebuild"
+    EVAL = "eval"
+    TRAIN = "train"
+
+
+class JobStatus(StrEnum):
+    """Where a job is: the one list of job statuses."""
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+UNFINISHED_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+TERMINAL_STATUSES = frozenset(JobStatus) - UNFINISHED_STATUSES  # a job in one of these never changes again
 
 
 class Job(Base):

@@ -16,6 +16,7 @@ from adapters_store.db import make_engine, make_session_factory, session_scope
 from migrations.runner import SchemaBehind, head_revision, require_head, upgrade
 from service.cli_client import adapter_app, corpus_app, domain_app
 from service.cli_eval import eval_app, evalset_app
+from service.cli_jobs import jobs_app
 from service.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="graft: knowledge injection for LLMs")
@@ -32,6 +33,7 @@ app.add_typer(adapter_app, name="adapter")
 app.add_typer(domain_app, name="domain")
 app.add_typer(evalset_app, name="evalset")
 app.add_typer(eval_app, name="eval")
+app.add_typer(jobs_app, name="jobs")
 
 
 def fail(message: str) -> None:
@@ -221,6 +223,7 @@ def _key_details(row, separator: str) -> str:
 
 @keys_app.command("list")
 def keys_list() -> None:
+    """List every key: id, name, scope, tenant, domains, filter, limits, revoked (never the secret)."""
     from service.keys import list_keys
 
     with _session() as session:
@@ -231,6 +234,7 @@ def keys_list() -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: int) -> None:
+    """Revoke the key with this id: it is refused from the next request on."""
     from adapters_store.errors import NotFound
     from service import audit
     from service.keys import revoke_key
@@ -263,6 +267,7 @@ def tenants_create(name: str = typer.Argument(..., help="letters, digits, `_`, `
 
 @tenants_app.command("list")
 def tenants_list() -> None:
+    """List every tenant with its limits."""
     from service.keys import list_tenants
 
     with _session() as session:

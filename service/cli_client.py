@@ -8,55 +8,36 @@ from pathlib import Path
 
 import httpx
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from indexer.extract import EXTENSIONS
+from service.cli_common import KEY, URL, print_json, check_response, gateway_client
+from service.cli_jobs import follow
 
 corpus_app = typer.Typer(no_args_is_help=True, help="Corpora (talks to a running gateway)")
 adapter_app = typer.Typer(no_args_is_help=True, help="Adapter versions (talks to a running gateway)")
 domain_app = typer.Typer(no_args_is_help=True, help="Domains (talks to a running gateway)")
-
-URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="GRAFT_URL", help="gateway base URL")
-KEY = typer.Option(None, "--key", envvar="GRAFT_API_KEY", help="admin API key")
-
-
-def gateway_client(url: str, key: str | None) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=url, headers=headers, timeout=300)
-
-
-def check_response(response: httpx.Response) -> dict:
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text
-        typer.echo(f"graft: error: {response.status_code}: {message}", err=True)
-        raise typer.Exit(1)
-    return response.json()
-
-
-def _print(body: dict) -> None:
-    typer.echo(json.dumps(body, indent=2))
-
 
 HEADERS = typer.Option(None, "--contextual-headers/--no-contextual-headers",
                        help="embed and BM25-index each chunk under its document's title and section path")
 
 
 @corpus_app.command("create")
-def corpus_create(name: str, chunk_size: int = typer.Option(None), chunk_overlap: int = typer.Option(None),
-                  embedding_model: str = typer.Option(None), contextual_headers: bool = HEADERS,
+def corpus_create(name: str, chunk_size: int = typer.Option(None, help="tokens per chunk (default: the gateway's)"),
+                  chunk_overlap: int = typer.Option(None, help="tokens two chunks share (default: the gateway's)"),
+                  embedding_model: str = typer.Option(None, help="an embedding model the operator allows"),
+                  contextual_headers: bool = HEADERS,
                   url: str = URL, key: str = KEY) -> None:
+    """Create a corpus."""
     body = {k: v for k, v in {"name": name, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
                               "embedding_model": embedding_model,
                               "contextual_headers": contextual_headers}.items() if v is not None}
     with gateway_client(url, key) as http:
-        _print(check_response(http.post("/v1/corpora", json=body)))
+        print_json(check_response(http.post("/v1/corpora", json=body)))
 
 
 @corpus_app.command("rebuild")
-def corpus_rebuild(name: str, chunk_size: int = typer.Option(None), chunk_overlap: int = typer.Option(None),
+def corpus_rebuild(name: str, chunk_size: int = typer.Option(None, help="new tokens per chunk (default: unchanged)"),
+                   chunk_overlap: int = typer.Option(None, help="new overlap in tokens (default: unchanged)"),
                    contextual_headers: bool = HEADERS, url: str = URL, key: str = KEY) -> None:
     """Rebuild the corpus's index with new chunking settings; searches keep answering meanwhile."""
     body = {k: v for k, v in {"chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
@@ -65,7 +46,7 @@ def corpus_rebuild(name: str, chunk_size: int = typer.Option(None), chunk_overla
         job_id = check_response(http.post(f"/v1/corpora/{name}/rebuild", json=body))["job_id"]
         failed = _follow(http, [job_id])
         if not failed:
-            _print(check_response(http.get(f"/v1/corpora/{name}")))
+            print_json(check_response(http.get(f"/v1/corpora/{name}")))
     raise typer.Exit(1 if failed else 0)
 
 
@@ -103,30 +84,23 @@ def corpus_upload(name: str, paths: list[Path], batch: int = typer.Option(200, h
 
 
 def _follow(http: httpx.Client, jobs: list[str]) -> bool:
+    """Follow ingestion jobs one after the other, printing each one's per-file errors; True if one failed."""
     failed = False
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as progress:
-        for job_id in jobs:
-            task = progress.add_task(f"job {job_id[:8]}", total=None)
-            while True:
-                job = check_response(http.get(f"/v1/jobs/{job_id}"))
-                p = job["progress"]
-                progress.update(task, completed=p["chunks_done"], total=p["chunks_total"] or None,
-                                description=f"job {job_id[:8]} {job['status']}")
-                if job["status"] in ("succeeded", "failed"):
-                    break
-                time.sleep(0.5)
-            for error in job["errors"]:
-                progress.console.print(f"[yellow]{error['file'] or error['document_id']}: {error['error']}")
-            if job["status"] == "failed":
-                failed = True
-                progress.console.print(f"[red]job {job_id} failed: {job['reason']}")
+    for job_id in jobs:
+        job = follow(http, job_id, interval_s=0.5)
+        for error in job["errors"]:
+            typer.echo(f"{error['file'] or error['document_id']}: {error['error']}", err=True)
+        if job["status"] != "succeeded":
+            failed = True
+            typer.echo(f"job {job_id} {job['status']}: {job['reason']}", err=True)
     return failed
 
 
 @corpus_app.command("search")
-def corpus_search(name: str, query: str, k: int = 5, mode: str = "hybrid",
+def corpus_search(name: str, query: str, k: int = typer.Option(5, help="how many passages"),
+                  mode: str = typer.Option("hybrid", help="dense, bm25 or hybrid"),
                   url: str = URL, key: str = KEY) -> None:
+    """Search a corpus: the best passages for QUERY."""
     with gateway_client(url, key) as http:
         hits = check_response(http.post(f"/v1/corpora/{name}/search", json={"query": query, "k": k, "mode": mode}))
     for hit in hits["hits"]:
@@ -135,6 +109,7 @@ def corpus_search(name: str, query: str, k: int = 5, mode: str = "hybrid",
 
 @corpus_app.command("ls")
 def corpus_ls(url: str = URL, key: str = KEY) -> None:
+    """List corpora with their documents, chunks and generation."""
     with gateway_client(url, key) as http:
         for corpus in check_response(http.get("/v1/corpora"))["data"]:
             typer.echo(f"{corpus['name']}\t{corpus['documents']} docs\t{corpus['chunks']} chunks\t"
@@ -143,8 +118,9 @@ def corpus_ls(url: str = URL, key: str = KEY) -> None:
 
 @corpus_app.command("rm")
 def corpus_rm(name: str, url: str = URL, key: str = KEY) -> None:
+    """Delete a corpus (refused while a domain uses it)."""
     with gateway_client(url, key) as http:
-        _print(check_response(http.delete(f"/v1/corpora/{name}")))
+        print_json(check_response(http.delete(f"/v1/corpora/{name}")))
 
 
 @adapter_app.command("push")
@@ -154,19 +130,19 @@ def adapter_push(name: str, path: Path, url: str = URL, key: str = KEY) -> None:
     with gateway_client(url, key) as http, ExitStack() as stack:
         parts = [("files", (f.name, stack.enter_context(f.open("rb")), "application/octet-stream"))
                  for f in files]
-        _print(check_response(http.post(f"/v1/adapters/{name}/versions", files=parts)))
+        print_json(check_response(http.post(f"/v1/adapters/{name}/versions", files=parts)))
 
 
 @adapter_app.command("train")
 def adapter_train(name: str, corpus: str = typer.Option(..., help="the corpus to compile"),
                   recipe: str = typer.Option("reader", help="reader (answers from graft's prompts) or memorize"),
-                  rank: int = typer.Option(8), epochs: int = typer.Option(None, help="default: the recipe's"),
-                  max_examples: int = typer.Option(200),
+                  rank: int = typer.Option(8, help="LoRA rank"), epochs: int = typer.Option(None, help="default: the recipe's"),
+                  max_examples: int = typer.Option(200, help="the most chunks to write questions about"),
                   learning_rate: float = typer.Option(None, help="default: the recipe's"),
                   evalset: str = typer.Option(None, help="score the new version on this set (needs --domain)"),
                   domain: str = typer.Option(None, help="promote the new version to this domain"),
                   gate_metric: str = typer.Option(None, help="promote only if the candidate gains on this metric"),
-                  min_delta: float = typer.Option(0.0), url: str = URL, key: str = KEY) -> None:
+                  min_delta: float = typer.Option(0.0, help="the gain the gate needs"), url: str = URL, key: str = KEY) -> None:
     """Train a new version of adapter NAME from a corpus, following the job until it ends."""
     body: dict = {"corpus": corpus, "recipe": recipe, "rank": rank, "max_examples": max_examples}
     body.update({k: v for k, v in (("epochs", epochs), ("learning_rate", learning_rate)) if v is not None})
@@ -178,42 +154,34 @@ def adapter_train(name: str, corpus: str = typer.Option(..., help="the corpus to
             body["promote"]["gate"] = {"evalset": evalset, "metric": gate_metric, "min_delta": min_delta}
     with gateway_client(url, key) as http:
         job_id = check_response(http.post(f"/v1/adapters/{name}/trainings", json=body))["job_id"]
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns) as progress:
-            task = progress.add_task("training", total=None)
-            while True:
-                job = check_response(http.get(f"/v1/jobs/{job_id}"))
-                p = job["progress"]
-                loss = f" loss {p['loss']:.3f}" if p.get("loss") is not None else ""
-                eta = f" eta {p['eta_s']:.0f}s" if p.get("eta_s") is not None else ""
-                progress.update(task, completed=p.get("step") or 0, total=p.get("steps"),
-                                description=f"{p.get('stage', job['status'])}{loss}{eta}")
-                if job["status"] not in ("queued", "running"):
-                    break
-                time.sleep(1)
+        job = follow(http, job_id)
     if job["status"] != "succeeded":
         typer.echo(f"graft: error: training {job['status']}: {job['reason']}", err=True)
         raise typer.Exit(1)
-    _print(job["result"])
+    print_json(job["result"])
 
 
 @adapter_app.command("ls")
 def adapter_ls(name: str = typer.Argument(None), url: str = URL, key: str = KEY) -> None:
+    """List adapters, or the versions of adapter NAME."""
     with gateway_client(url, key) as http:
         path = f"/v1/adapters/{name}/versions" if name else "/v1/adapters"
-        _print(check_response(http.get(path)))
+        print_json(check_response(http.get(path)))
 
 
 @adapter_app.command("rm")
 def adapter_rm(name: str, version: int, url: str = URL, key: str = KEY) -> None:
+    """Delete version VERSION of adapter NAME (refused while used)."""
     with gateway_client(url, key) as http:
-        _print(check_response(http.delete(f"/v1/adapters/{name}/versions/{version}")))
+        print_json(check_response(http.delete(f"/v1/adapters/{name}/versions/{version}")))
 
 
 @domain_app.command("set")
 def domain_set(domain: str, corpus: list[str] = typer.Option([], "--corpus", help="repeatable"),
                adapter: str = typer.Option(None, help="name@version; none: the base model"),
-               system_prompt: str = typer.Option(None), k: int = typer.Option(None), mode: str = typer.Option(None),
+               system_prompt: str = typer.Option(None, help="the system prompt of every request"),
+               k: int = typer.Option(None, help="passages retrieved per request"),
+               mode: str = typer.Option(None, help="dense, bm25 or hybrid"),
                url: str = URL, key: str = KEY) -> None:
     """Create or replace a domain's binding (PUT /v1/domains/{domain})."""
     body: dict = {"corpora": corpus, "system_prompt": system_prompt}
@@ -226,11 +194,12 @@ def domain_set(domain: str, corpus: list[str] = typer.Option([], "--corpus", hel
     if retrieval:
         body["retrieval"] = retrieval
     with gateway_client(url, key) as http:
-        _print(check_response(http.put(f"/v1/domains/{domain}", json=body)))
+        print_json(check_response(http.put(f"/v1/domains/{domain}", json=body)))
 
 
 @domain_app.command("ls")
 def domain_ls(url: str = URL, key: str = KEY) -> None:
+    """List domains and what each binds."""
     with gateway_client(url, key) as http:
         for row in check_response(http.get("/v1/domains"))["data"]:
             typer.echo(f"{row['name']}\t{row['engine_model']}\tcorpora: {', '.join(row['corpora']) or '-'}")
@@ -240,7 +209,7 @@ def domain_ls(url: str = URL, key: str = KEY) -> None:
 def domain_rm(domain: str, url: str = URL, key: str = KEY) -> None:
     """Delete a domain; its adapter is unloaded once its requests finish."""
     with gateway_client(url, key) as http:
-        _print(check_response(http.delete(f"/v1/domains/{domain}")))
+        print_json(check_response(http.delete(f"/v1/domains/{domain}")))
 
 
 @domain_app.command("swap")
@@ -249,21 +218,24 @@ def domain_swap(domain: str, adapter: str, version: int,
                 metric: str = typer.Option("answer_contains", help="the gate's metric"),
                 min_delta: float = typer.Option(0.0, help="the gain over the current binding the gate needs"),
                 url: str = URL, key: str = KEY) -> None:
+    """Swap DOMAIN to ADAPTER@VERSION with no downtime, optionally through a gate."""
     body: dict = {"adapter": adapter, "version": version}
     if gate:
         body["gate"] = {"evalset": gate, "metric": metric, "min_delta": min_delta}
     with gateway_client(url, key) as http:
-        _print(check_response(http.post(f"/v1/domains/{domain}/adapter", json=body)))
+        print_json(check_response(http.post(f"/v1/domains/{domain}/adapter", json=body)))
 
 
 @domain_app.command("rollback")
 def domain_rollback(domain: str, url: str = URL, key: str = KEY) -> None:
+    """Roll DOMAIN back to the version it had before its last change."""
     with gateway_client(url, key) as http:
-        _print(check_response(http.post(f"/v1/domains/{domain}/rollback")))
+        print_json(check_response(http.post(f"/v1/domains/{domain}/rollback")))
 
 
 @domain_app.command("history")
 def domain_history(domain: str, url: str = URL, key: str = KEY) -> None:
+    """Print DOMAIN's history: every change, with the key that made it."""
     with gateway_client(url, key) as http:
         for row in check_response(http.get(f"/v1/domains/{domain}/history"))["data"]:
             typer.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(row['at']))}  {row['action']:<8} "

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from adapters_store.models import JobKind, JobStatus
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -30,11 +32,17 @@ class JobAccepted(_Open):
 class Job(_Open):
     object: Literal["job"]
     id: str
-    kind: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    kind: JobKind
+    status: JobStatus
     progress: dict[str, Any]
     errors: list[Any]
     result: dict[str, Any] | None
+
+
+class JobList(_Open):
+    object: Literal["list"]
+    data: list[Job]
+    has_more: bool
 
 
 class JobCancelling(_Open):

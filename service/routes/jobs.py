@@ -1,14 +1,16 @@
 """Jobs over REST: every long task (ingestion, rebuild, evaluation, training) is one."""
 
-from fastapi import APIRouter, Depends, Request
+import asyncio
+
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from adapters_store import corpus_repo
 from adapters_store.errors import Conflict, NotFound
-from adapters_store.models import Job
+from adapters_store.models import Job, JobKind, JobStatus
 from service.auth import Principal
 from service.responses import Job as JobAnswer
-from service.responses import JobCancelling, answers
+from service.responses import JobCancelling, JobList, answers
 from service.state import GatewayState, admin_principal, get_state
 
 router = APIRouter()
@@ -27,6 +29,22 @@ def accepted(job_id: str, **extra) -> JSONResponse:
     """The answer of a route that started a job: 202, its id, and where to follow it."""
     return JSONResponse({"job_id": job_id, **extra, "status": "queued"}, status_code=202,
                         headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+@router.get("/v1/jobs", responses=answers(JobList))
+async def list_jobs(principal: Principal = Depends(admin_principal), state: GatewayState = Depends(get_state),
+                    kind: JobKind | None = None, status: JobStatus | None = None,
+                    limit: int = Query(100, ge=1, le=1000),
+                    after: str | None = Query(None, max_length=64, description="a job id: the jobs older than it")):
+    """Every job the key may see (a tenant's admin: its tenant's), newest first."""
+    def read() -> list[dict]:
+        with state.sessions() as session:
+            jobs = corpus_repo.list_jobs(session, tenant=principal.tenant, every_tenant=principal.tenant is None,
+                                         kind=kind, status=status, limit=limit + 1, after=after)
+            return [corpus_repo.job_as_dict(job) for job in jobs]
+
+    jobs = await asyncio.to_thread(read)
+    return {"object": "list", "data": jobs[:limit], "has_more": len(jobs) > limit}
 
 
 @router.get("/v1/jobs/{job_id}", responses=answers(JobAnswer))

@@ -32,12 +32,13 @@ RUN_TIMEOUT_S = 600  # the run takes 2 minutes on a busy 2-core machine
 # JSON schema cannot state: there `positive_data_acceptance` takes 400 too. Every other check, and
 # this one everywhere else, runs as schemathesis's defaults have it.
 RULES_PAST_THE_SCHEMA = {
-    ("POST", "/v1/corpora"): "chunk_overlap < chunk_size; embedding_model names a model that loads",
+    ("POST", "/v1/corpora"): "chunk_overlap < chunk_size; embedding_model is the default or an allowed one",
     ("POST", "/v1/corpora/{name}/rebuild"): "chunk_overlap < chunk_size (the corpus's own when one is left out)",
     ("POST", "/v1/adapters/{name}/versions"): "the files are a PEFT LoRA of the base model",
     ("POST", "/v1/evalsets"): "the file is JSONL of items; item ids are unique",
     ("POST", "/v1/adapters/{name}/trainings"): "rank, max_examples and base within this gateway's settings; "
                                                 "evalset with promote",
+    ("GET", "/v1/jobs"): "after names a job the key can see",
     ("POST", "/v1/chat/completions"): "the prompt and max_tokens fit the model's context",
     ("POST", "/v1/completions"): "the prompt and max_tokens fit the model's context",
 }
