@@ -17,6 +17,7 @@ from migrations.runner import SchemaBehind, head_revision, require_head, upgrade
 from service.cli_client import adapter_app, corpus_app, domain_app
 from service.cli_eval import eval_app, evalset_app
 from service.cli_jobs import jobs_app
+from service.cli_snapshot import snapshot_app
 from service.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="graft: knowledge injection for LLMs")
@@ -34,6 +35,7 @@ app.add_typer(domain_app, name="domain")
 app.add_typer(evalset_app, name="evalset")
 app.add_typer(eval_app, name="eval")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(snapshot_app, name="snapshot")
 
 
 def fail(message: str) -> None:
