@@ -2,11 +2,16 @@
 
   A. retrieval: hit@5 and MRR@5 per mode (dense, bm25, hybrid), without and with contextual chunk
      headers (the same corpus rebuilt with them: POST /v1/corpora/{c}/rebuild);
-  B. answers: answer_contains / answer_f1 of the domain with retrieval vs closed book (POST /v1/evals);
+  B. answers: answer_contains / answer_f1 / exact_match of the domain with retrieval vs closed book
+     (POST /v1/evals);
   C. evaluation throughput: questions/s of a graft evaluation vs the same prompts sent straight to
      vLLM at the same concurrency (goal: ratio >= 0.9).
 
     .venv/bin/python -m bench.eval [--engine-url URL] [--questions N] [--skip-answers]
+                                   [--skip-throughput] [--dump-items PATH]
+
+`--dump-items` writes B's per-item results (each run's raw outputs and scores) as JSON, so the
+same outputs can be scored again by other metric code.
 
 Retrieval figures come from the search API scored by evaluation.metrics (the code an evaluation
 run uses); B and C go through real evaluation runs on a real vLLM (started here unless given).
@@ -14,6 +19,7 @@ run uses); B and C go through real evaluation runs on a real vLLM (started here 
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -94,6 +100,8 @@ async def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="throughput rounds per arm (C)")
     parser.add_argument("--skip-answers", action="store_true", help="A only")
+    parser.add_argument("--skip-throughput", action="store_true", help="A and B, not C")
+    parser.add_argument("--dump-items", type=Path, help="write B's per-item results here (JSON)")
     args = parser.parse_args()
     missing = [p for p in PAGES if not (GIT_DOC / p).is_file()]
     if missing:
@@ -143,11 +151,20 @@ async def bench(http, direct, args) -> None:
     open_book = await run_eval(http, domain="git", evalset="git-doc-qa", max_tokens=args.max_tokens)
     closed = await run_eval(http, domain="git", evalset="git-doc-qa", max_tokens=args.max_tokens, retrieval=False)
     print(f"\nB. answers ({len(items)} questions, max_tokens {args.max_tokens}, temperature 0, base model)")
-    print(f"{'':<16} {'answer_contains':>16} {'answer_f1':>10} {'hit@4':>6} {'p50 ms':>8}")
+    print(f"{'':<16} {'answer_contains':>16} {'answer_f1':>10} {'exact_match':>12} {'hit@4':>6} {'p50 ms':>8}")
     for label, run in (("with retrieval", open_book), ("closed book", closed)):
         m = run["metrics"]
         hit = "-" if m["hit_at_k"] is None else f"{m['hit_at_k']:.3f}"
-        print(f"{label:<16} {m['answer_contains']:>16.3f} {m['answer_f1']:>10.3f} {hit:>6} {m['latency_p50_ms']:>8.0f}")
+        print(f"{label:<16} {m['answer_contains']:>16.3f} {m['answer_f1']:>10.3f} {m['exact_match']:>12.3f} {hit:>6} "
+              f"{m['latency_p50_ms']:>8.0f}")
+    if args.dump_items:
+        dump = {label: {"metrics": run["metrics"],
+                        "items": (await http.get(f"/v1/evals/{run['id']}/items")).json()["items"]}
+                for label, run in (("with retrieval", open_book), ("closed book", closed))}
+        dump["evalset"] = items
+        args.dump_items.write_text(json.dumps(dump, indent=1))
+    if args.skip_throughput:
+        return
 
     # C: the eval's prompts, rebuilt with the gateway's PromptBuilder from the passages it used.
     tokenizer = AutoTokenizer.from_pretrained(DEFAULT_BASE_MODEL)

@@ -1,27 +1,49 @@
-"""Per-item evaluation metrics and the summary of a run, with the evaluation issue's definitions.
+"""Per-item evaluation metrics and the summary of a run. docs/metrics.md defines each one with its
+formula.
 
-Every metric is a float in [0, 1], or None when the item lacks what it needs (no `document_ids`
-for the retrieval metrics and citation precision, no `answers` for the answer metrics); summaries
-average over the items where it is not None.
+Every metric is a float in [0, 1], or None when it does not apply to the item: no `document_ids`
+(the retrieval metrics, citation precision), no `answers` (the answer metrics), an unanswerable
+item (the answer metrics) or an answerable one (`abstention`). Summaries average each metric over
+the items where it is not None.
+
+The answer metrics take the model's raw output: they drop its citation markers ([1], [2][3],
+[1, 2]) and compare with SQuAD v1.1's normalisation (`normalize_answer`), so every caller scores
+the same way.
 """
 
 import re
-import unicodedata
+import string
 from collections import Counter
 
 import numpy as np
 
 METRICS = ("hit_at_k", "mrr_at_k", "recall_at_k", "answer_contains", "answer_f1", "exact_match",
-           "citation_precision")
+           "citation_precision", "abstention")
+
+# What an answer says when the passages do not hold the answer; an unanswerable item is scored by
+# whether the output contains it (`abstention`); a training recipe that teaches abstaining
+# uses this same constant.
+ABSTENTION_PHRASE = "The passages do not contain the answer."
 
 # A citation marker as the gateway's prompt asks for them: [1], [2, 3] (several in a row, [1][3],
 # are separate markers).
 _CITATION = re.compile(r"\[\s*(\d+(?:\s*,\s*\d+)*)\s*\]")
+_PUNCTUATION = frozenset(string.punctuation)  # ASCII punctuation, as SQuAD's script removes
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
-def normalize(text: str) -> str:
-    """Lowercase and collapse whitespace (runs become one space, ends stripped)."""
-    return " ".join(text.lower().split())
+def strip_citations(text: str) -> str:
+    """The text with every citation marker replaced by a space."""
+    return _CITATION.sub(" ", text)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1's answer normalisation after dropping citation markers: lowercase, remove ASCII
+    punctuation, remove the articles a/an/the, collapse whitespace (ends stripped)."""
+    text = strip_citations(text).lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
 
 
 # --- retrieval: `retrieved` holds the document id of each retrieved chunk, in rank order ---
@@ -62,35 +84,12 @@ def recall_at_k(retrieved: list[str], relevant: list[str], k: int) -> float | No
 # --- answers ---
 
 def _answers(answers: list[str]) -> list[str]:
-    # A blank answer would be "contained" in every output: it is not an answer.
-    return [a for a in map(normalize, answers) if a]
-
-
-def _is_punctuation(char: str) -> bool:
-    # Unicode punctuation, plus the backtick that wraps inline code in Markdown answers.
-    return char == "`" or unicodedata.category(char).startswith("P")
-
-
-def _strip_punctuation(token: str) -> str:
-    start, end = 0, len(token)
-    while start < end and _is_punctuation(token[start]):
-        start += 1
-    while end > start and _is_punctuation(token[end - 1]):
-        end -= 1
-    return token[start:end]
-
-
-def f1_tokens(text: str) -> list[str]:
-    """The tokens token F1 compares: the normalized text split on whitespace, with punctuation
-    (Unicode category P, and the backtick) stripped from both ends of each token ("HEAD." and
-    "head" match; "origin/main" and "c++" stay whole), and tokens that were only punctuation
-    dropped. Contains and exact match do not strip punctuation."""
-    return [t for t in map(_strip_punctuation, normalize(text).split()) if t]
+    # An answer that normalises to nothing ("", "the", "?") would be "contained" in every output:
+    # it is not an answer.
+    return [a for a in map(normalize_answer, answers) if a]
 
 
 def _token_f1(output_tokens: list[str], answer_tokens: list[str]) -> float:
-    if not output_tokens or not answer_tokens:
-        return 1.0 if output_tokens == answer_tokens else 0.0
     common = sum((Counter(output_tokens) & Counter(answer_tokens)).values())
     if common == 0:
         return 0.0
@@ -99,27 +98,35 @@ def _token_f1(output_tokens: list[str], answer_tokens: list[str]) -> float:
 
 
 def answer_contains(output: str, answers: list[str]) -> float | None:
+    """1 when some normalised answer is a substring of the normalised output (not only whole
+    tokens: SQuAD's normalisation glues "git-reset(1)" into "gitreset1", which contains "reset")."""
     wanted = _answers(answers)
     if not wanted:
         return None
-    text = normalize(output)
+    text = normalize_answer(output)
     return 1.0 if any(a in text for a in wanted) else 0.0
 
 
 def answer_f1(output: str, answers: list[str]) -> float | None:
-    """Token F1 against the best-matching answer (see `f1_tokens`)."""
+    """SQuAD token F1 against the best-matching answer: the normalised texts split on whitespace."""
     wanted = _answers(answers)
     if not wanted:
         return None
-    tokens = f1_tokens(output)
-    return max(_token_f1(tokens, f1_tokens(a)) for a in wanted)
+    tokens = normalize_answer(output).split()
+    return max(_token_f1(tokens, a.split()) for a in wanted)
 
 
 def exact_match(output: str, answers: list[str]) -> float | None:
+    """1 when the normalised output equals some normalised answer."""
     wanted = _answers(answers)
     if not wanted:
         return None
-    return 1.0 if normalize(output) in wanted else 0.0
+    return 1.0 if normalize_answer(output) in wanted else 0.0
+
+
+def abstention(output: str) -> float:
+    """1 when the normalised output contains the normalised ABSTENTION_PHRASE, else 0."""
+    return 1.0 if normalize_answer(ABSTENTION_PHRASE) in normalize_answer(output) else 0.0
 
 
 # --- citations ---
@@ -158,25 +165,28 @@ def citation_precision(cited: list[str], relevant: list[str]) -> float | None:
 # --- items and runs ---
 
 def item_scores(*, retrieved: list[str], relevant: list[str], k: int, output: str,
-                answers: list[str], cited: list[str]) -> dict[str, float | None]:
-    """All of METRICS for one item; `cited` are the cited document ids. k = 0 means nothing was
-    retrieved (retrieval off): the retrieval metrics cannot be computed."""
+                answers: list[str], cited: list[str], unanswerable: bool = False) -> dict[str, float | None]:
+    """All of METRICS for one item; `output` is the model's raw output, `cited` the cited document
+    ids. k = 0 means nothing was retrieved (retrieval off): the retrieval metrics cannot be computed.
+    An unanswerable item is scored by `abstention` instead of the answer metrics."""
     searched = k >= 1
     return {
         "hit_at_k": hit_at_k(retrieved, relevant, k) if searched else None,
         "mrr_at_k": mrr_at_k(retrieved, relevant, k) if searched else None,
         "recall_at_k": recall_at_k(retrieved, relevant, k) if searched else None,
-        "answer_contains": answer_contains(output, answers),
-        "answer_f1": answer_f1(output, answers),
-        "exact_match": exact_match(output, answers),
+        "answer_contains": None if unanswerable else answer_contains(output, answers),
+        "answer_f1": None if unanswerable else answer_f1(output, answers),
+        "exact_match": None if unanswerable else exact_match(output, answers),
         "citation_precision": citation_precision(cited, relevant),
+        "abstention": abstention(output) if unanswerable else None,
     }
 
 
 def summarize(items_scores: list[dict], latencies_ms: list[float],
               completion_tokens: list[int]) -> dict:
-    """Run summary: each metric's mean over the items that have it (None when none has it),
-    latency p50/p99 (linear interpolation; None without latencies), total completion tokens."""
+    """Run summary: each metric's mean over the items it applies to, those whose scores hold it and
+    not None (an item scored before a metric existed lacks the key); None when no item has it.
+    Latency p50/p99 (linear interpolation; None without latencies), total completion tokens."""
     summary: dict = {}
     for name in METRICS:
         values = [s[name] for s in items_scores if s.get(name) is not None]

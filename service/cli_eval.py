@@ -20,7 +20,7 @@ SUMMARY = (*METRICS, "latency_p50_ms", "latency_p99_ms", "completion_tokens", "i
 
 @evalset_app.command("create")
 def evalset_create(name: str, path: Path, url: str = URL, key: str = KEY) -> None:
-    """Upload a JSONL file of {id?, question, answers?, document_ids?} as the set NAME."""
+    """Upload a JSONL file of {id?, question, answers?, document_ids?, unanswerable?} as the set NAME."""
     with gateway_client(url, key) as http, path.open("rb") as file:
         body = check_response(http.post("/v1/evalsets", params={"name": name},
                                 files=[("files", (path.name, file, "application/jsonl"))]))

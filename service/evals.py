@@ -215,7 +215,8 @@ class EvalService:
         cited = cited_document_ids(output, [c["document_id"] for c in plan.citations])
         retrieved = plan.retrieved[:k]
         scores = item_scores(retrieved=retrieved, relevant=item.get("document_ids") or [], k=k, output=output,
-                             answers=item.get("answers") or [], cited=cited)
+                             answers=item.get("answers") or [], cited=cited,
+                             unanswerable=bool(item.get("unanswerable")))
         return {"item_id": item["id"], "question": item["question"], "output": output,
                 "retrieved_document_ids": retrieved, "cited_document_ids": cited, "scores": scores,
                 "latency_ms": latency_ms,

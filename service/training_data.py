@@ -21,7 +21,6 @@ from sqlalchemy import select
 
 from adapters_store.durable import write_bytes_durably
 from adapters_store.models import Chunk, Corpus, Document
-from evaluation.metrics import normalize
 from service.rag.prompt import Passage, PromptBuilder
 from service.rag.retrieval import Retriever
 
@@ -38,6 +37,13 @@ QUESTION_PROMPT = ("Passage:\n{chunk}\n\nWrite one question that this passage an
 _QA = re.compile(r"Q:\s*(?P<q>[^\n]+\?)\s*\n+\s*A:\s*(?P<a>[^\n]+)", re.IGNORECASE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _DEFINITION = re.compile(r"^(?P<subject>[A-Z][\w' -]{2,60}?) (?P<verb>is|are|was|were) (?P<rest>[^.]{3,200})\.?$")
+
+
+def fold(text: str) -> str:
+    """Lowercased, whitespace runs made one space, ends stripped: what the span check forgives. Not
+    the metrics' SQuAD normalisation, which drops punctuation and articles and so would take text
+    that is not in the chunk (a target the model could not have copied) for a span of it."""
+    return " ".join(text.lower().split())
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ def parse_model_question(output: str, chunk: SourceChunk) -> QA | None:
     if match is None:
         return None
     answer = match["a"].strip().strip('"').rstrip(".")
-    if len(answer) < 2 or normalize(answer) not in normalize(chunk.text):
+    if len(answer) < 2 or fold(answer) not in fold(chunk.text):
         return None
     return QA(match["q"].strip(), answer, chunk, "model")
 

@@ -4,8 +4,9 @@ import { html, useState } from './vendor/htm-preact-standalone.mjs';
 import { api, enc, fmtNum, fmtTime } from './api.js';
 import { Err, Field, confirmAction, useAsync } from './ui.js';
 
+// The gate metrics: evaluation.metrics.METRICS (tests/service/test_console_gate_metrics.py checks it).
 export const GATE_METRICS = ['hit_at_k', 'mrr_at_k', 'recall_at_k', 'answer_contains', 'answer_f1', 'exact_match',
-  'citation_precision'];
+  'citation_precision', 'abstention'];
 
 // Every adapter with its live versions: [{name, versions: [1, 2]}].
 export const loadAdapters = () => api('/v1/adapters').then((r) => r.data);

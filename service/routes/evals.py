@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from adapters_store import eval_repo, strict_json, tenancy
 from adapters_store.errors import Invalid, NotFound
 from adapters_store.tenancy import FULL_NAME_PATTERN
+from evaluation.metrics import ABSTENTION_PHRASE
 from indexer.search import MAX_K, SearchMode
 from service.auth import Principal
 from service.errors import invalid_from
@@ -44,6 +45,15 @@ class EvalItemIn(BaseModel):
     question: str = Field(min_length=1, max_length=8192)
     answers: list[str] = Field(default_factory=list, max_length=64)
     document_ids: list[str] = Field(default_factory=list, max_length=256)
+    unanswerable: bool = Field(default=False, description=(
+        f"the passages cannot answer it: scored by `abstention` (1 when the output contains "
+        f"{ABSTENTION_PHRASE!r}), not by the answer metrics; such an item has no `answers`"))
+
+    @model_validator(mode="after")
+    def _unanswerable_has_no_answers(self):
+        if self.unanswerable and self.answers:
+            raise ValueError("an unanswerable item has no answers")
+        return self
 
 
 class EvalSetIn(BaseModel):
@@ -75,9 +85,11 @@ class EvalIn(BaseModel):
 
 
 def _stored_items(body: EvalSetIn) -> list[dict]:
-    """Items as stored: every one with an id (given, or its position from 1)."""
+    """Items as stored: every one with an id (given, or its position from 1); `unanswerable` only
+    when true, so a set without such items keeps the content hash it always had."""
     return [{"id": item.id or str(i + 1), "question": item.question, "answers": item.answers,
-             "document_ids": item.document_ids} for i, item in enumerate(body.items)]
+             "document_ids": item.document_ids, **({"unanswerable": True} if item.unanswerable else {})}
+            for i, item in enumerate(body.items)]
 
 
 @router.post("/v1/evalsets", status_code=201, responses=answers(EvalSet, 201))

@@ -11,6 +11,7 @@ def test_identical_runs_have_zero_delta_and_interval():
 
 
 def test_constant_shift_gives_the_shift_as_interval():
+    # a constant difference: every resample has the same mean, so the interval has width 0
     a = [0.1, 0.4, 0.2, 0.3]
     b = [x + 0.25 for x in a]
     result = paired_bootstrap(a, b)
@@ -18,6 +19,37 @@ def test_constant_shift_gives_the_shift_as_interval():
     assert result["delta"] == pytest.approx(0.25)
     assert result["low"] == pytest.approx(0.25) and result["high"] == pytest.approx(0.25)
     assert result["mean_a"] == pytest.approx(0.25) and result["mean_b"] == pytest.approx(0.5)
+
+
+# The bootstrap distribution of a mean of n paired differences has the differences' standard
+# deviation (population form) over sqrt(n); for large n it is close to normal, so the 95 %
+# percentile interval is about the textbook 2 * 1.96 * sd / sqrt(n) wide. The resampling adds a few
+# per cent of error (10,000 resamples; means on a grid of 1/n): 10 % tolerance, three seeds.
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_coin_flip_difference_has_the_textbook_width(seed):
+    # 400 items: A always 0, B right on exactly half: differences 200 x 1 and 200 x 0,
+    # mean 0.5, sd = sqrt(0.5 * 0.5) = 0.5 -> width 2 * 1.96 * 0.5 / 20 = 0.098
+    a = [0.0] * 400
+    b = [1.0, 0.0] * 200
+    result = paired_bootstrap(a, b, seed=seed)
+    assert result["delta"] == 0.5 and result["n"] == 400
+    assert result["high"] - result["low"] == pytest.approx(0.098, rel=0.10)
+    # and centred on the delta: each end about 1.96 * 0.025 = 0.049 away
+    assert result["delta"] - result["low"] == pytest.approx(0.049, rel=0.15)
+    assert result["high"] - result["delta"] == pytest.approx(0.049, rel=0.15)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_independent_fair_coins_have_the_textbook_width(seed):
+    # 400 items, every (A, B) outcome of two fair coins equally often: 100 each of (0, 0), (1, 1),
+    # (0, 1), (1, 0). Differences: 200 x 0, 100 x +1, 100 x -1: mean 0, variance 200/400 = 0.5,
+    # sd = 0.7071 -> width 2 * 1.96 * 0.7071 / 20 = 0.13859
+    a = [0.0] * 100 + [1.0] * 100 + [0.0] * 100 + [1.0] * 100
+    b = [0.0] * 100 + [1.0] * 100 + [1.0] * 100 + [0.0] * 100
+    result = paired_bootstrap(a, b, seed=seed)
+    assert result["delta"] == 0.0 and (result["mean_a"], result["mean_b"]) == (0.5, 0.5)
+    assert result["high"] - result["low"] == pytest.approx(0.13859, rel=0.10)
+    assert result["low"] < 0.0 < result["high"]
 
 
 def test_interval_brackets_the_delta_and_is_deterministic():

@@ -1,28 +1,46 @@
-"""Every metric computed by hand on a few items (the expected values are worked out in comments)."""
+"""Every metric computed by hand on a few items (the expected values are worked out in comments,
+never by calling the code under test). The answer metrics follow the official SQuAD v1.1 evaluation
+script: its normalize_answer (lowercase, drop ASCII punctuation, drop the articles a/an/the,
+collapse whitespace), exact match of normalised strings, token F1 of normalised tokens."""
 
 import pytest
 
 from evaluation.metrics import (
+    ABSTENTION_PHRASE,
     METRICS,
+    abstention,
     answer_contains,
     answer_f1,
     citation_precision,
     cited_document_ids,
     cited_numbers,
     exact_match,
-    f1_tokens,
     hit_at_k,
     item_scores,
     mrr_at_k,
-    normalize,
+    normalize_answer,
     recall_at_k,
     summarize,
 )
 
 
-def test_normalize_lowercases_and_collapses_whitespace():
-    assert normalize("  Git  PUSH\n\t--Force ") == "git push --force"
-    assert normalize("") == ""
+@pytest.mark.parametrize("text, normalised", [
+    ("The Cat!", "cat"),
+    ("  Git  PUSH\n\t--Force ", "git push force"),
+    # articles go only as whole words: "Theory" and "anthem" stay
+    ("An apple, a pear and THE plum. Theory of an anthem", "apple pear and plum theory of anthem"),
+    # punctuation inside a word is removed, not turned into a space (as SQuAD's script does)
+    ("git-rebase origin/main c++", "gitrebase originmain c"),
+    # citation markers go first, so their digits do not become tokens
+    ("Use git rebase [1].", "use git rebase"),
+    ("Both [2][3] and [1, 2], [ 4 ].", "both and"),
+    ("not a marker: [b] [1.5]", "not marker b 15"),
+    # only ASCII punctuation goes, as in SQuAD's script (string.punctuation)
+    ("“Cat”", "“cat”"),
+    ("", ""),
+])
+def test_normalize_answer_is_squads_after_dropping_citation_markers(text, normalised):
+    assert normalize_answer(text) == normalised
 
 
 # Retrieved chunks by document id, rank order. Duplicates: several chunks of one document.
@@ -69,43 +87,60 @@ def test_k_must_be_positive():
         hit_at_k(RETRIEVED, ["intro"], k=0)
 
 
-def test_answer_contains_ignores_case_and_whitespace():
-    output = "Use   git\nREBASE --onto to move it."
-    assert answer_contains(output, ["git rebase --onto"]) == 1.0  # normalized: "git rebase --onto"
+def test_answer_contains_is_a_substring_of_the_normalised_output():
+    output = "Use   git\nREBASE --onto [2] to move it."  # normalised: "use git rebase onto to move it"
+    assert answer_contains(output, ["git rebase --onto"]) == 1.0  # normalised: "git rebase onto"
     assert answer_contains(output, ["cherry-pick", "Rebase  --ONTO"]) == 1.0  # the second one
     assert answer_contains(output, ["git merge"]) == 0.0
+    # a substring, not whole tokens: punctuation removal glues words ("git-reset(1)" -> "gitreset1")
+    assert answer_contains("See git-reset(1).", ["reset"]) == 1.0
+    assert answer_contains("Maintain the branch.", ["main"]) == 1.0  # and so this counts too
+    assert answer_contains("It takes 14 days [1].", ["14 days"]) == 1.0
     assert answer_contains(output, []) is None
     assert answer_contains(output, ["  "]) is None  # a blank answer is not an answer
+    assert answer_contains(output, ["The", "?"]) is None  # nor one that normalises to nothing
 
 
 def test_exact_match():
+    assert exact_match("The Cat!", ["cat"]) == 1.0  # SQuAD: "the cat!" -> "cat"
     assert exact_match("  Git   Rebase ", ["git rebase"]) == 1.0
-    assert exact_match("git rebase.", ["git rebase"]) == 0.0  # only case and whitespace are forgiven
+    assert exact_match("git rebase.", ["git rebase"]) == 1.0  # punctuation is forgiven
+    assert exact_match("Elira Vantress [1].", ["Elira Vantress"]) == 1.0  # the marker is dropped
+    assert exact_match("It was Elira Vantress.", ["Elira Vantress"]) == 0.0
     assert exact_match("git rebase", ["merge", "GIT REBASE"]) == 1.0
     assert exact_match("git rebase", []) is None
 
 
-def test_f1_tokens_strip_punctuation_at_token_ends():
-    assert f1_tokens("Run `git fetch`, then (HEAD).") == ["run", "git", "fetch", "then", "head"]
-    assert f1_tokens("origin/main -- !") == ["origin/main"]  # inner punctuation stays; "--", "!" go
-    assert f1_tokens("“C++”") == ["c++"]  # symbols are not punctuation
-
-
 def test_answer_f1():
-    # output tokens: [the, default, branch, is, main] (5); answer: [main, branch] (2)
-    # common = 2 -> precision 2/5, recall 2/2 -> F1 = 2*0.4*1/(1.4) = 4/7
-    assert answer_f1("The default  BRANCH is main.", ["main branch"]) == pytest.approx(4 / 7)
-    # best over answers: "master" -> 0; "the main" -> common {the, main} = 2, P 2/5, R 1 -> 4/7;
-    # "default branch is main" -> common 4, P 4/5, R 1 -> 8/9
-    assert answer_f1("The default branch is main", ["master", "the main", "default branch is main"]) \
-        == pytest.approx(8 / 9)
-    # duplicated tokens count by multiplicity: output [a, a, b], answer [a, b, b]: common a:1 b:1 = 2
+    # SQuAD's own example: "the big red dog" -> [big, red, dog], "red dog" -> [red, dog]:
+    # common 2, P 2/3, R 2/2 -> F1 = 2 * (2/3) * 1 / (2/3 + 1) = 0.8
+    assert answer_f1("the big red dog", ["red dog"]) == pytest.approx(0.8)
+    # output [default, branch, is, main] (article and marker gone); answer [main, branch]:
+    # common 2, P 2/4, R 2/2 -> 2 * 0.5 / 1.5 = 2/3
+    assert answer_f1("The default  BRANCH is main [2].", ["main branch"]) == pytest.approx(2 / 3)
+    # best over answers: "master" -> 0; "the main" -> [main]: P 1/4, R 1 -> 0.4;
+    # "branch is main" -> common 3, P 3/4, R 1 -> 6/7
+    assert answer_f1("The default branch is main", ["master", "the main", "branch is main"]) \
+        == pytest.approx(6 / 7)
+    # duplicated tokens count by multiplicity: output [x, x, y], answer [x, y, y]: common x:1 y:1 = 2
     # P 2/3, R 2/3 -> 2/3
-    assert answer_f1("a a b", ["A B b"]) == pytest.approx(2 / 3)
+    assert answer_f1("x x y", ["X Y y"]) == pytest.approx(2 / 3)
     assert answer_f1("nothing here", ["main"]) == 0.0
     assert answer_f1("", ["main"]) == 0.0
+    assert answer_f1("[1]", ["main"]) == 0.0  # only a marker: no tokens
     assert answer_f1("Main!", ["main"]) == 1.0
     assert answer_f1("main", []) is None
+
+
+def test_abstention_is_the_fixed_phrase_up_to_normalisation():
+    assert ABSTENTION_PHRASE == "The passages do not contain the answer."
+    assert abstention(ABSTENTION_PHRASE) == 1.0
+    assert abstention("the passages do NOT contain the answer") == 1.0  # case, no period
+    assert abstention("Sorry: the passages do not contain the answer [2]; ask again.") == 1.0
+    assert abstention("The passages do not contain an answer.") == 1.0  # articles are dropped
+    assert abstention("The passages contain the answer: 1847 [1].") == 0.0
+    assert abstention("The passages don't contain the answer.") == 0.0  # "dont": not the phrase
+    assert abstention("") == 0.0
 
 
 def test_citation_precision():
@@ -144,17 +179,50 @@ def test_item_scores_keys_and_values():
         "mrr_at_k": 0.5,            # 1/2
         "recall_at_k": 0.5,         # branching yes, tags no
         "answer_contains": 1.0,
-        # tokens [create, it, with, git, branch, 2][1]] -> "[2][1]" strips to "2][1": 6 tokens,
-        # common {git, branch} = 2: P 2/6, R 2/2 -> 2*(1/3)/(4/3) = 1/2
-        "answer_f1": pytest.approx(0.5),
+        # markers and the period dropped: [create, it, with, git, branch], 5 tokens,
+        # common {git, branch} = 2: P 2/5, R 2/2 -> 2*(2/5)/(7/5) = 4/7
+        "answer_f1": pytest.approx(4 / 7),
         "exact_match": 0.0,
         "citation_precision": 0.5,  # {branching, intro}: one relevant
+        "abstention": None,         # an answerable item
     }
+
+
+def test_an_unanswerable_item_is_scored_by_abstention_only():
+    abstains = item_scores(retrieved=RETRIEVED, relevant=["tags"], k=5,
+                           output="The passages do not contain the answer [1].", answers=[], cited=["intro"],
+                           unanswerable=True)
+    assert abstains == {
+        "hit_at_k": 0.0, "mrr_at_k": 0.0, "recall_at_k": 0.0,  # tags never retrieved
+        "answer_contains": None, "answer_f1": None, "exact_match": None,
+        "citation_precision": 0.0,  # cites intro, not tags
+        "abstention": 1.0,
+    }
+    answers = item_scores(retrieved=[], relevant=[], k=0, output="It is git branch.", answers=["git branch"],
+                          cited=[], unanswerable=True)
+    assert answers["abstention"] == 0.0
+    # even with answers given, an unanswerable item gets no answer metric
+    assert (answers["answer_contains"], answers["answer_f1"], answers["exact_match"]) == (None, None, None)
 
 
 def test_item_scores_without_labels_are_all_none():
     scores = item_scores(retrieved=RETRIEVED, relevant=[], k=5, output="x", answers=[], cited=["intro"])
     assert scores == dict.fromkeys(METRICS)
+
+
+def test_summarize_averages_each_metric_over_the_items_it_applies_to():
+    items = [
+        {**dict.fromkeys(METRICS), "answer_f1": 1.0, "exact_match": 1.0},  # answerable
+        {**dict.fromkeys(METRICS), "abstention": 1.0},                     # unanswerable, abstained
+        {**dict.fromkeys(METRICS), "abstention": 0.0},                     # unanswerable, answered
+        {"answer_f1": 0.25, "exact_match": 0.0},  # scored before `abstention` existed: no key at all
+        {**dict.fromkeys(METRICS), "abstention": 1.0},
+    ]
+    summary = summarize(items, [], [])
+    assert summary["abstention"] == pytest.approx(2 / 3)   # (1 + 0 + 1) / 3 unanswerable items
+    assert summary["answer_f1"] == pytest.approx(0.625)    # (1 + 0.25) / 2 answerable items
+    assert summary["exact_match"] == pytest.approx(0.5)    # (1 + 0) / 2
+    assert summary["hit_at_k"] is None and summary["items"] == 5
 
 
 def test_summarize_means_skip_none_and_percentiles():
@@ -186,6 +254,6 @@ def test_summarize_empty_run():
 
 
 def test_without_retrieval_the_retrieval_metrics_are_none():
-    scores = item_scores(retrieved=[], relevant=["a"], k=0, output="x", answers=["x"], cited=[])
+    scores = item_scores(retrieved=[], relevant=["b"], k=0, output="x", answers=["x"], cited=[])
     assert (scores["hit_at_k"], scores["mrr_at_k"], scores["recall_at_k"]) == (None, None, None)
     assert scores["exact_match"] == 1.0

@@ -98,6 +98,8 @@ def test_every_body_and_every_error_status_is_documented(make_settings):
         assert files["type"] == "array" and files["items"] == {"type": "string", "format": "binary"}, key
     assert "application/json" in bodies[("POST", "/v1/corpora/{name}/documents")]
     assert "application/json" in bodies[("POST", "/v1/evalsets")]
+    item = schema["components"]["schemas"]["EvalItemIn"]["properties"]["unanswerable"]
+    assert item["type"] == "boolean" and item["default"] is False and "abstention" in item["description"]
 
     for (method, path), operation in documented.items():
         responses = operation["responses"]
