@@ -1,17 +1,16 @@
 """`graft evalset ...` and `graft eval run|show|compare`: evaluation over a running gateway's REST API."""
 
 import json
-import time
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from evaluation.compare import compare_runs
 from evaluation.metrics import METRICS
-from service.cli_client import KEY, URL, check_response, gateway_client
+from service.cli_common import KEY, URL, check_response, gateway_client
+from service.cli_jobs import follow
 
 evalset_app = typer.Typer(no_args_is_help=True, help="Evaluation sets (talks to a running gateway)")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluation runs (talks to a running gateway)")
@@ -29,6 +28,7 @@ def evalset_create(name: str, path: Path, url: str = URL, key: str = KEY) -> Non
 
 @evalset_app.command("ls")
 def evalset_ls(url: str = URL, key: str = KEY) -> None:
+    """List evaluation sets: name, items, sha256."""
     with gateway_client(url, key) as http:
         for row in check_response(http.get("/v1/evalsets"))["data"]:
             typer.echo(f"{row['name']}\t{row['items']} items\tsha256 {row['sha256'][:12]}")
@@ -37,9 +37,10 @@ def evalset_ls(url: str = URL, key: str = KEY) -> None:
 @eval_app.command("run")
 def eval_run(domain: str, evalset: str,
              adapter: str = typer.Option(None, help="a candidate name@version, evaluated without being routed"),
-             k: int = typer.Option(None), mode: str = typer.Option(None),
+             k: int = typer.Option(None, help="passages retrieved per question (default: the domain's)"),
+             mode: str = typer.Option(None, help="dense, bm25 or hybrid (default: the domain's)"),
              no_retrieval: bool = typer.Option(False, "--no-retrieval", help="closed book"),
-             max_tokens: int = typer.Option(64), url: str = URL, key: str = KEY) -> None:
+             max_tokens: int = typer.Option(64, help="the most tokens an answer may have"), url: str = URL, key: str = KEY) -> None:
     """Run DOMAIN on EVALSET, follow it with a progress bar, print the summary and the eval id."""
     body: dict = {"domain": domain, "evalset": evalset, "max_tokens": max_tokens}
     if adapter:
@@ -53,7 +54,7 @@ def eval_run(domain: str, evalset: str,
         body["retrieval"] = {key_: v for key_, v in {"k": k, "mode": mode}.items() if v is not None}
     with gateway_client(url, key) as http:
         started = check_response(http.post("/v1/evals", json=body))
-        job = _follow(http, started["job_id"])
+        job = follow(http, started["job_id"], interval_s=0.5)
         if job["status"] != "succeeded":
             typer.echo(f"graft: error: evaluation {job['status']}: {job['reason']}", err=True)
             raise typer.Exit(1)
@@ -61,21 +62,10 @@ def eval_run(domain: str, evalset: str,
     _print_summaries([run])
 
 
-def _follow(http, job_id: str) -> dict:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as progress:
-        task = progress.add_task("questions", total=None)
-        while True:
-            job = check_response(http.get(f"/v1/jobs/{job_id}"))
-            progress.update(task, completed=job["progress"]["done"], total=job["progress"]["total"] or None)
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                return job
-            time.sleep(0.5)
-
-
 @eval_app.command("show")
 def eval_show(eval_id: str, items: bool = typer.Option(False, help="print each item too"),
               url: str = URL, key: str = KEY) -> None:
+    """Print a run's summary (and with --items each item's output and scores)."""
     with gateway_client(url, key) as http:
         run = check_response(http.get(f"/v1/evals/{eval_id}"))
         rows = check_response(http.get(f"/v1/evals/{eval_id}/items"))["items"] if items else []
