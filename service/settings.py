@@ -14,85 +14,95 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRAFT_", extra="ignore")
 
     # storage
-    data_dir: Path = Path("data")
-    database_url: str | None = None  # default: SQLite file in data_dir
+    data_dir: Path = Field(Path("data"), description="SQLite file, indexes, uploads, adapters, models, engine log")
+    database_url: str | None = Field(None, description="e.g. `postgresql+psycopg://user:pw@host/db`; none: the "
+                                                       "SQLite file `graft.db` in the data folder")
 
     # gateway
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)  # bootstrap admin keys
-    # Serve FastAPI's interactive API pages (/docs, /redoc). Off by default: they load their scripts
-    # from a public CDN, which an air-gapped host cannot reach, without the console's CSP.
-    # /openapi.json is always served.
-    api_docs_pages: bool = False
-    # Request plans (retrieval, prompt) that run at once; 0 = one per CPU core this process may
-    # use. Plans are CPU-bound: more at once than cores makes a burst of requests finish later.
-    plan_threads: int = Field(default=0, ge=0, le=256)
+    host: str = Field("127.0.0.1", description="gateway bind address (beyond loopback only with a key)")
+    port: int = Field(8000, description="gateway port")
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="bootstrap admin keys "
+                                                                                        "(global, no limits)")
+    # Off by default: the pages load their scripts from a public CDN, which an air-gapped host
+    # cannot reach, without the console's CSP.
+    api_docs_pages: bool = Field(False, description="serve FastAPI's `/docs` and `/redoc` (they load scripts from "
+                                                    "a public CDN); `/openapi.json` is always served")
+    # Plans are CPU-bound: more at once than cores makes a burst of requests finish later.
+    plan_threads: int = Field(0, ge=0, le=256, description="request plans (embedding, search, prompt) run at once "
+                                                           "off the event loop; 0: one per usable core")
 
-    # engine: empty engine_urls means "start one local vLLM server as a child process"
-    engine_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    base_model: str | None = None  # HF folder or id; default: the prepared SmolLM2 folder
-    base_model_name: str = DEFAULT_BASE_MODEL_NAME  # the name clients and the engine use
-    max_lora_rank: int = 16
-    max_loras: int = 8
-    # Layers the engine wraps with LoRA; empty = every one vLLM supports. Narrowing it (e.g.
-    # q_proj,v_proj) makes each LoRA step cheaper (bench/adapters.py) and refuses adapters that
-    # target other layers at upload.
-    lora_target_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_model_len: int = 2048
-    engine_port: int = 8100
-    engine_dtype: str = "float32"  # the CPU engine; bf16 needs AVX-512 to be fast
-    engine_kv_cache_gib: int = 1
-    engine_start_timeout_s: float = 300.0
-    engine_request_timeout_s: float = 300.0
-    engine_connect_timeout_s: float = 5.0
-    engine_extra_args: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # engine
+    engine_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="vLLM OpenAI servers (`--enable-lora`, runtime LoRA updating on); "
+                                          "empty: start one local vLLM as a child process")
+    base_model: str | None = Field(None, description="HF folder or id: tokenizer, adapter validation, local "
+                                                     "engine; none: the prepared SmolLM2 folder in the data folder")
+    base_model_name: str = Field(DEFAULT_BASE_MODEL_NAME, description="its name for clients and engines "
+                                                                      "(`--served-model-name`)")
+    max_lora_rank: int = Field(16, description="engine `--max-lora-rank`; higher-rank uploads are refused")
+    max_loras: int = Field(8, description="engine `--max-loras` (adapters in one batch)")
+    # Narrowing it makes each LoRA step cheaper on CPU (bench/adapters.py).
+    lora_target_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="layers the local engine wraps with LoRA, e.g. `q_proj,v_proj`; uploads "
+                                          "targeting others are refused; empty: every one vLLM supports")
+    max_model_len: int = Field(2048, description="engine context length; prompts are fitted into it")
+    engine_port: int = Field(8100, description="local engine port")
+    engine_dtype: str = Field("float32", description="local engine `--dtype` (bf16 is fast only with AVX-512)")
+    engine_kv_cache_gib: int = Field(1, description="local engine KV cache (`VLLM_CPU_KVCACHE_SPACE`)")
+    engine_start_timeout_s: float = Field(300.0, description="time the local engine may take to get healthy")
+    engine_request_timeout_s: float = Field(300.0, description="timeout of a request to an engine")
+    engine_connect_timeout_s: float = Field(5.0, description="connect timeout to an engine")
+    engine_extra_args: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                              description="extra flags for the local vLLM")
 
     # indexing and retrieval
-    embedding_model: str = "all-MiniLM-L6-v2"  # the default of a new corpus
-    # Other embedding models a corpus may name (`embedding_model`): names of packaged models or
-    # local sentence-transformers folders the operator allows. Anything else is refused with one
-    # message, so a key cannot probe the host's folders or load a model of its choosing.
-    allowed_embedding_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # "onnx": the model exported once (by torch, from the local folder) and run by ONNX Runtime,
-    # identical embeddings at less cost (bench/ingest.py C); "torch": SentenceTransformer.encode.
-    embedding_backend: Literal["onnx", "torch"] = "onnx"
-    embedding_cache_dir: Path | None = None  # exported models; default data_dir/models/embedders
-    embedding_batch_size: int = 64
-    default_chunk_size: int = 200  # tokens of the embedder's tokenizer
-    default_chunk_overlap: int = 32
-    exact_search_max_vectors: int = 50_000  # above: HNSW
-    # HNSW graph degree and build beam: fixed per corpus when its index is created (recorded in
-    # each generation); the search beam applies to every corpus at load. See bench/ingest.py (B).
-    hnsw_m: int = Field(default=32, ge=4, le=256)
-    hnsw_ef_construction: int = Field(default=200, ge=8, le=4096)
-    hnsw_ef_search: int = Field(default=256, ge=1, le=32768)
-    max_upload_bytes: int = 50 * 1024 * 1024
-    max_request_bytes: int = 1 * 1024 * 1024  # JSON bodies
-    max_pdf_pages: int = 2000
-    extract_timeout_s: float = 60.0
+    embedding_model: str = Field("all-MiniLM-L6-v2", description="default embedder of new corpora: the packaged "
+                                                                 "one or a local folder")
+    # So that a key can neither probe the host's folders nor load a model of its choosing.
+    allowed_embedding_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="other embedding models a corpus may name (packaged names or local "
+                                          "folders); anything else is refused with one message that names no path")
+    embedding_backend: Literal["onnx", "torch"] = Field(
+        "onnx", description="`onnx` (exported once, run by ONNX Runtime: the same embeddings at less cost) or "
+                            "`torch` (SentenceTransformer.encode)")
+    embedding_cache_dir: Path | None = Field(None, description="exported ONNX models; none: "
+                                                               "`models/embedders` in the data folder")
+    embedding_batch_size: int = Field(64, description="chunks per embedding batch when ingesting")
+    default_chunk_size: int = Field(200, description="default chunk size of new corpora, in tokens of the "
+                                                     "embedder's tokenizer")
+    default_chunk_overlap: int = Field(32, description="default overlap (at most a quarter of the chunk size)")
+    exact_search_max_vectors: int = Field(50_000, description="larger corpora are searched with HNSW")
+    hnsw_m: int = Field(32, ge=4, le=256, description="HNSW degree, fixed when a corpus's index is created")
+    hnsw_ef_construction: int = Field(200, ge=8, le=4096, description="HNSW build beam, fixed likewise")
+    hnsw_ef_search: int = Field(256, ge=1, le=32768, description="HNSW search beam, every corpus")
+    max_upload_bytes: int = Field(50 * 1024 * 1024, description="per document upload")
+    max_request_bytes: int = Field(1 * 1024 * 1024, description="per JSON body (document uploads: the limit above)")
+    max_pdf_pages: int = Field(2000, description="longer PDFs become per-file errors")
+    extract_timeout_s: float = Field(60.0, description="PDF text extraction time per file")
 
     # adapters
-    max_adapter_bytes: int = 512 * 1024 * 1024
-    max_archive_members: int = 64
-    drain_timeout_s: float = 60.0
-    reconcile_interval_s: float = 15.0
+    max_adapter_bytes: int = Field(512 * 1024 * 1024, description="per adapter upload")
+    max_archive_members: int = Field(64, description="files in an adapter archive")
+    drain_timeout_s: float = Field(60.0, description="wait for a replaced adapter's requests before unloading it")
+    reconcile_interval_s: float = Field(15.0, description="how often engines' adapters are checked against "
+                                                          "the domains'")
 
     # evaluation
-    # Questions of one evaluation run in flight at once: the rest of the engine's batch slots
-    # stay free for live traffic.
-    eval_concurrency: int = Field(default=2, ge=1, le=64)
-    eval_max_items: int = Field(default=5000, ge=1, le=100_000)
+    eval_concurrency: int = Field(2, ge=1, le=64, description="questions of one evaluation in flight at once (the "
+                                                              "rest of the engine serves live traffic)")
+    eval_max_items: int = Field(5000, ge=1, le=100_000, description="items in one evaluation set")
 
     # training (a process of its own per job, niced)
-    training_threads: int = Field(default=2, ge=1, le=256)
-    training_batch_size: int = Field(default=4, ge=1, le=256)
-    training_max_examples: int = Field(default=2000, ge=1, le=100_000)
-    # "local": the gateway runs each training as its own child process; "queue": it hands the run to
-    # `graft trainer` workers through DATA/trainings (training/queue.py; compose's GPU trainer service).
-    trainer: Literal["local", "queue"] = "local"
-    # queue: a claimed run whose worker has not touched it for this long fails (the worker died).
-    trainer_stale_after_s: float = Field(default=120.0, ge=1.0)
+    training_threads: int = Field(2, ge=1, le=256, description="CPU threads of a training process (it runs "
+                                                               "niced, beside the gateway)")
+    training_batch_size: int = Field(4, ge=1, le=256, description="examples per training step")
+    training_max_examples: int = Field(2000, ge=1, le=100_000, description="the most examples one training "
+                                                                           "may ask for")
+    trainer: Literal["local", "queue"] = Field(
+        "local", description="`local`: each training runs as the gateway's child process; `queue`: it is handed "
+                             "to `graft trainer` workers through `trainings/` in the data folder")
+    trainer_stale_after_s: float = Field(120.0, ge=1.0, description="queue: a claimed training whose worker sent "
+                                                                    "no heartbeat for this long fails")
 
     @field_validator("api_keys", "engine_urls", "engine_extra_args", "lora_target_modules", "allowed_embedding_models",
                      mode="before")
