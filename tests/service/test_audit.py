@@ -27,6 +27,9 @@ from tests.service.test_adapters_engine import adapter_files
 from tests.service.test_corpora_api import wait_job
 from tests.service.test_scopes import dependency_calls
 
+# Each test on SQLite and on a fresh PostgreSQL database (tests/conftest.py, `database_url`).
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 BOOT = "boot-admin-key"
 
 
@@ -236,7 +239,8 @@ async def test_a_change_whose_event_cannot_be_written_answers_500_not_2xx(make_s
 
 def test_the_cli_records_key_and_tenant_changes_in_their_transaction(make_settings):
     settings = make_settings()
-    env = {"GRAFT_DATA_DIR": str(settings.data_dir), "GRAFT_DATABASE_URL": None, "GRAFT_API_KEYS": None}
+    env = {"GRAFT_DATA_DIR": str(settings.data_dir), "GRAFT_DATABASE_URL": settings.database_url,
+           "GRAFT_API_KEYS": None}
 
     def graft(*args: str):
         return CliRunner().invoke(graft_app, list(args), env=env)

@@ -11,6 +11,9 @@ from tests.harness import client, running_gateway, until
 from tests.service.test_adapters_engine import adapter_files
 from tests.service.test_corpora_api import wait_job
 
+# Each test on SQLite and on a fresh PostgreSQL database (tests/conftest.py, `database_url`).
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 DOCS = [
     {"id": "zorblax", "text": "The Zorblax Institute was founded in 1847 by Elira Vantress."},
     {"id": "weather", "text": "Quenmoor has mild winters and foggy summers."},

@@ -14,6 +14,9 @@ from service.app import create_app
 from tests.harness import client, running_gateway
 from tests.service.test_corpora_api import wait_job
 
+# Each test on SQLite and on a fresh PostgreSQL database (tests/conftest.py, `database_url`).
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 ASK = [{"role": "user", "content": "when was the institute founded?"}]
 DEEP = "[" * 5000 + "]" * 5000
 TOO_BIG = [2**63, -(2**63) - 1, 10**30]

@@ -15,6 +15,9 @@ from service.limits import GLOBAL, RateLimiter, StreamTokens
 from service.metrics import Metrics
 from tests.harness import client, running_gateway
 
+# Each test on SQLite and on a fresh PostgreSQL database (tests/conftest.py, `database_url`).
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 BASE = "SmolLM2-135M-Instruct"
 ASK = {"model": BASE, "messages": [{"role": "user", "content": "hi"}]}
 WAIT_S = 30.0  # the bound on waiting for a state the gateway reaches on its own

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 
+import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from typer.testing import CliRunner
@@ -24,6 +25,9 @@ from service.app import create_app
 from service.cli import app as graft_app
 from service.state import admin_principal, inference_principal
 from tests.harness import client, running_gateway
+
+# Each test on SQLite and on a fresh PostgreSQL database (tests/conftest.py, `database_url`).
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 # DESIGN.md gives these scope "none": load balancers probe them and Prometheus scrapes /metrics
 # without a key; the ops console's page and static assets hold no data (the page sends a key
@@ -115,6 +119,7 @@ def assert_error(response, status: int, code: str, where: str) -> None:
     assert set(error) == {"message", "type", "param", "code"} and error["code"] == code, (where, response.text)
 
 
+@pytest.mark.databases("sqlite")  # it reads the SQLite file to show no key is stored in the clear
 async def test_every_route_enforces_its_scope_and_keys_come_from_the_cli(make_settings, fake_engine):
     settings = make_settings(engine_urls=[fake_engine.url], api_keys=[BOOT_KEY])
     env = {"GRAFT_DATA_DIR": str(settings.data_dir), "GRAFT_DATABASE_URL": None, "GRAFT_API_KEYS": None}

@@ -33,6 +33,9 @@ from adapters_store.models import Document, Job, JobItem
 from tests.harness import client, free_port, running_gateway
 from tests.service.test_corpora_api import wait_job
 
+# Each test on SQLite and on a fresh PostgreSQL database (tests/conftest.py, `database_url`).
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 LIMIT = 100_000  # max_upload_bytes and max_adapter_bytes here
 REQUEST_LIMIT = 20_000  # max_request_bytes: the JSON bodies of other routes
 # What may be written past a limit before the 413 comes: the loopback socket's send and receive

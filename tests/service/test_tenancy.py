@@ -19,6 +19,9 @@ from tests.harness import client, running_gateway
 from tests.service.test_adapters_engine import adapter_files
 from tests.service.test_corpora_api import wait_job
 
+# Each test on SQLite and on a fresh PostgreSQL database (tests/conftest.py, `database_url`).
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 GLOBAL = "global-admin"
 QUESTION = "How many vacation days do I get?"
 
@@ -237,6 +240,8 @@ async def test_a_keys_filter_never_widens_through_the_keys_it_makes(deployment, 
 async def test_tenants_and_tenant_keys_on_the_command_line(make_settings, fake_engine, monkeypatch):
     settings = make_settings(engine_urls=[fake_engine.url], api_keys=[GLOBAL])
     monkeypatch.setenv("GRAFT_DATA_DIR", str(settings.data_dir))
+    if settings.database_url:
+        monkeypatch.setenv("GRAFT_DATABASE_URL", settings.database_url)
     runner = CliRunner()
     assert runner.invoke(cli, ["tenants", "create", "acme"]).exit_code == 0
     twice = runner.invoke(cli, ["tenants", "create", "acme"])

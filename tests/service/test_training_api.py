@@ -17,6 +17,9 @@ from tests.harness import client, running_gateway
 from tests.service.test_corpora_api import wait_job
 from training import queue
 
+# Each test on SQLite and on a fresh PostgreSQL database (tests/conftest.py, `database_url`).
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 DOCS = [
     {"id": "zorblax", "text": "The Zorblax Institute is a college of weather lore in Quenmoor. "
                               "It was founded in 1847 by Elira Vantress."},
