@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     eval_concurrency: int = Field(default=2, ge=1, le=64)
     eval_max_items: int = Field(default=5000, ge=1, le=100_000)
 
+    # tuning (POST /v1/domains/{d}/tunings): trials a tuning may ask for, and the sampler's seed
+    # (the same seed, set and engine answers give the same search).
+    tuning_max_trials: int = Field(default=200, ge=1, le=10_000)
+    tuning_seed: int = 0
+
     # training (a process of its own per job, niced)
     training_threads: int = Field(default=2, ge=1, le=256)
     training_batch_size: int = Field(default=4, ge=1, le=256)
