@@ -15,12 +15,12 @@ from evaluation.metrics import METRICS
 from indexer.search import MAX_K, SearchMode
 from service.auth import Principal
 from service.http_body import json_body
+from service.rag.prompt import TEMPLATES
 from service.responses import DomainConfigApplied, DomainConfigDetail, DomainConfigList, JobAccepted, answers
 from service.routes.domains import MAX_VERSION, Gate, _gate, domain_as_dict, domain_name
 from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state
 from service.tuning import MAX_DEMONSTRATIONS, TuneRequest
-from service.rag.prompt import TEMPLATES
 
 router = APIRouter()
 DEFAULT_TRIALS = 20
