@@ -231,3 +231,18 @@ async def test_a_filtered_key_may_not_tune_and_a_tenant_sees_only_its_own(served
             assert answer.status_code == 404 and answer.json()["error"]["code"] == "domain_not_found", answer.text
         other = await acme.post("/v1/domains/beta:lore/tunings", json={"evalset": "lore-qa", "metric": "answer_contains"})
         assert other.status_code == 404, other.text
+
+
+async def test_a_tuning_cut_short_by_a_restart_is_failed_with_the_reason(make_settings, fake_engine):
+    from adapters_store.db import make_engine, make_session_factory
+    from adapters_store.models import Job
+
+    settings = make_settings(engine_urls=[fake_engine.url], api_keys=[ADMIN])
+    db = make_engine(settings.resolved_database_url)
+    with make_session_factory(db)() as session, session.begin():
+        session.add(Job(id="cut-short", kind="tune", status="running", params={"domain": "lore"}))
+    db.dispose()
+    async with running_gateway(settings) as url, client(url, ADMIN) as http:
+        job = (await http.get("/v1/jobs/cut-short")).json()
+    assert (job["kind"], job["status"]) == ("tune", "failed")
+    assert job["reason"] == "the gateway restarted during the tuning; start it again"
