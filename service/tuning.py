@@ -256,26 +256,35 @@ class _Search:
                                                    "engine_calls": self.engine_calls})
         if best is None:
             raise RuntimeError("every trial was pruned")
-        winner = configs[best[0]]
-
+        # The live configuration competes too: a trial wins only by beating it on the same items.
+        if best[1] > current_tuning:
+            winner, tuning_score, best_trial = configs[best[0]], best[1], best[0]
+        else:
+            winner, tuning_score, best_trial = current, current_tuning, None
         service._update(self.job_id, progress={"stage": "holdout"})
-        holdout_score = current_score = None
-        if holdout_ids:
-            holdout_score = _mean((await self._score(winner, holdout_set, holdout_ids))["items"], holdout_ids)
-            current_score = _mean((await self._score(current, holdout_set, holdout_ids))["items"], holdout_ids)
+        holdout_score, current_score = await self._holdout(winner, current, holdout_set, holdout_ids)
         with service.sessions() as session, session.begin():
             domain = adapter_repo.get_domain(session, request.domain)
-            row = config_repo.add_version(
+            version = config_repo.add_version(
                 session, domain, winner, metric=request.metric, evalset=request.evalset, holdout=request.holdout,
-                tuning_score=best[1], holdout_score=holdout_score, current_score=current_score, job_id=self.job_id,
-                trials=trials)
-            version = row.version
-        return {"config_version": version, "tuning_score": best[1], "holdout_score": holdout_score,
+                tuning_score=tuning_score, holdout_score=holdout_score, current_score=current_score,
+                job_id=self.job_id, trials=trials).version
+        return {"config_version": version, "tuning_score": tuning_score, "holdout_score": holdout_score,
                 "current_score": current_score, "current_tuning_score": current_tuning, "metric": request.metric,
-                "best_trial": best[0], "trials": len(trials),
+                "improved": best_trial is not None, "best_trial": best_trial, "trials": len(trials),
                 "pruned": sum(t["state"] == "pruned" for t in trials), "tuning_items": len(scored),
                 "holdout_items": len(holdout_ids), "demonstrations": [d["id"] for d in demos],
                 "engine_calls": self.engine_calls, "seconds": round(time.perf_counter() - started, 3)}
+
+    async def _holdout(self, winner: dict, current: dict, evalset: str, ids: list[str]
+                       ) -> tuple[float | None, float | None]:
+        """(the winner's score, the live configuration's score) on the holdout items."""
+        if not ids:
+            return None, None
+        current_score = _mean((await self._score(current, evalset, ids))["items"], ids)
+        if winner == current:
+            return current_score, current_score
+        return _mean((await self._score(winner, evalset, ids))["items"], ids), current_score
 
     async def _trial(self, trial: optuna.Trial, config: dict, scored: list[str], sizes: list[int]
                      ) -> tuple[str, float, int]:

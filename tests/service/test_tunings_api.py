@@ -145,6 +145,8 @@ async def test_versions_apply_through_a_gate_and_roll_back(served):
     http, _, _ = served
     gate = {"evalset": "lore-qa", "metric": "answer_contains", "min_delta": 0.5}
     assert (await tune(http, SMALL_SPACE, trials=8))["result"]["config_version"] == 1
+    # Nothing in this space beats the live configuration: version 2 is the live one as it is now.
+    assert (await tune(http, BAD_SPACE, trials=1))["result"]["config_version"] == 2
     applied = await http.post("/v1/domains/lore/configs/1/apply", json={"gate": gate})
     assert applied.status_code == 200, applied.text
     body = applied.json()
@@ -156,8 +158,7 @@ async def test_versions_apply_through_a_gate_and_roll_back(served):
     assert "the grey sea" in answer.json()["choices"][0]["message"]["content"], answer.text
     assert (await http.get("/v1/domains/lore/configs/1")).json()["diff"] == {}
 
-    # A worse version (only the live shape tried) is refused by the gate; nothing changes.
-    assert (await tune(http, BAD_SPACE, trials=1))["result"]["config_version"] == 2
+    # Version 2 (the configuration before version 1) is now worse: the gate refuses it; nothing changes.
     before = (await http.get("/v1/domains/lore")).json()
     refused = await http.post("/v1/domains/lore/configs/2/apply", json={"gate": {**gate, "min_delta": 0.0}})
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "gate_failed", refused.text
@@ -246,3 +247,27 @@ async def test_a_tuning_cut_short_by_a_restart_is_failed_with_the_reason(make_se
         job = (await http.get("/v1/jobs/cut-short")).json()
     assert (job["kind"], job["status"]) == ("tune", "failed")
     assert job["reason"] == "the gateway restarted during the tuning; start it again"
+
+
+async def test_the_live_configuration_wins_unless_a_trial_beats_it(served):
+    """Only worse configurations in the space: the version stored is the live configuration (empty
+    diff), scored once on the holdout, and applying it changes nothing but the version number."""
+    http, _, engine = served
+    put = await http.put("/v1/domains/lore", json={"corpora": ["lore"], "retrieval": {"k": 1, "mode": "hybrid"},
+                                                   "system_prompt": None})
+    assert put.status_code == 200
+    # The live shape the engine rewards: quote_then_answer with one passage (set as version 1 first).
+    assert (await tune(http, {**SMALL_SPACE, "prompt_template": ["quote_then_answer"], "k": [1]}, trials=1)
+            )["result"]["improved"] is True
+    assert (await http.post("/v1/domains/lore/configs/1/apply", json={})).status_code == 200
+    calls = len(engine.requests)
+    job = await tune(http, BAD_SPACE, trials=2)
+    result = job["result"]
+    assert (result["improved"], result["best_trial"]) == (False, None)
+    assert result["tuning_score"] == result["current_tuning_score"] == 1.0
+    assert result["holdout_score"] == result["current_score"] == 1.0
+    tuning_ids, holdout_ids = split(ITEMS)
+    # baseline + one trial (the second is a repeat) + the holdout once
+    assert len(engine.requests) - calls == result["engine_calls"] == 2 * len(tuning_ids) + len(holdout_ids)
+    version = (await http.get(f"/v1/domains/lore/configs/{result['config_version']}")).json()
+    assert version["diff"] == {}
