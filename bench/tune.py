@@ -9,7 +9,7 @@ Prints: tuning wall time, engine calls (questions asked: baseline, trials, holdo
 many the pruner stopped, the winner's diff, and tuned vs base on the holdout split (goal: tuned >=
 base + 0.05).
 
-    .venv/bin/python -m bench.tune [--engine-url URL] [--trials N] [--metric M] [--space JSON]
+    .venv/bin/python -m bench.tune [--engine-url URL] [--trials N] [--questions N] [--metric M] [--space JSON]
 """
 
 import argparse
@@ -36,6 +36,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine-url", help="a running vLLM (default: start one here)")
     parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--questions", type=int, default=len(QUESTIONS), help="the first N questions")
     parser.add_argument("--metric", default="answer_contains")
     parser.add_argument("--space", help="JSON choices per parameter (default: the gateway's whole space)")
     args = parser.parse_args()
@@ -57,7 +58,7 @@ async def bench(http, args) -> None:
         ("files", (page, (GIT_DOC / page).read_bytes(), "text/html")) for page in PAGES])
     await wait_job(http, upload.json()["job_id"])
     items = [{"id": str(i + 1), "question": q, "answers": answers, "document_ids": pages}
-             for i, (q, pages, answers) in enumerate(QUESTIONS)]
+             for i, (q, pages, answers) in enumerate(QUESTIONS[:args.questions])]
     await http.post("/v1/evalsets", json={"name": "git-doc-qa", "items": items})
     await http.put("/v1/domains/git", json={"corpora": ["git-doc"], "retrieval": {"k": 4, "mode": "hybrid"}})
 
