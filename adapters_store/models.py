@@ -102,6 +102,7 @@ class JobKind(StrEnum):
     REBUILD = "rebuild"
     EVAL = "eval"
     TRAIN = "train"
+    TUNE = "tune"
 
 
 class JobStatus(StrEnum):
@@ -214,10 +215,38 @@ class Domain(Base):
     system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     retrieval: Mapped[dict] = mapped_column(JSON, default=dict)  # {k, mode, min_score}
     gate: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # default {evalset, metric, min_delta}
+    # The rest of what a configuration version sets (None: the defaults): the prompt template's name
+    # (service/rag/prompt.py TEMPLATES), few-shot [{question, answer}], the default max_tokens.
+    prompt_template: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    demonstrations: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    max_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The configuration version applied last (None: none, or changed by PUT since).
+    config_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     adapter_version: Mapped[AdapterVersion | None] = relationship()
+
+
+class DomainConfig(Base):
+    """A configuration version of a domain (what a tuning found): retrieval settings, system prompt,
+    prompt template, demonstrations and max_tokens, with the scores that chose it. Immutable."""
+    __tablename__ = "domain_configs"
+    __table_args__ = (UniqueConstraint("domain_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict] = mapped_column(JSON)
+    metric: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    evalset: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    holdout: Mapped[str | None] = mapped_column(String(128), nullable=True)  # a second set, if given
+    tuning_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    holdout_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    current_score: Mapped[float | None] = mapped_column(Float, nullable=True)  # the config then live, on the holdout
+    job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    trials: Mapped[list | None] = mapped_column(JSON, nullable=True)  # [{number, params, score, state}]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class DomainHistory(Base):

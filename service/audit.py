@@ -74,7 +74,10 @@ AUDITED: dict[tuple[str, str], Audited] = {
     ("PUT", "/v1/domains/{name}"): Audited("domain.update", "{name}", ("corpora", "adapter"), created="domain.create"),
     ("DELETE", "/v1/domains/{name}"): Audited("domain.delete", "{name}"),
     ("POST", "/v1/domains/{name}/adapter"): Audited("domain.swap", "{name}", ("adapter",)),
-    ("POST", "/v1/domains/{name}/rollback"): Audited("domain.rollback", "{name}", ("adapter",)),
+    ("POST", "/v1/domains/{name}/rollback"): Audited("domain.rollback", "{name}", ("adapter", "config_version")),
+    ("POST", "/v1/domains/{name}/tunings"): Audited("domain.tune", "{name}", ("job_id",)),
+    ("POST", "/v1/domains/{name}/configs/{version}/apply"):
+        Audited("domain.config_apply", "{name}#{version}", ("config_version", "gate_result")),
     ("POST", "/v1/evalsets"): Audited("evalset.create", "{name}", ("sha256", "items")),
     ("DELETE", "/v1/evalsets/{name}"): Audited("evalset.delete", "{name}"),
     ("POST", "/v1/evals"): Audited("eval.start", "{eval_id}", ("job_id",), owner="route"),

@@ -4,15 +4,18 @@ A route is immutable; changing a domain replaces its route in one dict assignmen
 sees either the old binding or the new one, never a mix.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from adapters_store import config_repo
 from adapters_store.models import AdapterVersion, Domain
 from indexer import filters
 from indexer.filters import MetadataFilter
 from service.auth import Principal
+from service.rag.prompt import DEFAULT_TEMPLATE
 
 # `filter`: the domain's enforced metadata filter (canonical JSON form), or None.
 DEFAULT_RETRIEVAL = {"k": 4, "mode": "hybrid", "min_score": None, "filter": None}
@@ -29,6 +32,22 @@ class DomainRoute:
     created_at: int = 0
     gate: dict | None = None
     filter: MetadataFilter | None = None  # parsed from retrieval["filter"]: every retrieval applies it
+    # The rest of the domain's configuration (a configuration version sets them; see config_repo).
+    prompt_template: str = DEFAULT_TEMPLATE
+    demonstrations: tuple[dict, ...] = ()
+    max_tokens: int | None = None  # a request's default max_tokens (None: the gateway's)
+    config_version: int | None = None
+
+
+def with_config(route: DomainRoute, config: dict) -> DomainRoute:
+    """The route as it would be with `config` live (config_repo's shape): what an evaluation of a
+    candidate configuration plans with, leaving the live domain as it is. The domain's enforced
+    filter and corpora are kept."""
+    config = config_repo.normalised(config)
+    return dataclasses.replace(
+        route, retrieval={**route.retrieval, **config["retrieval"]}, system_prompt=config["system_prompt"],
+        prompt_template=config["prompt_template"], demonstrations=tuple(config["demonstrations"]),
+        max_tokens=config["max_tokens"])
 
 
 def route_of(domain: Domain, base_model: str) -> DomainRoute:
@@ -44,6 +63,10 @@ def route_of(domain: Domain, base_model: str) -> DomainRoute:
         created_at=int(domain.created_at.timestamp()),
         gate=domain.gate,
         filter=filters.parse(retrieval["filter"], param="retrieval.filter"),
+        prompt_template=domain.prompt_template or DEFAULT_TEMPLATE,
+        demonstrations=tuple(domain.demonstrations or ()),
+        max_tokens=domain.max_tokens,
+        config_version=domain.config_version,
     )
 
 

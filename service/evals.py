@@ -14,7 +14,7 @@ from adapters_store.errors import Invalid, NotFound
 from adapters_store.models import Job, utcnow
 from evaluation.metrics import cited_document_ids, item_scores, summarize
 from service.auth import Principal
-from service.domains import DomainRoute, RoutingTable
+from service.domains import DomainRoute, RoutingTable, with_config
 from service.engine.pool import EnginePool
 from service.rag.planner import Planner
 
@@ -31,6 +31,11 @@ class EvalRequest:
     adapter: dict | None = None  # the candidate as the client named it
     retrieval: dict | bool | None = None  # a completion's `retrieval` override; False = off
     max_tokens: int = 64
+    # A candidate configuration (config_repo's shape) planned instead of the domain's live one, which
+    # stays as it is: a tuning's trial, a configuration's gate. Its max_tokens, if set, replaces the above.
+    config: dict | None = None
+    # Only these items of the set (a tuning's split or subset); None: every item.
+    item_ids: tuple[str, ...] | None = None
     # The key the run is made for (a route's, a swap's, a training's): every door to an evaluation
     # names one, and `EvalService.authorise` decides on it.
     requested_by: Principal = field(kw_only=True)
@@ -102,10 +107,12 @@ class EvalService:
         with self.sessions() as session:
             return eval_repo.eval_as_dict(eval_repo.get_eval(session, run_id))
 
-    async def gate(self, domain: str, candidate: str, gate: dict, requested_by: Principal) -> GateResult:
-        """Score the current binding and the candidate on the same set, one after the other."""
+    async def gate(self, domain: str, candidate: str, gate: dict, requested_by: Principal,
+                   config: dict | None = None) -> GateResult:
+        """Score the current binding and the candidate on the same set, one after the other. `config`:
+        the candidate is that configuration (on `candidate`, the current engine model) rather than an adapter."""
         current = await self.run(EvalRequest(domain, gate["evalset"], requested_by=requested_by))
-        challenger = await self.run(EvalRequest(domain, gate["evalset"], engine_model=candidate,
+        challenger = await self.run(EvalRequest(domain, gate["evalset"], engine_model=candidate, config=config,
                                                 requested_by=requested_by))
         for run in (current, challenger):
             if run["status"] != "succeeded":
@@ -146,15 +153,21 @@ class EvalService:
     def _create(self, request: EvalRequest) -> tuple[str, str]:
         self.authorise(request)
         route = self._route(request.domain)
+        if request.config is not None:
+            route = with_config(route, request.config)
         retrieval = None
         if request.retrieval is not False:
             retrieval = {**route.retrieval, "corpora": list(route.corpora), **(request.retrieval or {})}
         with self.sessions() as session, session.begin():
             evalset = eval_repo.get_evalset(session, request.evalset)
+            total = None
+            if request.item_ids is not None:
+                total = len(_chosen(evalset.items, request.item_ids))
             run = eval_repo.create_eval(
                 session, domain=request.domain, evalset=evalset, adapter=request.adapter,
                 engine_model=request.engine_model or route.engine_model, retrieval=retrieval,
-                k=retrieval["k"] if retrieval else 0, max_tokens=request.max_tokens)
+                k=retrieval["k"] if retrieval else 0, max_tokens=_max_tokens(request), total=total,
+                config=request.config)
             return run.id, run.job_id
 
     async def _run_logged(self, run_id: str, request: EvalRequest) -> None:
@@ -171,6 +184,8 @@ class EvalService:
         with self.sessions() as session, session.begin():
             run = eval_repo.get_eval(session, run_id)
             items = eval_repo.get_evalset(session, run.evalset).items
+            if request.item_ids is not None:
+                items = _chosen(items, request.item_ids)
             run.status = "running"
             job = session.get(Job, run.job_id)
             job.status, job.updated_at = "running", utcnow()
@@ -180,7 +195,8 @@ class EvalService:
 
         async def one(item: dict) -> dict:
             async with slots:
-                return await self._ask(request.domain, item, engine_model, override, k, request.max_tokens)
+                return await self._ask(request.domain, item, engine_model, override, k, _max_tokens(request),
+                                       request.config)
 
         results = []
         tasks = [asyncio.create_task(one(item)) for item in items]
@@ -201,13 +217,14 @@ class EvalService:
                             [r["completion_tokens"] for r in results])
         self._finish(run_id, "succeeded", metrics, None)
 
-    async def _ask(self, domain: str, item: dict, engine_model: str, override, k: int, max_tokens: int) -> dict:
+    async def _ask(self, domain: str, item: dict, engine_model: str, override, k: int, max_tokens: int,
+                   config: dict | None = None) -> dict:
         body = {"model": domain, "messages": [{"role": "user", "content": item["question"]}],
                 "temperature": 0, "max_tokens": max_tokens}
         if override is not None:
             body["retrieval"] = override
         started = time.perf_counter()
-        plan = await self.planner.plan("chat", body, engine_model=engine_model)
+        plan = await self.planner.plan("chat", body, engine_model=engine_model, config=config)
         async with self.pool.lease(plan.engine_model) as engine:
             answer = await engine.client.complete("/v1/chat/completions", plan.payload)
         latency_ms = (time.perf_counter() - started) * 1000
@@ -231,3 +248,14 @@ class EvalService:
             if status == "succeeded":
                 job.result = {"eval_id": run_id}
 
+
+
+def _chosen(items: list[dict], item_ids: tuple[str, ...]) -> list[dict]:
+    wanted = set(item_ids)
+    return [item for item in items if item["id"] in wanted]
+
+
+def _max_tokens(request: EvalRequest) -> int:
+    if request.config is not None and request.config.get("max_tokens") is not None:
+        return request.config["max_tokens"]
+    return request.max_tokens

@@ -155,6 +155,33 @@ class DomainList(_Open):
     data: list[Domain]
 
 
+class DomainConfigVersion(_Open):
+    """A domain configuration version: what a tuning found, with the scores that chose it."""
+    object: Literal["domain.config"]
+    domain: str
+    version: int
+    config: dict[str, Any]
+    applied: bool
+    tuning_score: float | None
+    holdout_score: float | None
+    current_score: float | None
+
+
+class DomainConfigDetail(DomainConfigVersion):
+    diff: dict[str, Any]  # {field: {current, config}} for each field that differs from the live one
+    trials: list[dict[str, Any]]
+
+
+class DomainConfigList(_Open):
+    object: Literal["list"]
+    data: list[DomainConfigVersion]
+
+
+class DomainConfigApplied(Domain):
+    config_version: int | None
+    gate_result: dict[str, Any] | None
+
+
 class HistoryEntry(_Open):
     at: int
     action: str

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
                                                               "rest of the engine serves live traffic)")
     eval_max_items: int = Field(5000, ge=1, le=100_000, description="items in one evaluation set")
 
+    # tuning (POST /v1/domains/{d}/tunings)
+    tuning_max_trials: int = Field(200, ge=1, le=10_000, description="most trials a tuning may ask for "
+                                                                      "(`budget.trials`)")
+    tuning_seed: int = Field(0, description="the tuning sampler's seed: the same seed, set and answers give the "
+                                            "same search")
+
     # training (a process of its own per job, niced)
     training_threads: int = Field(2, ge=1, le=256, description="CPU threads of a training process (it runs "
                                                                "niced, beside the gateway)")

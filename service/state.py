@@ -26,6 +26,7 @@ from service.rag.retrieval import Retriever
 from service.settings import Settings
 from service.swap import SwapService
 from service.training import TrainingService
+from service.tuning import TuningService
 
 
 @dataclass
@@ -44,6 +45,7 @@ class GatewayState:
     swaps: SwapService
     evals: EvalService
     trainings: TrainingService
+    tunings: TuningService  # domain tunings (service/tuning.py)
     reconciler: Reconciler
     artifacts: AdapterArtifactStore
     limiter: RateLimiter  # keys' and tenants' rate and concurrency limits (service/limits.py)

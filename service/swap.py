@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, selectinload
 
-from adapters_store import adapter_repo, eval_repo
+from adapters_store import adapter_repo, config_repo, eval_repo
 from adapters_store.errors import Conflict, NotFound, Unavailable
 from adapters_store.hotload import HotLoader, HotLoadError
-from adapters_store.models import AdapterVersion, Corpus, Domain, DomainHistory, utcnow
+from adapters_store.models import AdapterVersion, Corpus, Domain, DomainConfig, DomainHistory, utcnow
 from service.auth import Principal
 from service.domains import RoutingTable, route_of
 
@@ -62,10 +62,13 @@ class SwapService:
             created = session.scalar(select(Domain.id).where(Domain.name == name)) is None
 
         def apply(domain: Domain) -> None:
+            before = config_repo.snapshot(domain) if not created else None
             domain.corpora = list(binding.corpora)
             domain.system_prompt = binding.system_prompt
             domain.retrieval = dict(binding.retrieval)
             domain.gate = binding.gate
+            if before is not None and config_repo.snapshot(domain) != before:
+                domain.config_version = None  # no longer the configuration version applied last
 
         await self._rebind(name, lambda *_: target_id, "create" if created else "update", key_id,
                            apply=apply, create=created)
@@ -76,8 +79,42 @@ class SwapService:
         """Swap to adapter@version for `principal`; with a gate (or the domain's default one) only
         when the candidate scores at least `min_delta` above the current binding (evaluated for
         `principal`, so a key that may not evaluate cannot gate). The gate's numbers."""
-        key_id = principal.key_id
         outcome: dict = {}
+        check = self._gate_check(name, principal, gate, outcome, "swap_refused")
+        await self._rebind(name, lambda session, _: adapter_repo.get_version(session, adapter, version).id,
+                           "swap", principal.key_id, check=check)
+        return outcome.get("gate")
+
+    async def apply_config(self, name: str, version: int, principal: Principal,
+                           gate: dict | None = None) -> dict | None:
+        """Make configuration version `version` the domain's live one, through the same protocol
+        and gate as a swap (the candidate: the current adapter with that configuration); recorded
+        in the history as `config_apply`, so a rollback returns to the configuration before it."""
+        outcome: dict = {}
+        chosen: dict = {}
+
+        def target_of(session: Session, domain: Domain | None) -> int | None:
+            chosen["config"] = dict(config_repo.get_version(session, domain, version).config)  # 404 first
+            return domain.adapter_version_id
+
+        def apply(domain: Domain) -> dict:
+            before, before_version = config_repo.snapshot(domain), domain.config_version
+            config_repo.assign(domain, chosen["config"], version)
+            return {"config_version": version, "config": {
+                "from": before, "to": config_repo.snapshot(domain), "from_version": before_version,
+                "to_version": version}}
+
+        check = self._gate_check(name, principal, gate, outcome, "config_refused",
+                                 config=lambda: chosen["config"], candidate=f"config {version}")
+        await self._rebind(name, target_of, "config_apply", principal.key_id, apply=apply, check=check)
+        return outcome.get("gate")
+
+    def _gate_check(self, name: str, principal: Principal, gate: dict | None, outcome: dict, refused: str,
+                    config: Callable[[], dict] | None = None, candidate: str | None = None) -> Check:
+        """The check of a gated change: the gate given, or the domain's default one; the candidate is
+        the target adapter version, or (`config`) a configuration on the current one. A refusal is
+        recorded in the history as `refused` and raised as 409 gate_failed."""
+        key_id = principal.key_id
 
         async def check(domain: Domain, target: AdapterVersion | None) -> dict | None:
             spec = gate or domain.gate
@@ -87,24 +124,24 @@ class SwapService:
                 eval_repo.get_evalset(session, spec["evalset"])
             if self.evals is None:
                 raise Unavailable("this gateway cannot evaluate a gate", code="gate_unavailable")
-            result = (await self.evals.gate(name, target.engine_name, spec, principal)).as_dict()
+            engine = target.engine_name if target is not None else self.routing.base_model
+            what = candidate or engine
+            result = (await self.evals.gate(name, engine, spec, principal,
+                                            config=config() if config is not None else None)).as_dict()
             outcome["gate"] = result
             if not result["passed"]:
                 with self.sessions() as session, session.begin():
                     current = adapter_repo.get_domain(session, name)
-                    adapter_repo.record(session, current, "swap_refused", current.adapter_version_id,
-                                        current.adapter_version_id, key_id,
-                                        {"gate": result, "candidate": target.engine_name})
+                    adapter_repo.record(session, current, refused, current.adapter_version_id,
+                                        current.adapter_version_id, key_id, {"gate": result, "candidate": what})
                 raise Conflict(
-                    f"gate refused {target.engine_name}: {spec['metric']} {_fmt(result['candidate'])} (eval "
+                    f"gate refused {what}: {spec['metric']} {_fmt(result['candidate'])} (eval "
                     f"{result['candidate_eval_id']}) vs current {_fmt(result['current'])} (eval "
                     f"{result['current_eval_id']}), needs a gain of at least {spec['min_delta']}",
                     param="gate", code="gate_failed")
             return {"gate": result}
 
-        await self._rebind(name, lambda session, _: adapter_repo.get_version(session, adapter, version).id,
-                           "swap", key_id, check=check)
-        return outcome.get("gate")
+        return check
 
     async def stage(self, adapter: str, version: int) -> str:
         """Load a version on every engine without routing to it (an evaluation's candidate);
@@ -141,7 +178,26 @@ class SwapService:
         return True
 
     async def rollback(self, name: str, key_id: int | None) -> None:
-        await self._rebind(name, self._rollback_target, "rollback", key_id)
+        """Undo the last change: back to the previous adapter version, or, when the last change was a
+        configuration version's apply (or a rollback of one), to the configuration before it."""
+        plan: dict = {}
+
+        def target_of(session: Session, domain: Domain | None) -> int | None:
+            is_config, config, version = config_repo.rollback_config(session, domain)
+            if not is_config:
+                return self._rollback_target(session, domain)
+            plan.update(config=config, version=version)
+            return domain.adapter_version_id
+
+        def apply(domain: Domain) -> dict | None:
+            if "config" not in plan:
+                return None
+            before, before_version = config_repo.snapshot(domain), domain.config_version
+            config_repo.assign(domain, plan["config"], plan["version"])
+            return {"config": {"from": before, "to": config_repo.snapshot(domain), "from_version": before_version,
+                               "to_version": plan["version"]}}
+
+        await self._rebind(name, target_of, "rollback", key_id, apply=apply)
 
     async def delete(self, name: str) -> None:
         """Remove the domain and its history; its adapter is unloaded once its requests finish."""
@@ -149,13 +205,14 @@ class SwapService:
             with self.sessions() as session, session.begin():
                 domain = adapter_repo.get_domain(session, name)
                 session.execute(delete(DomainHistory).where(DomainHistory.domain_id == domain.id))
+                session.execute(delete(DomainConfig).where(DomainConfig.domain_id == domain.id))
                 session.delete(domain)
             old = self.routing.remove(name)
             if old is not None and old.adapter_path:
                 self._unload_after_drain(old.engine_model)
 
     async def _rebind(self, name: str, target_of: Callable[[Session, Domain | None], int | None], action: str,
-                      key_id: int | None, *, apply: Callable[[Domain], None] | None = None,
+                      key_id: int | None, *, apply: Callable[[Domain], dict | None] | None = None,
                       create: bool = False, check: Check | None = None) -> None:
         async with self._locks[name]:
             with self.sessions() as session:
@@ -176,8 +233,8 @@ class SwapService:
                     else:
                         domain = adapter_repo.get_domain(session, name)
                     previous = domain.adapter_version_id
-                    if apply is not None:
-                        apply(domain)
+                    if apply is not None:  # what it returns goes into the history row's details
+                        details = {**(details or {}), **(apply(domain) or {})} or None
                     domain.adapter_version = _load_version(session, target.id if target else None)
                     domain.updated_at = utcnow()
                     session.flush()

@@ -34,11 +34,41 @@ export function Evals({ sub }) {
     </table>
     ${runs.data && list.length === 0 && html`<p class="empty">No evaluation run yet.</p>`}
     ${sub && html`<${RunItems} key=${sub} id=${sub}/>`}
+    ${domain && html`<${Tunings} key=${domain} domain=${domain}/>`}
     <div class="columns">
       <${StartRun} domains=${domains.data} onDone=${runs.reload}/>
       <${CreateSet}/>
     </div>
   </section>`;
+}
+
+// A domain's configuration versions (what its tunings found), and one version's trials and winner.
+function Tunings({ domain }) {
+  const configs = useAsync(() => api(`/v1/domains/${enc(domain)}/configs`).then((r) => r.data), [domain]);
+  const [version, setVersion] = useState(null);
+  const detail = useAsync(() => (version ? api(`/v1/domains/${enc(domain)}/configs/${version}`) : Promise.resolve(null)), [domain, version]);
+  const v = detail.data;
+  return html`<div class="detail" aria-labelledby="tunings-h">
+    <h3 id="tunings-h">Tunings of ${domain}</h3>
+    <${Err} error=${configs.error || detail.error}/>
+    <table class="list" aria-label="Configuration versions">
+      <thead><tr><th>version</th><th>metric</th><th>tuning</th><th>holdout</th><th>live config on holdout</th><th>template</th><th>k</th><th>mode</th><th>applied</th></tr></thead>
+      <tbody>${(configs.data || []).map((c) => html`<tr key=${c.version} data-config=${c.version} class=${c.version === version ? 'selected' : ''}>
+        <td><button type="button" class="link" onClick=${() => setVersion(c.version)}>${c.version}</button></td><td>${c.metric || '—'}</td>
+        <td class="num">${fmtNum(c.tuning_score)}</td><td class="num">${fmtNum(c.holdout_score)}</td><td class="num">${fmtNum(c.current_score)}</td>
+        <td>${c.config.prompt_template}</td><td class="num">${c.config.retrieval.k}</td><td>${c.config.retrieval.mode}</td><td>${c.applied ? 'yes' : ''}</td></tr>`)}</tbody>
+    </table>
+    ${configs.data && configs.data.length === 0 && html`<p class="empty">No tuning yet (graft domain tune, or POST /v1/domains/{d}/tunings).</p>`}
+    ${v && html`<h4>Version ${v.version}: winner and its difference from the live configuration</h4>
+      <dl class="binding">${Object.entries(v.diff).map(([field, change]) => html`<dt>${field}</dt><dd>${JSON.stringify(change.current)} → ${JSON.stringify(change.config)}</dd>`)}</dl>
+      ${Object.keys(v.diff).length === 0 && html`<p>Same as the live configuration.</p>`}
+      <table class="list" aria-label="Trials of the tuning">
+        <thead><tr><th>trial</th><th>state</th><th>score</th><th>items</th><th>parameters</th></tr></thead>
+        <tbody>${v.trials.map((t) => html`<tr key=${t.number} class=${t.params && t.score === v.tuning_score && t.state === 'complete' ? 'selected' : ''}>
+          <td class="num">${t.number}</td><td>${t.state}${t.repeat ? ' (repeat)' : ''}</td><td class="num">${fmtNum(t.score)}</td><td class="num">${t.items}</td>
+          <td class="pre">${Object.entries(t.params).map(([k, x]) => `${k} ${x}`).join(', ')}</td></tr>`)}</tbody>
+      </table>`}
+  </div>`;
 }
 
 function RunItems({ id }) {

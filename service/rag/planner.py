@@ -15,7 +15,7 @@ from indexer import filters
 from indexer.registry import NotLoaded
 from indexer.search import MAX_K, SearchMode
 from service.auth import Principal
-from service.domains import DomainRoute, RoutingTable
+from service.domains import DomainRoute, RoutingTable, with_config
 from service.errors import invalid_from
 from service.rag.plan import GRAFT_FIELDS, Plan, base_plan
 from service.rag.prompt import ContextTooLong, Passage, PromptBuilder
@@ -76,14 +76,15 @@ class Planner:
         return route
 
     async def plan(self, kind: str, body: dict[str, Any], *, gateway_idle: bool = False,
-                   engine_model: str | None = None, principal: Principal | None = None) -> Plan:
+                   engine_model: str | None = None, principal: Principal | None = None,
+                   config: dict | None = None) -> Plan:
         """Route `body["model"]` (see `route`) and plan the request on that route (see `plan_route`)."""
         return await self.plan_route(kind, body, self.route(body["model"], principal), gateway_idle=gateway_idle,
-                                     engine_model=engine_model, principal=principal)
+                                     engine_model=engine_model, principal=principal, config=config)
 
     async def plan_route(self, kind: str, body: dict[str, Any], route: DomainRoute | None, *,
                          gateway_idle: bool = False, engine_model: str | None = None,
-                         principal: Principal | None = None) -> Plan:
+                         principal: Principal | None = None, config: dict | None = None) -> Plan:
         """`route`: what `route` returned for this request. The gateway routes first and holds the
         route's engine model while it plans, so a swap's drain waits for a request being planned.
 
@@ -98,11 +99,16 @@ class Planner:
         `engine_model` replaces the domain's adapter for this request only (an evaluation of a
         candidate version that is loaded but not routed). `principal`: retrieval applies its metadata
         filter with the domain's and the request's, and `retrieval.corpora` may name only corpora
-        it may read."""
+        it may read.
+
+        `config` replaces the domain's configuration (retrieval settings, system prompt, prompt template,
+        demonstrations, max_tokens) for this request only: an evaluation of a candidate configuration."""
         if route is None:
             return base_plan(body, body["model"])
         if engine_model is not None:
             route = dataclasses.replace(route, engine_model=engine_model)
+        if config is not None:
+            route = with_config(route, config)
         started = time.perf_counter()
         settings = self._retrieval_settings(route, body.get("retrieval"), principal)
         if gateway_idle and not self._in_threads:
@@ -137,13 +143,17 @@ class Planner:
                         for h in hits]
         payload = {k: v for k, v in body.items() if k not in GRAFT_FIELDS}
         payload["model"] = route.engine_model
+        max_tokens = body.get("max_tokens")
+        if max_tokens is None and route.max_tokens is not None:  # the domain's default
+            max_tokens = payload["max_tokens"] = route.max_tokens
+        shape = {"template": route.prompt_template, "demonstrations": route.demonstrations}
         try:
             if kind == "chat":
                 payload["messages"], used = self.prompts.build_chat(
-                    body["messages"], passages, route.system_prompt, body.get("max_tokens"))
+                    body["messages"], passages, route.system_prompt, max_tokens, **shape)
             else:
                 payload["prompt"], used = self.prompts.build_completion(
-                    body["prompt"], passages, route.system_prompt, body.get("max_tokens"))
+                    body["prompt"], passages, route.system_prompt, max_tokens, **shape)
         except ContextTooLong as exc:
             raise Invalid(str(exc), param="messages" if kind == "chat" else "prompt",
                           code="context_length_exceeded") from exc

@@ -10,7 +10,7 @@ client's messages / prompt are never cut: if they do not fit on their own, Conte
 
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,31 @@ from indexer.fast_tokenizer import private_copy
 
 INSTRUCTION = ("Answer the question using the numbered passages below. Cite them as [n]. "
                "If they do not contain the answer, say so.")
+
+
+@dataclass(frozen=True)
+class Template:
+    """How the passages meet the question: the instruction put before them, and where they go
+    (`system`: in the system turn, before the conversation; `after_question`: in the last user turn,
+    after the question)."""
+    instruction: str
+    placement: str = "system"
+
+
+# The library a domain configuration picks from (by name); `numbered` is the default.
+TEMPLATES: dict[str, Template] = {
+    "numbered": Template(INSTRUCTION),
+    "quote_then_answer": Template(
+        "First quote the one sentence of the numbered passages below that supports the answer, with its "
+        "[n]; then answer the question in a few words. If no passage contains the answer, say so."),
+    "answer_then_cite": Template(
+        "Answer the question in a few words, then name the numbered passages below that support the "
+        "answer as [n]. If they do not contain the answer, say so."),
+    "passages_after_question": Template(
+        "Answer the question above using the numbered passages below. Cite them as [n]. "
+        "If they do not contain the answer, say so.", placement="after_question"),
+}
+DEFAULT_TEMPLATE = "numbered"
 # A shorter fragment of the top passage is more noise than help: drop it instead.
 MIN_TRUNCATED_TOKENS = 32
 ELLIPSIS = " …"
@@ -68,25 +93,51 @@ class PromptBuilder:
         self._part_tokens_lock = threading.Lock()
 
     def build_chat(self, messages: list[dict], passages: list[Passage], system_prompt: str | None,
-                   max_tokens: int | None) -> tuple[list[dict], list[Passage]]:
+                   max_tokens: int | None, template: str = DEFAULT_TEMPLATE,
+                   demonstrations: Sequence[dict] = ()) -> tuple[list[dict], list[Passage]]:
+        """`template`: a name of TEMPLATES; `demonstrations`: [{question, answer}] shown as earlier
+        turns of the conversation (few-shot), after the system turn."""
+        shape = TEMPLATES[template]
+        shots = [turn for d in demonstrations for turn in (
+            {"role": "user", "content": d["question"]}, {"role": "assistant", "content": d["answer"]})]
+
         def render(lines: list[str] | None) -> list[dict]:
             out = [dict(m) for m in messages]  # never mutate the client's dicts
-            block = None if lines is None else _retrieval_block(lines)
+            block = None if lines is None else _retrieval_block(lines, shape.instruction)
+            in_system = block if shape.placement == "system" else None
+            if block is not None and shape.placement == "after_question":
+                last = max((i for i, m in enumerate(out) if m.get("role") == "user"), default=None)
+                if last is None:
+                    in_system = block
+                else:
+                    out[last]["content"] = f"{_text_of(out[last].get('content'))}\n\n{block}"
+            first = 0
             if out and out[0].get("role") == "system":
-                parts = [system_prompt, _text_of(out[0].get("content")), block]
+                parts = [system_prompt, _text_of(out[0].get("content")), in_system]
                 out[0]["content"] = "\n\n".join(p for p in parts if p)
-            elif system_prompt or block:
-                content = "\n\n".join(p for p in (system_prompt, block) if p)
+                first = 1
+            elif system_prompt or in_system:
+                content = "\n\n".join(p for p in (system_prompt, in_system) if p)
                 out.insert(0, {"role": "system", "content": content})
-            return out
+                first = 1
+            return out[:first] + shots + out[first:]
 
         return self._fit(render, self.count_chat_tokens, passages, max_tokens)
 
     def build_completion(self, prompt: str, passages: list[Passage], system_prompt: str | None,
-                         max_tokens: int | None) -> tuple[str, list[Passage]]:
+                         max_tokens: int | None, template: str = DEFAULT_TEMPLATE,
+                         demonstrations: Sequence[dict] = ()) -> tuple[str, list[Passage]]:
+        shape = TEMPLATES[template]
+        shots = "".join(f"Question: {d['question']}\nAnswer: {d['answer']}\n\n" for d in demonstrations)
+
         def render(lines: list[str] | None) -> str:
-            body = prompt if lines is None else (
-                f"{_retrieval_block(lines)}\n\nQuestion: {prompt}\nAnswer:")
+            if lines is None:
+                body = prompt
+            elif shape.placement == "after_question":
+                body = f"Question: {prompt}\n\n{_retrieval_block(lines, shape.instruction)}\n\nAnswer:"
+            else:
+                body = f"{_retrieval_block(lines, shape.instruction)}\n\nQuestion: {prompt}\nAnswer:"
+            body = shots + body
             return f"{system_prompt}\n\n{body}" if system_prompt else body
 
         # add_special_tokens: what vLLM's /v1/completions does with a text prompt.
@@ -214,8 +265,8 @@ def _line_body(passage: Passage, specials: re.Pattern | None) -> str:
     return " " + (specials.sub("", passage.text) if specials else passage.text)
 
 
-def _retrieval_block(lines: list[str]) -> str:
-    return f"{INSTRUCTION}\n\n" + "\n".join(lines)
+def _retrieval_block(lines: list[str], instruction: str = INSTRUCTION) -> str:
+    return f"{instruction}\n\n" + "\n".join(lines)
 
 
 def _text_of(content: Any) -> str:

@@ -80,7 +80,9 @@ def domain_as_dict(route: DomainRoute) -> dict:
         adapter = {"name": name, "version": int(version)}
     return {"object": "domain", "name": route.name, "corpora": list(route.corpora), "adapter": adapter,
             "engine_model": route.engine_model, "system_prompt": route.system_prompt,
-            "retrieval": route.retrieval, "gate": route.gate, "created_at": route.created_at}
+            "retrieval": route.retrieval, "gate": route.gate, "prompt_template": route.prompt_template,
+            "demonstrations": list(route.demonstrations), "max_tokens": route.max_tokens,
+            "config_version": route.config_version, "created_at": route.created_at}
 
 
 async def domain_name(name: Name, principal: Principal = Depends(admin_principal)) -> str:

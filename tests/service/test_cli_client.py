@@ -1,6 +1,7 @@
 """The operator CLI (`graft corpus|adapter|domain ...`) against a real gateway over a fake engine."""
 
 import asyncio
+import json
 
 import pytest
 from typer.testing import CliRunner
@@ -72,3 +73,30 @@ async def test_eval_commands_run_show_and_compare(gateway_url, tmp_path, good_lo
     row = next(line for line in compared.splitlines() if "answer_contains" in line and "-1.000" in line)
     assert "[-1.000, -1.000]" in row
     assert "3 items" not in await graft(gateway_url, "evalset", "ls")
+
+
+async def test_domain_tune_follows_the_job_and_apply_makes_the_version_live(gateway_url, tmp_path, fake_engine):
+    from tests.service.test_tunings_api import FACTS, ITEMS, SMALL_SPACE, scripted
+
+    fake_engine.script = scripted
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for word, (text, _) in FACTS.items():
+        (pages / f"{word.lower()}.txt").write_text(text)
+    (tmp_path / "qa.jsonl").write_text("".join(
+        json.dumps({**item, "document_ids": [f"{item['id']}.txt"]}) + "\n" for item in ITEMS))
+    await graft(gateway_url, "corpus", "create", "lore")
+    await graft(gateway_url, "corpus", "upload", "lore", str(pages))
+    await graft(gateway_url, "domain", "set", "lore", "--corpus", "lore", "--k", "3")
+    await graft(gateway_url, "evalset", "create", "lore-qa", str(tmp_path / "qa.jsonl"))
+    out = await graft(gateway_url, "domain", "tune", "lore", "--evalset", "lore-qa", "--trials", "8",
+                      "--space", json.dumps(SMALL_SPACE))
+    assert "trials 8/8, best 1.000" in out, out  # the last line, whenever the polls fell
+    assert "config version 1: answer_contains tuning 1.000, holdout 1.000 (current 0.000)" in out, out
+    assert 'prompt_template: "numbered" -> "quote_then_answer"' in out and "retrieval.k: 3 -> 1" in out, out
+    assert "quote_then_answer" in await graft(gateway_url, "domain", "configs", "lore")
+    out = await graft(gateway_url, "domain", "apply", "lore", "1", "--gate", "lore-qa", "--min-delta", "0.5")
+    assert "configuration version 1 applied" in out and "gate: answer_contains 1.000 vs 0.000" in out, out
+    assert "same as the live configuration" in await graft(gateway_url, "domain", "config", "lore", "1")
+    assert "config_apply" in await graft(gateway_url, "domain", "history", "lore")
+    assert "404" in await graft(gateway_url, "domain", "tune", "lore", "--evalset", "nope", ok=False)

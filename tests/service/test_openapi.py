@@ -39,6 +39,8 @@ RULES_PAST_THE_SCHEMA = {
     ("POST", "/v1/adapters/{name}/trainings"): "rank, max_examples and base within this gateway's settings; "
                                                 "evalset with promote",
     ("GET", "/v1/jobs"): "after names a job the key can see",
+    ("POST", "/v1/domains/{name}/tunings"): "budget.trials within this gateway's tuning_max_trials; the set has "
+                                            "items in its tuning split",
     ("POST", "/v1/chat/completions"): "the prompt and max_tokens fit the model's context",
     ("POST", "/v1/completions"): "the prompt and max_tokens fit the model's context",
 }

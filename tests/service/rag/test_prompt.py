@@ -254,3 +254,44 @@ def test_chat_token_count_is_what_the_chat_template_tokenizes_to(tokenizer):
         if not isinstance(ids, list):  # transformers >= 5 returns a BatchEncoding
             ids = ids["input_ids"]
         assert builder.count_chat_tokens(chat) == len(ids)
+
+
+def test_each_template_places_its_instruction_and_the_passages(tokenizer):
+    from service.rag.prompt import TEMPLATES
+
+    builder = PromptBuilder(tokenizer, max_model_len=8192)
+    passages = [passage(i, 5) for i in range(2)]
+    for name, template in TEMPLATES.items():
+        messages, used = builder.build_chat(QUESTION, passages, "Be terse.", 64, template=name)
+        assert used == passages
+        if template.placement == "system":
+            assert messages[1:] == QUESTION, name
+            assert messages[0]["content"].startswith("Be terse.\n\n" + template.instruction), name
+            assert "[2] (document: doc1)" in messages[0]["content"]
+        else:  # the passages after the question, in the user's turn
+            assert messages[0] == {"role": "system", "content": "Be terse."}, name
+            user = messages[1]["content"]
+            assert user.startswith(QUESTION[0]["content"] + "\n\n" + template.instruction), name
+            assert user.index("[1] (document: doc0)") < user.index("[2] (document: doc1)")
+        text, _ = builder.build_completion("Why?", passages, None, 64, template=name)
+        assert template.instruction in text and "Question: Why?" in text
+        assert (text.index("Question: Why?") < text.index(template.instruction)) == (template.placement != "system")
+    assert QUESTION == [{"role": "user", "content": "What is the boiling point of water at sea level?"}]  # not mutated
+
+
+def test_demonstrations_are_earlier_turns_and_count_in_the_budget(tokenizer):
+    shots = [{"question": "Who wrote it?", "answer": "Ada."}, {"question": "When?", "answer": "1843."}]
+    builder = PromptBuilder(tokenizer, max_model_len=8192)
+    messages, _ = builder.build_chat(QUESTION, [passage(0, 5)], None, 64, demonstrations=shots)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [m["content"] for m in messages[1:5]] == ["Who wrote it?", "Ada.", "When?", "1843."]
+    assert messages[-1] == QUESTION[0]
+    text, _ = builder.build_completion("Why?", [], None, 64, demonstrations=shots)
+    assert text == "Question: Who wrote it?\nAnswer: Ada.\n\nQuestion: When?\nAnswer: 1843.\n\nWhy?"
+    # The demonstrations take room the passages would have had.
+    many = [passage(i, 40) for i in range(20)]
+    plain = PromptBuilder(tokenizer, max_model_len=1024).build_chat(QUESTION, many, None, 64)[1]
+    long_shots = [{"question": "word " * 100, "answer": "word " * 100}]
+    fewer = PromptBuilder(tokenizer, max_model_len=1024).build_chat(QUESTION, many, None, 64,
+                                                                    demonstrations=long_shots)[1]
+    assert len(fewer) < len(plain)
