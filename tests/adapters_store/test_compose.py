@@ -127,8 +127,10 @@ def test_linear_is_the_product_of_the_summed_factors(base_model_dir, shapes, bas
     assert_on_base(base_model_dir, shapes, base_weights, tmp_path / "linear", expected)
 
 
-@pytest.mark.parametrize("method,params", [("cat", {}), ("linear", {}), ("svd", {}),
-                                           ("ties", {"density": 0.5}), ("magnitude_prune", {"density": 0.3})])
+# Not `svd`: PEFT's takes a full SVD of every module's delta (minutes on 2 cores); ours is checked against
+# the closed form above.
+@pytest.mark.parametrize("method,params", [("cat", {}), ("linear", {}), ("ties", {"density": 0.5}),
+                                           ("magnitude_prune", {"density": 0.3})])
 def test_same_as_peft_add_weighted_adapter(base_model_dir, shapes, loras, tmp_path, method, params):
     """PEFT's own computation on the base model, adapter by adapter, gives the same deltas."""
     weights = {"qv8": 0.8, "qk8": 1.2}
@@ -144,7 +146,6 @@ def test_same_as_peft_add_weighted_adapter(base_model_dir, shapes, loras, tmp_pa
         if hasattr(layer, "lora_A") and "theirs" in layer.lora_A:
             theirs = layer.get_delta_weight("theirs")
             ours = layer.get_delta_weight("ours") if "ours" in layer.lora_A else torch.zeros_like(theirs)
-            # The svd is cut at rank 8 here: its factors are unique only up to sign, their product is not.
             torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5, msg=name)
             compared += 1
     assert compared == 30 * 4

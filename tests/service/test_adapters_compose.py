@@ -28,21 +28,21 @@ def rank4_lora(base_model_dir, tmp_path_factory):
 
 @pytest.fixture
 async def gateway(make_settings, fake_engine, good_lora, rank4_lora):
-    """Adapters `tone` (v1: rank 8 q,v; v2: rank 4 q,k) and `style` (v1: the rank 4 one); yields
+    """Adapters `tone` (v1: rank 8 q,v; v2: rank 4 q,k; v3: as v1) and `style` (v1: the rank 4 one); yields
     (client with the admin key, settings)."""
     settings = make_settings(engine_urls=[fake_engine.url], api_keys=[ADMIN], max_lora_rank=16)
     async with running_gateway(settings) as url, client(url, ADMIN) as http:
-        for adapter, folder in (("tone", good_lora), ("tone", rank4_lora), ("style", rank4_lora)):
+        for adapter, folder in (("tone", good_lora), ("tone", rank4_lora), ("tone", good_lora), ("style", rank4_lora)):
             assert (await http.post(f"/v1/adapters/{adapter}/versions", files=adapter_files(folder))).status_code == 201
         yield http, settings
 
 
 def stored_folders(settings) -> set[str]:
-    return {p.name for p in settings.adapters_dir.iterdir() if not p.name.startswith(".")}
+    return {p.name for p in (settings.adapters_dir / "store").iterdir() if not p.name.startswith(".")}
 
 
 def staging_left(settings) -> list:
-    return list((settings.adapters_dir / ".staging").iterdir())
+    return list((settings.adapters_dir / "store" / ".staging").iterdir())
 
 
 async def test_a_composed_version_is_stored_validated_with_provenance_and_serves(gateway, fake_engine, base_model_dir):
@@ -62,7 +62,7 @@ async def test_a_composed_version_is_stored_validated_with_provenance_and_serves
     assert listed == [{**listed[0], "sha256": answer["sha256"], "rank": 12, "provenance": provenance,
                        "target_modules": ["k_proj", "q_proj", "v_proj"]}]
     # Content-addressed like an upload, and valid as one.
-    folder = settings.adapters_dir / answer["sha256"]
+    folder = settings.adapters_dir / "store" / answer["sha256"]
     info = validate_adapter(folder, BaseModelShapes(base_model_dir), settings.max_lora_rank)
     assert info.rank == 12 and json.loads((folder / "adapter_config.json").read_text())["lora_alpha"] == 12
     with safe_open(folder / "adapter_model.safetensors", framework="numpy") as f:
@@ -89,21 +89,26 @@ async def test_a_composed_version_is_stored_validated_with_provenance_and_serves
         ("mix@2", {"sha256": answer["sha256"], "rank": 12}), ("mix@1", {"sha256": answer["sha256"], "rank": 12})]
 
 
-async def test_linear_and_svd_over_the_api(gateway):
+async def test_linear_svd_and_ties_over_the_api(gateway):
     http, _ = gateway
+    shas = {(v["adapter"], v["version"]): v["sha256"] for a in ("tone", "style")
+            for v in (await http.get(f"/v1/adapters/{a}/versions")).json()["data"]}
     linear = await http.post("/v1/adapters/mix/versions", json={"compose": {"method": "linear", "sources": [
         {"adapter": "tone", "version": 2, "weight": 1}, {"adapter": "style", "version": 1, "weight": 2}]}})
     assert linear.status_code == 201 and linear.json()["rank"] == 4, linear.text
-    svd = await http.post("/v1/adapters/mix/versions", json={"compose": {"method": "ties_svd", "density": 0.5,
-                                                                         "svd_rank": 6, "sources": [
-        {"adapter": "tone", "version": 1}, {"adapter": "style", "version": 1}]}})
+    svd = await http.post("/v1/adapters/mix/versions", json={"compose": {"method": "svd", "svd_rank": 6, "sources": [
+        {"adapter": "tone", "version": 1}, {"adapter": "style", "version": 1, "weight": 0.25}]}})
     assert svd.status_code == 201 and svd.json()["rank"] == 6, svd.text
-    assert svd.json()["provenance"]["compose"] == {
-        "method": "ties_svd", "density": 0.5, "svd_rank": 6, "majority_sign_method": "total",
-        "sources": [{"adapter": "tone", "version": 1, "sha256": svd.json()["provenance"]["compose"]["sources"][0]["sha256"],
-                     "weight": 1.0},
-                    {"adapter": "style", "version": 1, "sha256": linear.json()["provenance"]["compose"]["sources"][1]["sha256"],
-                     "weight": 1.0}]}
+    assert svd.json()["provenance"] == {"compose": {"method": "svd", "svd_rank": 6, "sources": [
+        {"adapter": "tone", "version": 1, "sha256": shas["tone", 1], "weight": 1.0},
+        {"adapter": "style", "version": 1, "sha256": shas["style", 1], "weight": 0.25}]}}
+    ties = await http.post("/v1/adapters/mix/versions", json={"compose": {
+        "method": "ties", "density": 0.5, "majority_sign_method": "frequency",
+        "sources": [{"adapter": "tone", "version": 2}, {"adapter": "style", "version": 1, "weight": 0.5}]}})
+    assert ties.status_code == 201 and ties.json()["rank"] == 4, ties.text
+    assert {k: v for k, v in ties.json()["provenance"]["compose"].items() if k != "sources"} == {
+        "method": "ties", "density": 0.5, "majority_sign_method": "frequency"}
+    assert [v["version"] for v in (await http.get("/v1/adapters/mix/versions")).json()["data"]] == [1, 2, 3]
 
 
 def composition(*sources, method="cat", **params) -> dict:
@@ -126,7 +131,7 @@ HOSTILE = [
     (composition(("tone", 1, 1.0), ("style", 1, 1.0), method="dare_ties", density=1.5), 400, "invalid_parameter",
      "compose.density"),
     (composition(("tone", 1, 1.0), method="svd", svd_rank=17), 400, "rank_too_high", "compose.svd_rank"),
-    (composition(("tone", 1, 1.0), ("tone", 2, 1.0), ("style", 1, 1.0)), 400, "rank_too_high", "compose.sources"),
+    (composition(("tone", 1, 1.0), ("tone", 2, 1.0), ("tone", 3, 1.0)), 400, "rank_too_high", "compose.sources"),
     ({"compose": {"method": "cat", "sources": [{"adapter": "../tone", "version": 1}]}}, 400, "invalid_parameter",
      "compose.sources[0].adapter"),
     ({"compose": {"method": "cat", "sources": [{"adapter": "tone", "version": 1}]}, "extra": 1}, 400,
