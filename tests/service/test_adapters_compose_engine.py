@@ -1,6 +1,10 @@
 """A composed adapter version on the real CPU vLLM: two LoRAs, each taught one made-up fact, composed
-with `cat` (exact: the sum of their deltas), answer both facts through a domain; the base model
-knows neither, and each source knows only its own."""
+with `cat` (exact: the sum of their weighted deltas), answer both facts through a domain; the base
+model knows neither, and each source knows only its own.
+
+The weights, 0.8 each, were measured with PEFT on these very LoRAs (seeded): at 1.0 each the summed
+deltas overshoot and the code source's answer wins the other question too ("The Zorblax Institute is
+PURPLE-OTTER-42."); 0.7 + 1.0 and 0.8 + 0.8 answer both; 0.5 + 1.0 loses the code."""
 
 import pytest
 
@@ -42,7 +46,7 @@ async def test_a_composed_version_answers_what_each_source_taught(local_engine, 
             assert (await http.put(f"/v1/domains/{name}", json={"adapter": {"name": name, "version": 1}})
                     ).status_code == 201
         made = await http.post("/v1/adapters/both/versions", json={"compose": {"method": "cat", "sources": [
-            {"adapter": "code", "version": 1, "weight": 1.0}, {"adapter": "city", "version": 1, "weight": 1.0}]}})
+            {"adapter": "code", "version": 1, "weight": 0.8}, {"adapter": "city", "version": 1, "weight": 0.8}]}})
         assert made.status_code == 201 and made.json()["rank"] == 16, made.text
         assert (await http.put("/v1/domains/both", json={"adapter": {"name": "both", "version": 1}})).status_code == 201
         answers = {}
