@@ -79,8 +79,13 @@ async def test_a_composed_version_is_stored_validated_with_provenance_and_serves
         "model": "blend", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8})
     assert completion.status_code == 200 and completion.json()["adapter"] == "mix@1", completion.text
     assert fake_engine.requests[-1]["model"] == "mix@1"
-    swapped = await http.post("/v1/domains/blend/adapter", json={"adapter": "mix", "version": 2})
+    # Evaluated and promoted through a gate, as any version is (the fake engine echoes the question).
+    assert (await http.post("/v1/evalsets", json={"name": "echo", "items": [
+        {"question": "hello", "answers": ["hello"]}]})).status_code == 201
+    swapped = await http.post("/v1/domains/blend/adapter", json={
+        "adapter": "mix", "version": 2, "gate": {"evalset": "echo", "metric": "answer_contains", "min_delta": 0}})
     assert swapped.status_code == 200, swapped.text
+    assert swapped.json()["gate_result"]["passed"] is True and swapped.json()["gate_result"]["candidate"] == 1.0
     completion = await http.post("/v1/chat/completions", json={
         "model": "blend", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8})
     assert completion.json()["adapter"] == "mix@2"
