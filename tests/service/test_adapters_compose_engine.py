@@ -37,7 +37,7 @@ async def ask(http, model: str, question: str) -> str:
 
 async def test_a_composed_version_answers_what_each_source_taught(local_engine, base_model_dir, tmp_path,
                                                                   fact_loras):
-    settings = Settings(data_dir=tmp_path / "data", base_model=str(base_model_dir), port=free_port(),
+    settings = Settings(data_dir=tmp_path, base_model=str(base_model_dir), port=free_port(),
                         max_lora_rank=16)
     upgrade(settings.resolved_database_url)
     async with running_gateway(settings, local_engine=local_engine) as url, client(url) as http:
