@@ -76,6 +76,13 @@ function AdapterVersions({ adapter, onChange }) {
 }
 
 function Provenance({ p }) {
+  if (p.compose) {  // a version composed from stored ones (POST …/versions with a JSON compose body)
+    const c = p.compose;
+    return html`<div class="provenance">
+      composed (${c.method}${c.density != null ? `, density ${c.density}` : ''}${c.svd_rank ? `, svd rank ${c.svd_rank}` : ''}) of
+      ${c.sources.map((s, i) => html`${i ? ' + ' : ''}${fmtNum(s.weight, 3)} × <code title=${s.sha256}>${s.adapter}@${s.version}</code>`)}
+    </div>`;
+  }
   const params = p.params || {};
   return html`<div class="provenance">
     trained on <a href=${`#corpora/${enc(p.corpus)}`}>${p.corpus}</a> (generation ${p.generation ?? '—'}),

@@ -1,4 +1,5 @@
-"""Adapter versions over REST: validated, content-addressed uploads; list; delete."""
+"""Adapter versions over REST: validated, content-addressed uploads or compositions of stored versions; list;
+delete."""
 
 import asyncio
 import shutil
@@ -6,11 +7,12 @@ import shutil
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 
-from adapters_store import adapter_repo
+from adapters_store import adapter_repo, compose
 from adapters_store.artifacts import unpack_upload
-from adapters_store.errors import Invalid, Unsupported
-from adapters_store.validation import validate_adapter
+from adapters_store.errors import Invalid
+from adapters_store.validation import AdapterInfo, validate_adapter
 from service.auth import Principal
+from service.compose_request import ComposeIn, read_composition, recipe_of, resolve_sources
 from service.http_body import request_body
 from service.responses import AdapterCreated, AdapterList, AdapterVersionList, Deleted, answers
 from service.routes import Name
@@ -27,13 +29,14 @@ async def adapter_name(name: Name, principal: Principal = Depends(admin_principa
 
 
 @router.post("/v1/adapters/{name}/versions", status_code=201, responses=answers(AdapterCreated, 201))
-@request_body(files="files", max_files=4, description="adapter_config.json and adapter_model.safetensors, "
-              "or one .tar.gz/.zip of them")
+@request_body(json=ComposeIn, files="files", max_files=4,
+              description="an upload: multipart/form-data, adapter_config.json and adapter_model.safetensors, "
+              "or one .tar.gz/.zip of them; or a composition of stored versions: JSON "
+              "`{compose: {sources: [{adapter, version, weight}], method, ...}}` (PEFT's weighted combinations)")
 async def upload_version(request: Request, name: str = Depends(adapter_name), state: GatewayState = Depends(get_state)):
     boundary = multipart_boundary(request)
-    if boundary is None:
-        raise Unsupported("upload the adapter as multipart/form-data with the repeatable field `files`",
-                          code="unsupported_media_type")
+    if boundary is None:  # JSON, whatever the Content-Type: a composition
+        return await _compose_version(request, name, state)
     settings = state.settings
     staging = state.artifacts.new_staging()
     try:
@@ -47,12 +50,37 @@ async def upload_version(request: Request, name: str = Depends(adapter_name), st
         sha256, path = await asyncio.to_thread(state.artifacts.store, name, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return _created(state, name, sha256, path, info)
+
+
+async def _compose_version(request: Request, name: str, state: GatewayState) -> JSONResponse:
+    """A new version computed from stored ones (adapters_store/compose.py), then validated and stored
+    exactly as an upload is; its provenance names the sources (with their sha256) and the method."""
+    settings = state.settings
+    spec = await read_composition(request, settings.max_request_bytes)
+    recipe = recipe_of(spec)
+    sources = resolve_sources(state.sessions, state.artifacts, name, spec)
+    compose.check(recipe, sources, settings.max_lora_rank)  # refused here, before any file is read
+    staging = state.artifacts.new_staging()
+    try:
+        folder = staging / "adapter"
+        info, provenance = await asyncio.to_thread(_compose_and_validate, state, sources, recipe, folder)
+        sha256, path = await asyncio.to_thread(state.artifacts.store, name, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _created(state, name, sha256, path, info, provenance)
+
+
+def _created(state: GatewayState, name: str, sha256: str, path, info: AdapterInfo,
+             provenance: dict | None = None) -> JSONResponse:
     with state.sessions() as session, session.begin():
         adapter = adapter_repo.get_or_create_adapter(session, name)
         version = adapter_repo.add_version(session, adapter, sha256, str(path), info.rank,
-                                           list(info.target_modules))
+                                           list(info.target_modules), provenance=provenance)
         body = {"adapter": name, "version": version.version, "sha256": sha256,
                 "engine_model": f"{name}@{version.version}", "rank": info.rank}
+    if provenance is not None:
+        body["provenance"] = provenance
     return JSONResponse(body, status_code=201)
 
 
@@ -60,6 +88,15 @@ def _unpack_and_validate(state: GatewayState, received, folder):
     unpack_upload([(f.filename, f.path) for f in received], folder,
                   max_members=state.settings.max_archive_members,
                   max_total_bytes=state.settings.max_adapter_bytes)
+    return _validate(state, folder)
+
+
+def _compose_and_validate(state: GatewayState, sources, recipe, folder):
+    provenance = compose.compose(sources, recipe, folder, state.base_shapes(), state.settings.max_lora_rank)
+    return _validate(state, folder), provenance
+
+
+def _validate(state: GatewayState, folder):
     return validate_adapter(folder, state.base_shapes(), state.settings.max_lora_rank,
                             state.settings.lora_target_modules)
 

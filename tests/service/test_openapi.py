@@ -34,7 +34,8 @@ RUN_TIMEOUT_S = 600  # the run takes 2 minutes on a busy 2-core machine
 RULES_PAST_THE_SCHEMA = {
     ("POST", "/v1/corpora"): "chunk_overlap < chunk_size; embedding_model is the default or an allowed one",
     ("POST", "/v1/corpora/{name}/rebuild"): "chunk_overlap < chunk_size (the corpus's own when one is left out)",
-    ("POST", "/v1/adapters/{name}/versions"): "the files are a PEFT LoRA of the base model",
+    ("POST", "/v1/adapters/{name}/versions"): "the files are a PEFT LoRA of the base model; a composition's sources "
+                                              "exist, are distinct, fit the method and the max LoRA rank",
     ("POST", "/v1/evalsets"): "the file is JSONL of items; item ids are unique",
     ("POST", "/v1/adapters/{name}/trainings"): "rank, max_examples and base within this gateway's settings; "
                                                 "evalset with promote",
@@ -102,6 +103,10 @@ def test_every_body_and_every_error_status_is_documented(make_settings):
     assert "application/json" in bodies[("POST", "/v1/evalsets")]
     item = schema["components"]["schemas"]["EvalItemIn"]["properties"]["unanswerable"]
     assert item["type"] == "boolean" and item["default"] is False and "abstention" in item["description"]
+    composition = bodies[("POST", "/v1/adapters/{name}/versions")]["application/json"]["schema"]
+    assert composition == {"$ref": "#/components/schemas/ComposeIn"}
+    sources = schema["components"]["schemas"]["Composition"]["properties"]["sources"]
+    assert (sources["minItems"], sources["maxItems"]) == (1, 8)
 
     for (method, path), operation in documented.items():
         responses = operation["responses"]
