@@ -13,6 +13,9 @@ import numpy as np
 
 METRICS = ("hit_at_k", "mrr_at_k", "recall_at_k", "answer_contains", "answer_f1", "exact_match",
            "citation_precision")
+# What a reader says when the passages it was given do not hold the answer (the `reader` recipe
+# teaches it; the `abstention` metric looks for it).
+ABSTENTION_PHRASE = "The passages do not contain the answer."
 
 # A citation marker as the gateway's prompt asks for them: [1], [2, 3] (several in a row, [1][3],
 # are separate markers).

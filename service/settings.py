@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     trainer: Literal["local", "queue"] = "local"
     # queue: a claimed run whose worker has not touched it for this long fails (the worker died).
     trainer_stale_after_s: float = Field(default=120.0, ge=1.0)
+    # Training questions: requests to the question writer (the base engine or a teacher) in flight
+    # at once, and the candidates sampled per chunk from the base model (the best good one is kept).
+    question_concurrency: int = Field(default=4, ge=1, le=64)
+    question_candidates: int = Field(default=4, ge=1, le=16)
 
     @field_validator("api_keys", "engine_urls", "engine_extra_args", "lora_target_modules", "allowed_embedding_models",
                      mode="before")
