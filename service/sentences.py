@@ -2,16 +2,18 @@
 of extracted documentation apart (a heading line "DESCRIPTION" is not the start of a sentence)."""
 
 import re
-from functools import lru_cache
+import threading
 
 import pysbd
 
 _ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
+_local = threading.local()  # a Segmenter keeps state while it segments: one per thread
 
 
-@lru_cache(maxsize=1)
 def _segmenter() -> pysbd.Segmenter:
-    return pysbd.Segmenter(language="en", clean=False)
+    if not hasattr(_local, "segmenter"):
+        _local.segmenter = pysbd.Segmenter(language="en", clean=False)
+    return _local.segmenter
 
 
 def _is_heading(line: str) -> bool:
