@@ -1,12 +1,14 @@
 """Training questions written by a model about each chunk, kept only when they are worth learning from.
 
-A small model follows worked examples better than instructions, so the prompt is a few-shot chat:
-three made-up passages, each with a question and its answer copied from the passage, then the
-chunk. Several candidates are sampled per chunk (the OpenAI `n` parameter) and each is checked:
-its answer must be a span of the chunk (as always) and the question must look like one (see
-`question_problem`). The base model keeps its best candidate; a teacher (any OpenAI-compatible
-endpoint, service/teacher.py) writes several questions per chunk and keeps every good one.
-Chunks are asked about with a few requests in flight at once.
+A small model follows worked examples better than instructions, and copies a span from one sentence
+better than from a whole chunk of documentation. So the base model is shown a few-shot chat (three
+made-up sentences, each with an answer copied from it and then a question that the answer answers)
+and then asked about one prose sentence of the chunk at a time (up to `FOCUS_SENTENCES` of them;
+the whole chunk when it has none). Several candidates are sampled per request (the OpenAI `n`
+parameter) and each is checked: its answer must be a span of the chunk, at word boundaries (as
+always), and the question must look like one about the chunk (see `question_problem`); the best
+one is kept. A teacher (any OpenAI-compatible endpoint, service/teacher.py) reads the whole chunk,
+writes several questions, and every good one is kept. Requests run a few at a time.
 """
 
 import asyncio
@@ -16,21 +18,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from evaluation.metrics import normalize
+from service.sentences import sentences
 from service.training_data import QA, SourceChunk, template_questions
 
-# (passage, question, answer): documentation-like, none from a real corpus.
+# (sentence, question, answer): documentation-like, none from a real corpus.
 WORKED_EXAMPLES = (
-    ("The --depth option creates a shallow clone with a history truncated to the given number of commits. "
-     "Shallow clones download less data and are faster to create.",
+    ("The --depth option creates a shallow clone with a history truncated to the given number of commits.",
      "What does the --depth option create?", "a shallow clone"),
-    ("Backups are written to /var/backups every night at 2 am. Each backup is kept for 30 days, "
-     "then it is deleted by the cleanup task.",
+    ("Each backup is kept for 30 days, then it is deleted by the cleanup task.",
      "How long is each backup kept?", "30 days"),
-    ("OPTIONS\n- --config <file>\n- Read the settings from <file> instead of scheduler.toml. If the file is "
-     "missing, the built-in defaults are used.",
-     "Which file does the scheduler read its settings from by default?", "scheduler.toml"),
+    ("If the configuration file is missing, the scheduler uses the built-in defaults.",
+     "What does the scheduler use if the configuration file is missing?", "the built-in defaults"),
 )
-ASK = "Passage:\n{chunk}\n\nWrite one question about this passage, and its short answer copied word for word from it."
+FOCUS_SENTENCES = 2  # prose sentences of a chunk asked about, one request each
+ASK = ("Passage:\n{chunk}\n\nCopy a short answer word for word from this passage, then write the question "
+       "that it answers.")
 TEACHER_ASK = ("Passage:\n{chunk}\n\nWrite {k} different questions that this passage answers, each followed by "
                "its short answer copied word for word from the passage. Use exactly this format for each:\n"
                "Q: <question>\nA: <answer>")
@@ -40,6 +42,9 @@ TEMPERATURE = 0.7
 TEACHER_QUESTIONS = 3  # asked of a teacher per chunk; every good one is kept
 
 _QA = re.compile(r"Q:\s*(?P<q>[^\n]+?)\s*\n+\s*A:\s*(?P<a>[^\n]+)", re.IGNORECASE)
+_AQ = re.compile(r"A:\s*(?P<a>[^\n]+?)\s*\n+\s*Q:\s*(?P<q>[^\n]+)", re.IGNORECASE)
+_STOP = frozenset("""what which when where does with that this from have there their about into used using than
+then they them will would should could also only other some such more most each your does make made""".split())
 _STARTS = frozenset("""what which who whom whose when where why how is are was were do does did can could
 should would will may must has have had""".split())
 MIN_WORDS, MAX_WORDS = 4, 30  # a question's words
@@ -47,14 +52,23 @@ MAX_ANSWER_WORDS = 20
 COPY_WORDS = 8  # a question whose words after the first are a run of this many chunk words copies it
 
 
-def messages_for(chunk: str) -> list[dict]:
-    """The few-shot chat: each worked example as a user turn and the assistant's answer, then the chunk."""
+def messages_for(passage: str) -> list[dict]:
+    """The few-shot chat: each worked example as a user turn and the assistant's answer ("A: …"
+    then "Q: …"), then the passage."""
     messages = []
-    for passage, question, answer in WORKED_EXAMPLES:
-        messages.append({"role": "user", "content": ASK.format(chunk=passage)})
-        messages.append({"role": "assistant", "content": f"Q: {question}\nA: {answer}"})
-    messages.append({"role": "user", "content": ASK.format(chunk=chunk)})
+    for sentence, question, answer in WORKED_EXAMPLES:
+        messages.append({"role": "user", "content": ASK.format(chunk=sentence)})
+        messages.append({"role": "assistant", "content": f"A: {answer}\nQ: {question}"})
+    messages.append({"role": "user", "content": ASK.format(chunk=passage)})
     return messages
+
+
+def focus_passages(text: str, k: int = FOCUS_SENTENCES) -> list[str]:
+    """Up to `k` prose sentences of the chunk (8 to 40 words, most of them words, not code), in
+    order; the whole chunk when it has none."""
+    prose = [s for s in sentences(text)
+             if 8 <= len(s.split()) <= 40 and sum(w.isalpha() for w in s.split()) >= 0.6 * len(s.split())]
+    return prose[:k] or [text]
 
 
 def sampling_payload(model: str, messages: list[dict], n: int) -> dict:
@@ -68,26 +82,37 @@ def teacher_messages(chunk: str, k: int = TEACHER_QUESTIONS) -> list[dict]:
 
 
 def parse_pairs(output: str) -> list[tuple[str, str]]:
-    """Every "Q: … A: …" pair of a model's output, stripped of quotes and a final period."""
-    pairs = []
-    for match in _QA.finditer(output):
-        answer = match["a"].strip().strip('"').strip("`").rstrip(".").strip()
-        pairs.append((match["q"].strip(), answer))
-    return pairs
+    """Every "A: … Q: …" (or "Q: … A: …") pair of a model's output, the answer stripped of quotes
+    and a final period."""
+    q_at, a_at = re.search(r"Q:", output, re.IGNORECASE), re.search(r"A:", output, re.IGNORECASE)
+    if q_at is None or a_at is None:
+        return []
+    pattern = _QA if q_at.start() < a_at.start() else _AQ  # the order the output uses
+    return [(m["q"].strip(), m["a"].strip().strip('"').strip("`").rstrip(".").strip())
+            for m in pattern.finditer(output)]
 
 
 def _words(text: str) -> list[str]:
     return re.findall(r"[\w$<>./-]+", text.lower())
 
 
+def _is_span(answer: str, chunk: str) -> bool:
+    """`answer` occurs in `chunk` (case and whitespace aside) starting and ending at word boundaries."""
+    return re.search(rf"(?<!\w){re.escape(normalize(answer))}(?!\w)", normalize(chunk)) is not None
+
+
 def question_problem(question: str, answer: str, chunk: str) -> str | None:
     """Why the pair is not worth learning from, or None. Checked in order: the answer is a span
-    of the chunk; the question ends with "?", starts with a wh-word or an auxiliary and has 4 to
-    30 words; the answer is short (at most 20 words) and not in the question; the question is not
-    a sentence of the chunk copied with a question word in front."""
-    norm_answer, norm_chunk = normalize(answer), normalize(chunk)
-    if len(norm_answer) < 2 or norm_answer not in norm_chunk:
+    of the chunk at word boundaries; it says something (a word of 3 letters or more, or a number;
+    not yes or no); the question ends with "?", starts with a wh-word or an auxiliary and has 4
+    to 30 words; the answer is short (at most 20 words) and not in the question; the question is
+    about the chunk (two of its words of 4 letters or more occur in it, other than common ones)
+    and is not a sentence of the chunk copied with a question word in front."""
+    norm_answer = normalize(answer)
+    if len(norm_answer) < 2 or not _is_span(answer, chunk):
         return "answer not in the chunk"
+    if norm_answer in ("yes", "no") or not re.search(r"[^\W\d_]{3}|\d", norm_answer):
+        return "answer says nothing"
     if not question.endswith("?") or question.count("?") > 1:
         return "not a question"
     words = question.split()
@@ -99,9 +124,13 @@ def question_problem(question: str, answer: str, chunk: str) -> str | None:
         return "answer too long"
     if norm_answer in normalize(question):
         return "answer in the question"
+    chunk_words = set(_words(chunk))
+    shared = {w for w in _words(question) if len(w) >= 4 and w not in _STOP and w in chunk_words}
+    if len(shared) < 2:
+        return "not about the chunk"
     body = _words(question)[1:]
-    chunk_words = " " + " ".join(_words(chunk)) + " "
-    if len(body) >= COPY_WORDS and any(" " + " ".join(body[i:i + COPY_WORDS]) + " " in chunk_words
+    run = " " + " ".join(_words(chunk)) + " "
+    if len(body) >= COPY_WORDS and any(" " + " ".join(body[i:i + COPY_WORDS]) + " " in run
                                        for i in range(len(body) - COPY_WORDS + 1)):
         return "copies the chunk"
     return None
@@ -172,9 +201,7 @@ class QuestionWriter:
             nonlocal done
             made: list[QA] = []
             if self.write is not None:
-                async with gate:
-                    outputs = await self._ask(chunk)
-                    stats.calls += 1
+                outputs = await self._ask(chunk, gate, stats)
                 made = good_pairs(outputs, chunk, self.origin, self.keep)
             made += (await asyncio.to_thread(template_questions, chunk))[:1]
             done += 1
@@ -192,7 +219,15 @@ class QuestionWriter:
             [qa.question for qa in pairs][:sample_size]
         return pairs[:max_examples], stats
 
-    async def _ask(self, chunk: SourceChunk) -> list[str]:
+    async def _ask(self, chunk: SourceChunk, gate: asyncio.Semaphore, stats: "QuestionStats") -> list[str]:
         if self.origin == "teacher":
-            return await self.write(teacher_messages(chunk.text), 1)
-        return await self.write(messages_for(chunk.text), self.candidates)
+            asks = [(teacher_messages(chunk.text), 1)]
+        else:
+            focus = await asyncio.to_thread(focus_passages, chunk.text)
+            asks = [(messages_for(passage), self.candidates) for passage in focus]
+        outputs: list[str] = []
+        for messages, n in asks:
+            async with gate:
+                outputs += await self.write(messages, n)
+                stats.calls += 1
+        return outputs

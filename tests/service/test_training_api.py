@@ -42,14 +42,20 @@ async def gateway(make_settings, fake_engine):
             yield http
 
 
+def question_about(passage: str) -> str:
+    """A question about the passage's two longest words, answered by its last two words."""
+    words = passage.rstrip(".").split()
+    longest = sorted({w for w in words[:-2] if len(w) >= 4 and w.isalpha()}, key=lambda w: (-len(w), w))[:2]
+    return f"Q: Which words follow {longest[0]} and {longest[1]}?\nA: {' '.join(words[-2:])}"
+
+
 def base_model_questions(body: dict) -> str:
-    """The fake engine as the base model asked for a question: one about the chunk's first word,
-    answered by its last two words; other requests echo their messages as usual."""
+    """The fake engine as the base model asked for a question (see question_about); other requests
+    echo their messages as usual."""
     last = body["messages"][-1]["content"]
-    if "Write one question about this passage" not in last:
+    if "Copy a short answer" not in last:
         return json.dumps(body["messages"])
-    chunk = last.split("Passage:\n", 1)[1].split("\n\nWrite one question", 1)[0]
-    return f"Q: How does the passage describe {chunk.split()[1]}?\nA: {' '.join(chunk.rstrip('.').split()[-2:])}"
+    return question_about(last.split("Passage:\n", 1)[1].split("\n\nCopy a short answer", 1)[0])
 
 
 async def test_examples_are_the_gateways_own_prompts_and_the_version_has_provenance(
@@ -68,8 +74,8 @@ async def test_examples_are_the_gateways_own_prompts_and_the_version_has_provena
     assert examples and all(set(e) == {"prompt", "completion", "meta"} for e in examples)
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     compared = 0
-    asked = [r for r in fake_engine.requests if "Write one question" in str(r.get("messages"))]
-    assert len(asked) == 4 and all(r["n"] == 4 and r["temperature"] > 0 for r in asked), "sampled candidates"
+    asked = [r for r in fake_engine.requests if "Copy a short answer" in str(r.get("messages"))]
+    assert len(asked) >= 4 and all(r["n"] == 4 and r["temperature"] > 0 for r in asked), "sampled candidates"
     assert {e["meta"]["origin"] for e in examples} == {"model", "template"}
     for example in examples:
         meta = example["meta"]
@@ -100,9 +106,9 @@ async def test_examples_are_the_gateways_own_prompts_and_the_version_has_provena
     assert provenance["loss"]["final"] is not None and provenance["loss"]["curve"]
     questions = job["result"]["questions"]["lore"]
     assert provenance["questions"]["lore"] == questions
-    assert questions["chunks"] == 4 and questions["writer_calls"] == 4
+    assert questions["chunks"] == 4 and questions["writer_calls"] == len(asked)
     assert questions["kept_share"] == {"model": 1.0, "template": 1.0}  # every doc is a definition
-    assert 1 <= len(questions["sample"]) <= 5 and all(q.startswith("How does the passage") for q in questions["sample"])
+    assert 1 <= len(questions["sample"]) <= 5 and all(q.startswith("Which words follow") for q in questions["sample"])
     assert job["result"]["promotion"]["promoted"] is True
     assert (await gateway.get("/v1/domains/lore")).json()["engine_model"] == "reader@1"
 
@@ -142,8 +148,7 @@ async def test_a_teacher_writes_the_questions_and_its_key_is_never_stored(gatewa
         if len(seen) > 1:
             await release.wait()  # the others wait until the test has seen the progress of the first
         chunk = body["messages"][-1]["content"].split("Passage:\n", 1)[1].split("\n\nWrite", 1)[0]
-        first = chunk.split(".")[0].split()
-        content = (f"Q: Which words end the first sentence of the passage?\nA: {' '.join(first[-2:])}\n"
+        content = (question_about(chunk.split(".")[0]) + "\n"
                    "Q: Who painted the Mona Lisa?\nA: Leonardo da Vinci")  # not in the chunk: dropped
         return web.json_response({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
 
@@ -171,7 +176,7 @@ async def test_a_teacher_writes_the_questions_and_its_key_is_never_stored(gatewa
     examples = [json.loads(line) for line in (await gateway.get(f"/v1/jobs/{job_id}/examples")).text.splitlines()]
     taught = [e["meta"] for e in examples if e["meta"]["origin"] == "teacher"]
     assert len(examples) == 4, "max_examples"
-    assert taught and all(m["question"].startswith("Which words end") for m in taught)
+    assert taught and all(m["question"].startswith("Which words follow") for m in taught)
     assert job["result"]["questions"]["lore"]["kept_share"]["teacher"] == 1.0
 
     # The key is nowhere: not in the job (params, progress, result), the version, the examples, or

@@ -20,11 +20,14 @@ CHUNK = SourceChunk(7, "scheduler", "The scheduler runs every job at most once p
 
 @pytest.mark.parametrize("question, answer, problem", [
     ("How many times is a failing job retried?", "three times", None),
-    ("Where do jobs go after their retries?", "the dead-letter queue", None),
+    ("Where are jobs moved after they are retried?", "the dead-letter queue", None),
     ("How often does the scheduler run a job?", "once a day", "answer not in the chunk"),
     ("How many times is a failing job retried", "three times", "not a question"),
     ("Jobs that fail are retried how often?", "three times", "does not start with a question word"),
-    ("What is If this value?", "three times", None),  # a form check alone cannot see it: templates must
+    ("What is If this value?", "three times", "not about the chunk"),
+    ("What happens to a job afterwards?", "three times", "not about the chunk"),
+    ("How often does the scheduler run every job?", "at", "answer says nothing"),
+    ("Which word ends the name of failing jobs?", "ail", "answer not in the chunk"),  # inside "fail"
     ("Retried?", "three times", "does not start with a question word"),
     ("How many?", "three times", "too short or too long"),
     ("Are jobs retried three times?", "three times", "answer in the question"),
@@ -42,13 +45,14 @@ def test_the_prompt_shows_worked_examples_then_the_chunk():
     messages = messages_for(CHUNK.text)
     assert [m["role"] for m in messages] == ["user", "assistant"] * len(WORKED_EXAMPLES) + ["user"]
     for (passage, question, answer), (user, assistant) in zip(WORKED_EXAMPLES, zip(messages[::2], messages[1::2])):
-        assert passage in user["content"] and assistant["content"] == f"Q: {question}\nA: {answer}"
+        assert passage in user["content"] and assistant["content"] == f"A: {answer}\nQ: {question}"
         assert question_problem(question, answer, passage) is None, "the worked examples pass the checks"
     assert CHUNK.text in messages[-1]["content"]
 
 
 async def test_the_best_good_candidate_is_kept_with_requests_in_flight_and_progress():
-    chunks = [SourceChunk(i, f"d{i}", CHUNK.text.replace("scheduler", f"scheduler{i}")) for i in range(10)]
+    chunks = [SourceChunk(i, f"d{i}", CHUNK.text.replace("scheduler", f"scheduler{i}")) for i in range(9)]
+    chunks.append(SourceChunk(9, "d9", "Nothing to see."))  # no prose sentence: asked about whole
     in_flight, most, asked = 0, 0, []
 
     async def write(messages: list[dict], n: int) -> list[str]:
@@ -59,7 +63,7 @@ async def test_the_best_good_candidate_is_kept_with_requests_in_flight_and_progr
         for _ in range(5):  # the others get the loop meanwhile, as with a real request in flight
             await asyncio.sleep(0)
         in_flight -= 1
-        if "scheduler9" in messages[-1]["content"]:
+        if "Nothing to see" in messages[-1]["content"]:
             return ["Q: What is it?\nA: nothing here"] * n  # no good candidate: the chunk gives no model question
         return ["Q: What is If this?\nA: once a day",  # answer not in the chunk
                 "Q: How many times is a failing job retried?\nA: three times, then moved to the dead-letter queue",
@@ -70,13 +74,15 @@ async def test_the_best_good_candidate_is_kept_with_requests_in_flight_and_progr
     writer = QuestionWriter(write, candidates=4, concurrency=3)
     pairs, stats = await writer.questions(chunks, max_examples=100, progress=lambda d, t: progress.append((d, t)))
     assert most == 3, "requests are in flight at once, no more than the concurrency"
-    assert len(asked) == 10 and all(n == 4 for _, n in asked)
+    # one request per prose sentence of a chunk (two here), the whole chunk when it has none
+    assert len(asked) == 9 * 2 + 1 and all(n == 4 for _, n in asked)
+    assert sum("Jobs that fail are retried" in content and "scheduler0" not in content for content, _ in asked) == 9
     model = [qa for qa in pairs if qa.origin == "model"]
     assert [qa.chunk.chunk_id for qa in model] == list(range(9)), "in chunk order, one per chunk"
     assert {(qa.question, qa.answer) for qa in model} == {("How many times is a failing job retried?", "three times")}
     assert sorted(progress) == [(d, 10) for d in range(1, 11)]
     report = stats.report()
-    assert report["chunks"] == 10 and report["writer_calls"] == 10
+    assert report["chunks"] == 10 and report["writer_calls"] == 19
     assert report["kept_share"]["model"] == 0.9 and "template" not in report["kept_share"]
     assert report["sample"] == ["How many times is a failing job retried?"] * 5
 
@@ -90,7 +96,7 @@ def teacher_transport(seen: list[httpx.Request]):
             "Q: How many times is a failing job retried?\nA: three times\n\n"
             "Q: Which company wrote the scheduler?\nA: Acme Corporation\n\n"  # not in the chunk: dropped
             "Q: Where are jobs moved after their retries?\nA: the dead-letter queue\n\n"
-            "Q: How often does the scheduler run a job at most?\nA: once per minute")}}]})
+            "Q: How often does the scheduler run every job?\nA: once per minute")}}]})
     return httpx.MockTransport(handle)
 
 
@@ -110,7 +116,7 @@ async def test_a_teacher_gets_the_chunk_and_only_its_span_answers_are_kept():
     assert body["model"] == "big-model" and CHUNK.text in body["messages"][-1]["content"]
     assert sorted((qa.question, qa.answer) for qa in pairs if qa.origin == "teacher") == [
         ("How many times is a failing job retried?", "three times"),
-        ("How often does the scheduler run a job at most?", "once per minute"),
+        ("How often does the scheduler run every job?", "once per minute"),
         ("Where are jobs moved after their retries?", "the dead-letter queue")]
     assert stats.report()["kept_share"] == {"teacher": 1.0}
     assert "sk-secret" not in repr(teacher) and "sk-secret" not in json.dumps(teacher.public())
