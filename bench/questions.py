@@ -9,7 +9,8 @@ unless --engine-url), the base model (SmolLM2-135M-Instruct):
 
   - old: the instruction-only prompt, greedy, one chunk at a time, kept when the answer is a span
     of the chunk (graft before issue 31);
-  - new: service/questions.py as a training runs it: a few-shot prompt, `--candidates` sampled
+  - new: service/questions.py as a training runs it: a few-shot prompt (answer copied first, then
+    the question) about each of up to two prose sentences of the chunk, `--candidates` sampled
     answers per request (`n`), `--concurrency` requests in flight, the best candidate that passes
     the span check and the question checks (`question_problem`).
 
