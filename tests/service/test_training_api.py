@@ -46,6 +46,8 @@ def question_about(passage: str) -> str:
     """A question about the passage's two longest words, answered by its last two words."""
     words = passage.rstrip(".").split()
     longest = sorted({w for w in words[:-2] if len(w) >= 4 and w.isalpha()}, key=lambda w: (-len(w), w))[:2]
+    if len(longest) < 2:
+        return "I cannot."  # nothing to parse: this sentence gives no question
     return f"Q: Which words follow {longest[0]} and {longest[1]}?\nA: {' '.join(words[-2:])}"
 
 
