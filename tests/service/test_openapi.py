@@ -37,7 +37,7 @@ RULES_PAST_THE_SCHEMA = {
     ("POST", "/v1/adapters/{name}/versions"): "the files are a PEFT LoRA of the base model",
     ("POST", "/v1/evalsets"): "the file is JSONL of items; item ids are unique",
     ("POST", "/v1/adapters/{name}/trainings"): "rank, max_examples and base within this gateway's settings; "
-                                                "evalset with promote",
+                                                "evalset with promote; teacher.url is http(s) without credentials",
     ("POST", "/v1/chat/completions"): "the prompt and max_tokens fit the model's context",
     ("POST", "/v1/completions"): "the prompt and max_tokens fit the model's context",
 }
