@@ -14,6 +14,10 @@ unless --engine-url), the base model (SmolLM2-135M-Instruct):
     answers per request (`n`), `--concurrency` requests in flight, the best candidate that passes
     the span check and the question checks (`question_problem`).
 
+`--engine transformers` samples the same model with Hugging Face `generate` in this process instead
+(same prompts, temperature and token budgets; no vLLM, so wall times are not comparable): for when
+no engine can be started.
+
 Yield is the share of chunks with a kept model-written question. The old way's kept questions are
 also put through the new checks ("well-formed"), since its yield counts questions such as "What
 is If this value?" that no check stopped. Templates (definitions) are counted apart for both.
@@ -36,6 +40,44 @@ OLD_PROMPT = ("Passage:\n{chunk}\n\nWrite one question that this passage answers
 _OLD_QA = re.compile(r"Q:\s*(?P<q>[^\n]+\?)\s*\n+\s*A:\s*(?P<a>[^\n]+)", re.IGNORECASE)
 _OLD_SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _OLD_DEFINITION = re.compile(r"^(?P<subject>[A-Z][\w' -]{2,60}?) (?P<verb>is|are|was|were) (?P<rest>[^.]{3,200})\.?$")
+
+
+class TransformersClient:
+    """The base model through transformers' generate, answering as an OpenAI chat completion (one at a time)."""
+
+    def __init__(self, folder: str):
+        import threading
+
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(0)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        self.lock = threading.Lock()
+
+    def _generate(self, payload: dict) -> dict:
+        import torch
+
+        prompt = self.tokenizer.apply_chat_template(payload["messages"], tokenize=False, add_generation_prompt=True)
+        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        n, temperature = payload.get("n", 1), payload.get("temperature", 0)
+        kwargs = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature else \
+            {"do_sample": False}
+        with self.lock, torch.inference_mode():
+            out = self.model.generate(**ids, max_new_tokens=payload["max_tokens"], num_return_sequences=n,
+                                      pad_token_id=self.tokenizer.eos_token_id, **kwargs)
+        texts = self.tokenizer.batch_decode(out[:, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        return {"choices": [{"index": i, "message": {"role": "assistant", "content": t}} for i, t in enumerate(texts)]}
+
+    async def complete(self, _path: str, payload: dict) -> dict:
+        return await asyncio.to_thread(self._generate, payload)
+
+    async def model_names(self) -> list[str]:
+        return ["SmolLM2-135M-Instruct"]
+
+    async def aclose(self) -> None:
+        pass
 
 
 def git_doc_chunks(n: int, seed: int) -> list[str]:
@@ -109,6 +151,7 @@ async def main() -> None:
     parser.add_argument("--samples", type=int, default=20, help="model-written questions printed")
     parser.add_argument("--skip-old", action="store_true")
     parser.add_argument("--engine-url")
+    parser.add_argument("--engine", choices=("vllm", "transformers"), default="vllm")
     args = parser.parse_args()
     import tempfile
     from pathlib import Path
@@ -116,17 +159,23 @@ async def main() -> None:
     from service.engine.client import EngineClient
 
     chunks = git_doc_chunks(args.chunks, args.seed)
-    print(f"git-doc: {len(chunks)} chunks (seed {args.seed}); new way: {args.candidates} candidates per request, "
+    print(f"git-doc: {len(chunks)} chunks (seed {args.seed}); engine {args.engine}; new way: {args.candidates} candidates per request, "
           f"{args.concurrency} requests in flight", flush=True)
-    with tempfile.TemporaryDirectory(prefix="graft-bench-questions-") as tmp:
-        async with engine_url(args.engine_url, Path(tmp), DEFAULT_BASE_MODEL) as url:
-            client = EngineClient(url, request_timeout_s=600)
-            model = (await client.model_names())[0]
-            try:
-                old = None if args.skip_old else await old_way(client, model, chunks)
-                new = await new_way(client, model, chunks, args.candidates, args.concurrency)
-            finally:
-                await client.aclose()
+    if args.engine == "transformers":
+        client = TransformersClient(str(DEFAULT_BASE_MODEL))
+        model = (await client.model_names())[0]
+        old = None if args.skip_old else await old_way(client, model, chunks)
+        new = await new_way(client, model, chunks, args.candidates, args.concurrency)
+    else:
+        with tempfile.TemporaryDirectory(prefix="graft-bench-questions-") as tmp:
+            async with engine_url(args.engine_url, Path(tmp), DEFAULT_BASE_MODEL) as url:
+                client = EngineClient(url, request_timeout_s=600)
+                model = (await client.model_names())[0]
+                try:
+                    old = None if args.skip_old else await old_way(client, model, chunks)
+                    new = await new_way(client, model, chunks, args.candidates, args.concurrency)
+                finally:
+                    await client.aclose()
 
     n = len(chunks)
     rows = [("chunks with a kept model question", "kept"), ("  of them well-formed (new checks)", "well_formed"),
