@@ -159,7 +159,8 @@ async def main() -> None:
     from service.engine.client import EngineClient
 
     chunks = git_doc_chunks(args.chunks, args.seed)
-    print(f"git-doc: {len(chunks)} chunks (seed {args.seed}); engine {args.engine}; new way: {args.candidates} candidates per request, "
+    print(f"git-doc: {len(chunks)} chunks (seed {args.seed}); engine {args.engine}; "
+          f"new way: {args.candidates} candidates per request, "
           f"{args.concurrency} requests in flight", flush=True)
     if args.engine == "transformers":
         client = TransformersClient(str(DEFAULT_BASE_MODEL))
@@ -182,12 +183,17 @@ async def main() -> None:
             ("chunks with a template question", "templates"), ("engine calls", "calls")]
     print(f"\n{'':<38} {'old':>10} {'new':>10}")
     for label, key in rows:
-        old_cell = f"{old[key]:>4} {old[key] / n:>5.0%}" if old and key != "calls" else (f"{old[key]:>10}" if old else "")
+        if old is None:
+            old_cell = ""
+        else:
+            old_cell = f"{old[key]:>4} {old[key] / n:>5.0%}" if key != "calls" else f"{old[key]:>10}"
         new_cell = f"{new[key]:>4} {new[key] / n:>5.0%}" if key != "calls" else f"{new[key]:>10}"
         print(f"{label:<38} {old_cell:>10} {new_cell:>10}")
-    print(f"{'wall time (s)':<38} {old['seconds'] if old else float('nan'):>10.1f} {new['seconds']:>10.1f}")
+    old_s = old["seconds"] if old else float("nan")
+    print(f"{'wall time (s)':<38} {old_s:>10.1f} {new['seconds']:>10.1f}")
     goal = new["well_formed"] / n
-    print(f"\nyield of kept well-formed model questions: {goal:.0%} -> goal >= 50 %: {'PASS' if goal >= 0.5 else 'FAIL'}")
+    verdict = "PASS" if goal >= 0.5 else "FAIL"
+    print(f"\nyield of kept well-formed model questions: {goal:.0%} -> goal >= 50 %: {verdict}")
     print(f"\n{args.samples} model-written questions (new way), question -> answer:")
     for question, answer in new["samples"][:args.samples]:
         print(f"  {question}  ->  {answer}")

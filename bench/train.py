@@ -90,7 +90,8 @@ async def main() -> None:
         items = [{"question": q, "answers": answers, "document_ids": [doc]} for q, answers, doc in qa]
     async with lore_domain(args.engine_url, docs, "graft-bench-train-") as http:
         await http.post("/v1/evalsets", json={"name": "lore-qa", "items": items})
-        print(f"{args.corpus}: {len(docs)} documents, {len(items)} held-out questions; epochs {args.epochs or 'default'}, "
+        print(f"{args.corpus}: {len(docs)} documents, {len(items)} held-out questions; "
+              f"epochs {args.epochs or 'default'}, "
               f"max_examples {args.max_examples}, lr {args.learning_rate or 'default'}")
 
         base_rag = await accuracy(http, args.max_tokens)

@@ -52,7 +52,8 @@ class TeacherClient:
         try:
             response = await self._http.post("/chat/completions", json=payload)
         except httpx.HTTPError as exc:
-            raise TeacherError(f"the teacher at {self.teacher.url} could not be reached: {type(exc).__name__}") from None
+            raise TeacherError(f"the teacher at {self.teacher.url} could not be reached: "
+                               f"{type(exc).__name__}") from None
         if response.status_code != 200:
             raise TeacherError(f"the teacher at {self.teacher.url} answered {response.status_code}: "
                                f"{response.text[:200]}")

@@ -172,7 +172,8 @@ class TrainingService:
             result["promotion"] = await self._promote(request, number)
         return result
 
-    async def _examples(self, job_id: str, folder, request: TrainingRequest) -> tuple[list[dict], str, int | None, dict]:
+    async def _examples(self, job_id: str, folder,
+                        request: TrainingRequest) -> tuple[list[dict], str, int | None, dict]:
         with self.sessions() as session:
             generation = session.scalar(select(Corpus.current_generation).where(Corpus.name == request.corpus))
         chunks = await asyncio.to_thread(corpus_chunks, self.sessions, request.corpus, request.max_examples,
