@@ -271,7 +271,8 @@ async def test_a_queued_training_waits_for_a_worker_runs_on_it_and_cancels_throu
             started = (await http.post("/v1/adapters/queued/trainings", json=body)).json()["job_id"]
             done = await wait_job(http, started, timeout=600)
             assert done["status"] == "succeeded", done
-            assert done["result"] == {"adapter": "queued", "version": 1}
+            assert (done["result"]["adapter"], done["result"]["version"]) == ("queued", 1)
+            assert done["result"]["questions"]["lore"]["chunks"] == 4
             assert json.loads((root / started / queue.EXIT).read_text()) == {"code": 0}
             versions = (await http.get("/v1/adapters/queued/versions")).json()["data"]
             assert versions[0]["provenance"]["loss"]["final"] is not None
