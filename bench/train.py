@@ -6,6 +6,11 @@ these are phrased by hand), through graft's own training jobs and evaluation run
   - closed book: base vs a `memorize` adapter, as a share of what retrieval achieves (goal >= 50 %).
 
     .venv/bin/python -m bench.train [--docs 20] [--max-examples 80] [--recipes reader memorize] [--engine-url URL]
+    .venv/bin/python -m bench.train --corpus git-doc --recipes reader [--max-examples 60]
+
+`--corpus git-doc`: real documentation instead, Debian's git-doc pages of bench/git_doc_questions.py
+(extracted as graft extracts HTML, uploaded as text documents named after the page) and its 48
+questions phrased as users ask them, scored by answer_contains (the command's name in the answer).
 
 Each recipe trains with its defaults (reader: 2 epochs at lr 5e-4; memorize: 12 at 1e-3) unless
 --epochs / --learning-rate say otherwise.
@@ -23,6 +28,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import lore_domain, wait_job  # noqa: E402
 from bench.lore import corpus_and_qa  # noqa: E402
+
+
+def git_doc_corpus() -> tuple[list[dict], list[dict]]:
+    """bench/git_doc_questions.py's pages as text documents (named after the page) and its questions."""
+    from pathlib import Path
+
+    from bench.git_doc_questions import PAGES, QUESTIONS
+    from indexer.extract import extract
+
+    docs = []
+    for name in PAGES:
+        (doc,) = extract("html", (Path("/usr/share/doc/git-doc") / name).read_bytes(), max_pdf_pages=10,
+                         timeout_s=60)
+        docs.append({"id": name, "text": doc.text})
+    items = [{"question": q, "answers": answers, "document_ids": pages} for q, pages, answers in QUESTIONS]
+    return docs, items
 
 
 async def finished(http, job_id: str) -> dict:
@@ -60,12 +81,17 @@ async def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--recipes", nargs="+", choices=("reader", "memorize"), default=["reader", "memorize"])
     parser.add_argument("--engine-url")
+    parser.add_argument("--corpus", choices=("lore", "git-doc"), default="lore")
     args = parser.parse_args()
-    docs, qa = corpus_and_qa(args.docs)
-    async with lore_domain(args.engine_url, docs, "graft-bench-train-") as http:
+    if args.corpus == "git-doc":
+        docs, items = git_doc_corpus()
+    else:
+        docs, qa = corpus_and_qa(args.docs)
         items = [{"question": q, "answers": answers, "document_ids": [doc]} for q, answers, doc in qa]
+    async with lore_domain(args.engine_url, docs, "graft-bench-train-") as http:
         await http.post("/v1/evalsets", json={"name": "lore-qa", "items": items})
-        print(f"lore: {len(docs)} documents, {len(items)} held-out questions; epochs {args.epochs or 'default'}, "
+        print(f"{args.corpus}: {len(docs)} documents, {len(items)} held-out questions; "
+              f"epochs {args.epochs or 'default'}, "
               f"max_examples {args.max_examples}, lr {args.learning_rate or 'default'}")
 
         base_rag = await accuracy(http, args.max_tokens)
@@ -90,6 +116,9 @@ async def main() -> None:
     for adapter, version in adapters.items():
         p = version["provenance"]
         print(f"{adapter}: {p['examples']} examples, final loss {p['loss']['final']:.3f}, job {seconds[adapter]:.0f} s")
+        for corpus, q in (p.get("questions") or {}).items():
+            print(f"  questions of {corpus}: {q['chunks']} chunks, kept share {q['kept_share']}, "
+                  f"{q['writer_calls']} writer calls in {q['seconds']} s; e.g. {q['sample'][:3]}")
 
 
 if __name__ == "__main__":

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
                              "to `graft trainer` workers through `trainings/` in the data folder")
     trainer_stale_after_s: float = Field(120.0, ge=1.0, description="queue: a claimed training whose worker sent "
                                                                     "no heartbeat for this long fails")
+    question_concurrency: int = Field(4, ge=1, le=64, description="training questions: requests to the question "
+                                                                  "writer (the base engine or a teacher) in flight at once")
+    question_candidates: int = Field(4, ge=1, le=16, description="training questions: candidates sampled per "
+                                                                 "chunk from the base model (the best good one is kept)")
 
     @field_validator("api_keys", "engine_urls", "engine_extra_args", "lora_target_modules", "allowed_embedding_models",
                      mode="before")

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,11 +34,12 @@ from service.rag.prompt import PromptBuilder
 from service.rag.retrieval import Retriever
 from service.settings import Settings
 from service.swap import SwapService
-from service.training_data import ExampleBuilder, build_examples, corpus_chunks, synthesize, write_examples
+from service.questions import TEACHER_QUESTIONS, TEACHER_TOKENS, TEMPERATURE, QuestionWriter, sampling_payload
+from service.teacher import Teacher, TeacherClient
+from service.training_data import ExampleBuilder, build_examples, corpus_chunks, write_examples
 from training import queue
 
 log = logging.getLogger(__name__)
-QUESTION_TOKENS = 96  # room for the base model's "Q: … A: …" about a chunk
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -52,6 +54,7 @@ class TrainingRequest:
     learning_rate: float
     evalset: str | None = None
     promote: dict | None = None  # {domain, gate?}
+    teacher: Teacher | None = None  # writes the questions instead of the base model; its key is never stored
     # The key that started it: its evaluation and promotion run for that key (EvalService.authorise).
     requested_by: Principal = field(kw_only=True)
     params: dict = field(default_factory=dict)  # as the client sent them + the recipe's defaults
@@ -140,7 +143,7 @@ class TrainingService:
     async def _run(self, job_id: str, request: TrainingRequest) -> dict:
         folder = self.folder(job_id)
         self._update(job_id, status="running", progress={"stage": "examples"})
-        examples, data_sha256, generation = await self._examples(folder, request)
+        examples, data_sha256, generation, questions = await self._examples(job_id, folder, request)
         if not examples:
             raise ValueError(f"corpus {request.corpus!r} gave no training examples")
         self._update(job_id, progress={"stage": "training", "examples": len(examples)})
@@ -150,13 +153,14 @@ class TrainingService:
         sha256, path = await asyncio.to_thread(self.artifacts.store, request.adapter, folder / "adapter")
         provenance = {"corpus": request.corpus, "generation": generation, "recipe": request.recipe,
                       "params": request.params, "examples": len(examples), "data_sha256": data_sha256,
-                      "loss": {"final": final, "curve": curve}, "job_id": job_id}
+                      "loss": {"final": final, "curve": curve}, "job_id": job_id,
+                      "questions": {request.corpus: questions}}
         with self.sessions() as session, session.begin():
             adapter = adapter_repo.get_or_create_adapter(session, request.adapter)
             version = adapter_repo.add_version(session, adapter, sha256, str(path), info.rank,
                                                list(info.target_modules), provenance=provenance)
             number = version.version
-        result: dict = {"adapter": request.adapter, "version": number}
+        result: dict = {"adapter": request.adapter, "version": number, "questions": {request.corpus: questions}}
         if request.evalset:
             self._update(job_id, progress={"stage": "evaluation"})
             result["eval_id"] = await self._evaluate(request, number)
@@ -168,12 +172,31 @@ class TrainingService:
             result["promotion"] = await self._promote(request, number)
         return result
 
-    async def _examples(self, folder, request: TrainingRequest) -> tuple[list[dict], str, int | None]:
+    async def _examples(self, job_id: str, folder,
+                        request: TrainingRequest) -> tuple[list[dict], str, int | None, dict]:
         with self.sessions() as session:
             generation = session.scalar(select(Corpus.current_generation).where(Corpus.name == request.corpus))
         chunks = await asyncio.to_thread(corpus_chunks, self.sessions, request.corpus, request.max_examples,
                                          0)
-        pairs = await synthesize(chunks, self._ask_base_model, request.max_examples)
+        started = time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            elapsed = time.monotonic() - started
+            self._update(job_id, progress={"stage": "examples", "chunks_done": done, "chunks": total,
+                                           "eta_s": round(elapsed / done * (total - done), 1) if done else None})
+
+        teacher = TeacherClient(request.teacher, timeout_s=self.settings.engine_request_timeout_s,
+                                connect_timeout_s=self.settings.engine_connect_timeout_s) if request.teacher else None
+        writer = QuestionWriter(self._teacher_writer(teacher) if teacher else self._ask_base_model,
+                                origin="teacher" if teacher else "model",
+                                candidates=self.settings.question_candidates,
+                                concurrency=self.settings.question_concurrency,
+                                keep=TEACHER_QUESTIONS if teacher else 1)
+        try:
+            pairs, stats = await writer.questions(chunks, request.max_examples, progress)
+        finally:
+            if teacher is not None:
+                await teacher.aclose()
         system_prompt = None
         if request.promote:
             route = self.swaps.routing.get(request.promote["domain"])
@@ -181,7 +204,7 @@ class TrainingService:
         builder = ExampleBuilder(self.prompts, self.retriever, request.corpus, system_prompt=system_prompt)
         examples = await asyncio.to_thread(build_examples, request.recipe, builder, pairs, chunks)
         data_sha256 = await asyncio.to_thread(write_examples, folder / "examples.jsonl", examples)
-        return examples, data_sha256, generation
+        return examples, data_sha256, generation, stats.report()
 
     async def _train(self, job_id: str, folder, request: TrainingRequest) -> tuple[list[float], float | None]:
         config = {"base_model": self.settings.resolved_base_model, "examples": str(folder / "examples.jsonl"),
@@ -243,13 +266,18 @@ class TrainingService:
             queue.request_cancel(folder)
             raise
 
-    async def _ask_base_model(self, prompt: str) -> str:
-        """The base model's greedy answer, through the same engines as traffic."""
-        payload = {"model": self.settings.base_model_name, "messages": [{"role": "user", "content": prompt}],
-                   "max_tokens": QUESTION_TOKENS, "temperature": 0}
+    async def _ask_base_model(self, messages: list[dict], n: int) -> list[str]:
+        """`n` sampled answers of the base model, through the same engines as traffic (one request)."""
+        payload = sampling_payload(self.settings.base_model_name, messages, n)
         async with self.pool.lease(self.settings.base_model_name) as engine:
             answer = await engine.client.complete("/v1/chat/completions", payload)
-        return (answer["choices"][0].get("message") or {}).get("content") or ""
+        return [(c.get("message") or {}).get("content") or "" for c in answer["choices"]]
+
+    @staticmethod
+    def _teacher_writer(teacher: TeacherClient):
+        async def write(messages: list[dict], n: int) -> list[str]:
+            return await teacher.chat(messages, n, temperature=TEMPERATURE, max_tokens=TEACHER_TOKENS)
+        return write
 
     async def _evaluate(self, request: TrainingRequest, version: int) -> str:
         domain = (request.promote or {}).get("domain")

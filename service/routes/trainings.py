@@ -3,7 +3,7 @@
 from typing import Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adapters_store import corpus_repo, eval_repo, tenancy
 from adapters_store.errors import Invalid, NotFound
@@ -15,6 +15,7 @@ from service.routes import Name
 from service.routes.domains import Gate
 from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state
+from service.teacher import Teacher, check_url
 from service.training import TrainingRequest
 from service.training_data import RECIPE_DEFAULTS, RECIPES
 
@@ -25,6 +26,19 @@ class Promotion(BaseModel):
     model_config = ConfigDict(extra="forbid")
     domain: str = Field(pattern=FULL_NAME_PATTERN.pattern)
     gate: Gate | None = None
+
+
+class TeacherIn(BaseModel):
+    """An OpenAI-compatible endpoint that writes the training questions instead of the base model."""
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=1, max_length=2000)  # base URL: requests go to {url}/chat/completions
+    model: str = Field(min_length=1, max_length=200)
+    key: str | None = Field(default=None, min_length=1, max_length=4000, repr=False)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        return check_url(url)
 
 
 class TrainingIn(BaseModel):
@@ -38,6 +52,7 @@ class TrainingIn(BaseModel):
     learning_rate: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     evalset: str | None = Field(default=None, pattern=FULL_NAME_PATTERN.pattern)
     promote: Promotion | None = None
+    teacher: TeacherIn | None = None  # default: the base model on the gateway's engines
 
 
 @router.post("/v1/adapters/{name}/trainings", status_code=202, responses=answers(JobAccepted, 202))
@@ -76,10 +91,12 @@ async def start_training(name: Name, state: GatewayState = Depends(get_state),
     if promote is not None and state.routing.get(promote["domain"]) is None:
         raise NotFound(f"domain {body.promote.domain!r} does not exist", param="promote.domain",
                        code="domain_not_found")
-    params = {**RECIPE_DEFAULTS[body.recipe], **body.model_dump(exclude_none=True)}
+    # The teacher's key is used, never recorded: not in the job's params nor the version's provenance.
+    params = {**RECIPE_DEFAULTS[body.recipe], **body.model_dump(exclude_none=True, exclude={"teacher": {"key"}})}
+    teacher = Teacher(body.teacher.url, body.teacher.model, body.teacher.key) if body.teacher else None
     request = TrainingRequest(adapter=name, corpus=corpus, recipe=body.recipe, rank=body.rank,
                               epochs=params["epochs"], max_examples=body.max_examples,
                               learning_rate=params["learning_rate"], evalset=evalset,
-                              promote=promote,
+                              promote=promote, teacher=teacher,
                               requested_by=principal, params=params)
     return accepted(state.trainings.submit(request))

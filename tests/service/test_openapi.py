@@ -38,7 +38,7 @@ RULES_PAST_THE_SCHEMA = {
                                               "exist, are distinct, fit the method and the max LoRA rank",
     ("POST", "/v1/evalsets"): "the file is JSONL of items; item ids are unique",
     ("POST", "/v1/adapters/{name}/trainings"): "rank, max_examples and base within this gateway's settings; "
-                                                "evalset with promote",
+                                                "evalset with promote; teacher.url is http(s) without credentials",
     ("GET", "/v1/jobs"): "after names a job the key can see",
     ("POST", "/v1/domains/{name}/tunings"): "budget.trials within this gateway's tuning_max_trials; the set has "
                                             "items in its tuning split",
