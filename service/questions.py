@@ -95,7 +95,7 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[\w$<>./-]+", text.lower())
 
 
-def _is_span(answer: str, chunk: str) -> bool:
+def is_span(answer: str, chunk: str) -> bool:
     """`answer` occurs in `chunk` (case and whitespace aside) starting and ending at word boundaries."""
     return re.search(rf"(?<!\w){re.escape(fold(answer))}(?!\w)", fold(chunk)) is not None
 
@@ -108,7 +108,7 @@ def question_problem(question: str, answer: str, chunk: str) -> str | None:
     about the chunk (two of its words of 4 letters or more occur in it, other than common ones)
     and is not a sentence of the chunk copied with a question word in front."""
     norm_answer = fold(answer)
-    if len(norm_answer) < 2 or not _is_span(answer, chunk):
+    if len(norm_answer) < 2 or not is_span(answer, chunk):
         return "answer not in the chunk"
     if norm_answer in ("yes", "no") or not re.search(r"[^\W\d_]{3}|\d", norm_answer):
         return "answer says nothing"

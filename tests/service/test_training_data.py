@@ -1,11 +1,12 @@
-"""The span check of model-written questions: an answer is kept only when it is a span of its chunk,
-up to case and whitespace (not up to the answer metrics' SQuAD normalisation)."""
+"""The span check of model-written questions (service/questions.py `is_span`): an answer is kept only
+when it is a span of its chunk, up to case and whitespace (not up to the answer metrics' SQuAD
+normalisation)."""
 
 import pytest
 
-from service.training_data import SourceChunk, parse_model_question
+from service.questions import is_span
 
-CHUNK = SourceChunk(1, "velt", "The Velt river flows through\nQuenmoor down to the grey-green sea.")
+CHUNK = "The Velt river flows through\nQuenmoor down to the grey-green sea."
 
 
 @pytest.mark.parametrize("answer", [
@@ -14,8 +15,7 @@ CHUNK = SourceChunk(1, "velt", "The Velt river flows through\nQuenmoor down to t
     "the grey-green sea",
 ])
 def test_a_span_of_the_chunk_is_kept(answer):
-    qa = parse_model_question(f"Q: Where does it flow?\nA: {answer}", CHUNK)
-    assert qa is not None and qa.answer == answer and qa.origin == "model"
+    assert is_span(answer, CHUNK)
 
 
 # Each of these is a span after SQuAD normalisation (which drops articles and punctuation), none
@@ -26,4 +26,4 @@ def test_a_span_of_the_chunk_is_kept(answer):
     "Velt river, flows",   # -> "velt river flows"
 ])
 def test_text_that_is_not_a_span_is_dropped(answer):
-    assert parse_model_question(f"Q: Where does it flow?\nA: {answer}", CHUNK) is None
+    assert not is_span(answer, CHUNK)
