@@ -4,7 +4,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from adapters_store import adapter_repo, tenancy
 from adapters_store.errors import Invalid, NotFound
@@ -42,19 +42,22 @@ class RetrievalSettings(BaseModel):
     filter: filters.JsonFilter | None = None
 
 
+def _known_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}")
+    return metric
+
+
+# A metric a gate or a tuning optimises: one of evaluation.metrics.METRICS (the schema lists them).
+MetricName = Annotated[str, Field(json_schema_extra={"enum": list(METRICS)}), AfterValidator(_known_metric)]
+
+
 class Gate(BaseModel):
     """Swap only when the candidate scores `metric` at least `min_delta` above the current binding."""
     model_config = ConfigDict(extra="forbid")
     evalset: str = Field(pattern=FULL_NAME_PATTERN.pattern)
-    metric: str = Field(json_schema_extra={"enum": list(METRICS)})
+    metric: MetricName
     min_delta: float = Field(default=0.0, ge=-1.0, le=1.0, allow_inf_nan=False)
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, metric: str) -> str:
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(METRICS)}")
-        return metric
 
 
 class DomainPut(BaseModel):

@@ -6,18 +6,17 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from adapters_store import adapter_repo, config_repo, tenancy
 from adapters_store.errors import Invalid
 from adapters_store.tenancy import FULL_NAME_PATTERN
-from evaluation.metrics import METRICS
 from indexer.search import MAX_K, SearchMode
 from service.auth import Principal
 from service.http_body import json_body
 from service.rag.prompt import TEMPLATES
 from service.responses import DomainConfigApplied, DomainConfigDetail, DomainConfigList, JobAccepted, answers
-from service.routes.domains import MAX_VERSION, Gate, _gate, domain_as_dict, domain_name
+from service.routes.domains import MAX_VERSION, Gate, MetricName, _gate, domain_as_dict, domain_name
 from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state
 from service.tuning import MAX_DEMONSTRATIONS, TuneRequest
@@ -48,17 +47,10 @@ class Budget(BaseModel):
 class TuningIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     evalset: str = Field(pattern=FULL_NAME_PATTERN.pattern)
-    metric: str = Field(json_schema_extra={"enum": list(METRICS)})
+    metric: MetricName
     budget: Budget = Field(default_factory=Budget)
     holdout: str | None = Field(default=None, pattern=FULL_NAME_PATTERN.pattern)
     space: TuningSpace | None = None
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, metric: str) -> str:
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(METRICS)}")
-        return metric
 
 
 class ApplyIn(BaseModel):
