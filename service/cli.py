@@ -201,7 +201,8 @@ def keys_create(name: str = typer.Argument(..., help="who or what uses the key")
             row, key = create_key(session, name, scope, _json_option(metadata_filter, "--filter"), tenant=tenant,
                                   domains=[d.strip() for d in domains.split(",")] if domains is not None else None,
                                   limits=_json_option(limits, "--limits"))
-            audit.record(session, "key.create", str(row.id), details={"name": name, "scope": scope, "tenant": tenant})
+            audit.record(session, "key.create", str(row.id), tenant=tenant,  # whose key: that tenant's event
+                         details={"name": name, "scope": scope, "tenant": tenant})
             typer.echo(f"{key}\t(id {row.id}, scope {scope}{_key_details(row, ', ')}; shown once)")
     except GraftError as exc:
         fail(exc.message)
@@ -244,8 +245,8 @@ def keys_revoke(key_id: int) -> None:
 
     try:
         with _session() as session:
-            revoke_key(session, key_id)
-            audit.record(session, "key.revoke", str(key_id))
+            revoked = revoke_key(session, key_id)
+            audit.record(session, "key.revoke", str(key_id), tenant=revoked.tenant)
     except NotFound:
         fail(f"no key with id {key_id}")
     typer.echo(f"revoked key {key_id}")
@@ -262,7 +263,7 @@ def tenants_create(name: str = typer.Argument(..., help="letters, digits, `_`, `
     try:
         with _session() as session:
             create_tenant(session, name, _json_option(limits, "--limits"))
-            audit.record(session, "tenant.create", name)
+            audit.record(session, "tenant.create", name, tenant=name)
     except GraftError as exc:
         fail(exc.message)
     typer.echo(f"created tenant {name}")

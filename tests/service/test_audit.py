@@ -256,6 +256,6 @@ def test_the_cli_records_key_and_tenant_changes_in_their_transaction(make_settin
     assert graft("keys", "create", "root", "--scope", "root").exit_code != 0
     assert graft("keys", "create", "x", "--tenant", "nobody").exit_code != 0
     assert stored_events(settings) == [
-        ("tenant.create", "acme", None, None, None),
-        ("key.create", key_id, None, None, {"name": "ops", "scope": "admin", "tenant": "acme"}),
-        ("key.revoke", key_id, None, None, None)]
+        ("tenant.create", "acme", None, "acme", None),  # each the event of the tenant whose thing changed
+        ("key.create", key_id, None, "acme", {"name": "ops", "scope": "admin", "tenant": "acme"}),
+        ("key.revoke", key_id, None, "acme", None)]
