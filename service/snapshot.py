@@ -11,8 +11,9 @@ A snapshot is one tar archive of a gateway's state, taken while it runs:
   uploads of its documents (rebuilds read them) and every adapter version not deleted.
 
 Those files never change once written, but the gateway removes them once nothing points at them
-(a newer generation, a replaced document, a deleted version). A file that goes between the
-database copy and its own copy makes the run start again, from a new database copy, a few times.
+(a newer generation, a replaced document, a deleted version). So each is hard-linked (in the data
+folder's `tmp/`) the moment the database view lists it, and archived from the link; one that went
+in that instant makes the run start again from a new database view, a few times at most.
 
 Restore writes a new data folder (it must be empty) and database (SQLite: in that folder;
 PostgreSQL: `GRAFT_DATABASE_URL` must name an empty database), checks every member against the
@@ -29,6 +30,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -83,38 +85,43 @@ def create(settings: Settings, destination: Path) -> Summary:
 
 def _create_once(settings: Settings, destination: Path) -> Summary:
     data_dir = settings.data_dir.resolve()
-    with tempfile.TemporaryDirectory(dir=destination.parent) as scratch:
-        scratch = Path(scratch)
-        db_member, files, counts = _copy_database(settings, scratch)
-        partial = destination.with_name(destination.name + ".partial")
-        # Paths are stored as the gateway wrote them: under its data folder resolved, or as configured.
-        manifest = {"format": FORMAT, "created_at": int(time.time()), "database": db_member,
-                    "data_dirs": sorted({str(data_dir), str(settings.data_dir)}), "files": {}, **counts}
-        total = 0
-        with tarfile.open(partial, "w") as archive:
-            manifest["files"][db_member] = _add(archive, scratch / db_member, db_member)
-            for path in sorted(files):
-                member = f"data/{path.resolve().relative_to(data_dir).as_posix()}"
-                try:
-                    manifest["files"][member] = _add(archive, path, member)
-                except FileNotFoundError as exc:
-                    partial.unlink(missing_ok=True)
-                    raise FileGone(str(path)) from exc
-                total += path.stat().st_size
-            body = json.dumps(manifest, indent=1, sort_keys=True).encode()
-            info = tarfile.TarInfo(MANIFEST)
-            info.size, info.mtime = len(body), manifest["created_at"]
-            archive.addfile(info, io.BytesIO(body))
-        with open(partial, "rb+") as handle:  # durable before it takes its name
-            os.fsync(handle.fileno())
-        partial.rename(destination)
-        fsync_dir(destination.parent)
+    # Hard links in the data folder's own file system: taken the moment the files are listed, they
+    # keep each file whatever the gateway removes meanwhile, while the database is dumped and the
+    # archive written (seconds on a busy corpus, which would otherwise outrun every attempt).
+    links = data_dir / "tmp" / f"snapshot-{uuid.uuid4().hex}"
+    links.mkdir(parents=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=destination.parent) as scratch:
+            scratch = Path(scratch)
+            db_member, members, counts = _copy_database(settings, scratch, links)
+            partial = destination.with_name(destination.name + ".partial")
+            # Paths are stored as the gateway wrote them: under its data folder resolved, or as configured.
+            manifest = {"format": FORMAT, "created_at": int(time.time()), "database": db_member,
+                        "data_dirs": sorted({str(data_dir), str(settings.data_dir)}), "files": {}, **counts}
+            total = 0
+            with tarfile.open(partial, "w") as archive:
+                manifest["files"][db_member] = _add(archive, scratch / db_member, db_member)
+                for member in sorted(members):
+                    manifest["files"][member] = _add(archive, links / member, member)
+                    total += (links / member).stat().st_size
+                body = json.dumps(manifest, indent=1, sort_keys=True).encode()
+                info = tarfile.TarInfo(MANIFEST)
+                info.size, info.mtime = len(body), manifest["created_at"]
+                archive.addfile(info, io.BytesIO(body))
+            with open(partial, "rb+") as handle:  # durable before it takes its name
+                os.fsync(handle.fileno())
+            partial.rename(destination)
+            fsync_dir(destination.parent)
+    finally:
+        shutil.rmtree(links, ignore_errors=True)
     return Summary(destination, len(manifest["files"]), total, counts["corpora"], counts["adapter_versions"])
 
 
-def _copy_database(settings: Settings, scratch: Path) -> tuple[str, list[Path], dict]:
-    """(archive member of the database copy, files it points at, counts), all from one consistent view."""
+def _copy_database(settings: Settings, scratch: Path, links: Path) -> tuple[str, list[str], dict]:
+    """(archive member of the database copy, members of the files it points at, counts), all from
+    one consistent view; the files are linked under `links` before anything else is done."""
     url = make_url(settings.resolved_database_url)
+    data_dir = settings.data_dir.resolve()
     if url.get_backend_name() == "sqlite":
         copy = scratch / "graft.db"
         source = sqlite3.connect(url.database)
@@ -127,19 +134,36 @@ def _copy_database(settings: Settings, scratch: Path) -> tuple[str, list[Path], 
         engine = create_engine(f"sqlite:///{copy}")
         try:
             with Session(engine) as session:
-                return "graft.db", *_pointed_at(session, settings)
+                files, counts = _pointed_at(session, settings)
         finally:
             engine.dispose()
+        return "graft.db", _link(files, data_dir, links), counts
     engine = create_engine(settings.resolved_database_url, isolation_level="REPEATABLE READ")
     try:
         with engine.connect() as connection, connection.begin():
             snapshot_id = connection.execute(text("SELECT pg_export_snapshot()")).scalar_one()
             with Session(bind=connection) as session:
                 files, counts = _pointed_at(session, settings)
+            members = _link(files, data_dir, links)
             _pg_dump(url, snapshot_id, scratch / "graft.pgdump")  # the same view, while it is open
     finally:
         engine.dispose()
-    return "graft.pgdump", files, counts
+    return "graft.pgdump", members, counts
+
+
+def _link(files: list[Path], data_dir: Path, links: Path) -> list[str]:
+    """Hard-link each file under `links` by its archive member name; FileGone if one went already."""
+    members = []
+    for path in sorted(set(files)):  # versions with the same content share their folder
+        member = f"data/{path.resolve().relative_to(data_dir).as_posix()}"
+        target = links / member
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except FileNotFoundError as exc:
+            raise FileGone(str(path)) from exc
+        members.append(member)
+    return members
 
 
 def _pointed_at(session: Session, settings: Settings) -> tuple[list[Path], dict]:
@@ -157,9 +181,12 @@ def _pointed_at(session: Session, settings: Settings) -> tuple[list[Path], dict]
 
 
 def _files_under(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileGone(str(folder))
-    return [p for p in folder.rglob("*") if p.is_file()]
+    try:
+        if not folder.is_dir():
+            raise FileNotFoundError(folder)
+        return [p for p in folder.rglob("*") if p.is_file()]
+    except FileNotFoundError as exc:  # removed as it was listed
+        raise FileGone(str(folder)) from exc
 
 
 class _Hashing(io.RawIOBase):
