@@ -1,6 +1,5 @@
 """`graft corpus|adapter|domain ...`: operator commands that talk to a running gateway over REST."""
 
-import json
 import mimetypes
 import time
 from contextlib import ExitStack
