@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app as cli
-from tests.harness import client, running_gateway
+from tests.harness import client, running_gateway, until
 from tests.service.test_adapters_engine import adapter_files
 from tests.service.test_corpora_api import wait_job
 
@@ -102,7 +102,8 @@ async def test_models_and_listings_show_only_the_keys_tenant(deployment):
             assert "beta" not in json.dumps(listed)
             assert any("beta:" in item[field] for item in (await root.get(path)).json()["data"])
         engines = (await admin.get("/v1/engines")).json()["data"]
-        assert all(a.startswith("acme:") for e in engines for a in e["adapters"])
+        held = [a for e in engines for a in e["adapters"]]
+        assert held and all(a.startswith("acme:") for a in held), engines
         keys_listed = (await admin.get("/v1/keys")).json()["data"]
         assert {k["tenant"] for k in keys_listed} == {"acme"} and "key" not in keys_listed[0]
         # A short name and the full one are the same resource; another tenant's full name is not found.
@@ -206,6 +207,13 @@ async def test_tenant_admins_manage_only_their_tenant(deployment):
         assert "beta" not in json.dumps((await admin.get("/v1/evalsets")).json())
         run = await admin.post("/v1/evals", json={"domain": "support", "evalset": "beta:qs"})
         assert run.status_code == 404
+        assert (await admin.post("/v1/evalsets", json={"name": "qs", "items": [{"question": QUESTION}]})).status_code == 201
+        # Evaluating another tenant's domain, or training on its corpus, is as missing as a name never made.
+        theirs = await admin.post("/v1/evals", json={"domain": "beta:support", "evalset": "qs"})
+        assert theirs.status_code == 404, theirs.text
+        training = await admin.post("/v1/adapters/tuned/trainings", json={"corpus": "beta:handbook", "recipe": "reader"})
+        assert training.status_code == 404, training.text
+        assert "beta" not in json.dumps((await admin.get("/v1/jobs")).json())
         started = await beta_admin.post("/v1/evals", json={"domain": "support", "evalset": "qs", "max_tokens": 4})
         assert started.status_code == 202, started.text
         assert (await wait_job(beta_admin, started.json()["job_id"]))["status"] == "succeeded"
@@ -277,3 +285,28 @@ async def test_a_global_admin_changes_a_tenants_limits(deployment):
         assert (await root.patch("/v1/tenants/acme", json={"limits": None})).json()["limits"] is None
         events = (await root.get("/v1/audit", params={"action": "tenant.update"})).json()["data"]
         assert [e["target"] for e in events] == ["acme", "acme"]
+
+
+async def test_a_tenants_limit_changes_what_its_keys_get_through(deployment):
+    """PATCH /v1/tenants/{t} acts on the requests of every key of that tenant, over HTTP (within the
+    limiter's cache time of the tenant row), and on no other tenant's."""
+    url, keys = deployment
+    ask = {"model": "support", "prompt": "hi", "max_tokens": 2}
+    async with client(url, GLOBAL) as root, client(url, keys["acme-app"]) as acme, \
+            client(url, keys["acme-support-only"]) as acme_other, client(url, keys["beta-app"]) as beta:
+        for _ in range(3):
+            assert (await acme.post("/v1/completions", json=ask)).status_code == 200
+        assert (await root.patch("/v1/tenants/acme", json={"limits": {"requests_per_minute": 2}})).status_code == 200
+
+        async def refused() -> bool:
+            return (await acme.post("/v1/completions", json=ask)).status_code == 429
+        await until(refused, "the tenant's new limit to refuse a request", timeout=60)
+        # The tenant's minute is shared by all its keys; another tenant is untouched.
+        assert (await acme_other.post("/v1/completions", json=ask)).status_code == 429
+        assert [(await beta.post("/v1/completions", json=ask)).status_code for _ in range(4)] == [200] * 4
+
+        assert (await root.patch("/v1/tenants/acme", json={"limits": None})).status_code == 200
+
+        async def admitted() -> bool:
+            return (await acme.post("/v1/completions", json=ask)).status_code == 200
+        await until(admitted, "the lifted limit to admit requests again", timeout=60)
