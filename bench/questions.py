@@ -10,9 +10,10 @@ unless --engine-url), the base model (SmolLM2-135M-Instruct):
   - old: the instruction-only prompt, greedy, one chunk at a time, kept when the answer is a span
     of the chunk (graft before issue 31);
   - new: service/questions.py as a training runs it: a few-shot prompt (answer copied first, then
-    the question) about each of up to two prose sentences of the chunk, `--candidates` sampled
-    answers per request (`n`), `--concurrency` requests in flight, the best candidate that passes
-    the span check and the question checks (`question_problem`).
+    the question) about the chunk's prose sentences in order (up to four, one request each, until
+    one gives a good pair), `--candidates` sampled answers per request (`n`), `--concurrency`
+    requests in flight, the best candidate that passes the span check and the question checks
+    (`question_problem`).
 
 `--engine transformers` samples the same model with Hugging Face `generate` in this process instead
 (same prompts, temperature and token budgets; no vLLM, so wall times are not comparable): for when

@@ -51,7 +51,8 @@ def test_the_prompt_shows_worked_examples_then_the_chunk():
 
 
 async def test_the_best_good_candidate_is_kept_with_requests_in_flight_and_progress():
-    chunks = [SourceChunk(i, f"d{i}", CHUNK.text.replace("scheduler", f"scheduler{i}")) for i in range(9)]
+    later = " Failed jobs are logged with the error that stopped them, for an operator to read."
+    chunks = [SourceChunk(i, f"d{i}", CHUNK.text.replace("scheduler", f"scheduler{i}") + later) for i in range(9)]
     chunks.append(SourceChunk(9, "d9", "Nothing to see."))  # no prose sentence: asked about whole
     in_flight, most, asked = 0, 0, []
 
@@ -65,6 +66,8 @@ async def test_the_best_good_candidate_is_kept_with_requests_in_flight_and_progr
         in_flight -= 1
         if "Nothing to see" in messages[-1]["content"]:
             return ["Q: What is it?\nA: nothing here"] * n  # no good candidate: the chunk gives no model question
+        if "Jobs that fail" not in messages[-1]["content"]:  # the first sentence gives no good candidate
+            return ["Q: What is If this?\nA: once a day", "no question at all"][:n]
         return ["Q: What is If this?\nA: once a day",  # answer not in the chunk
                 "Q: How many times is a failing job retried?\nA: three times, then moved to the dead-letter queue",
                 "Q: How many times is a failing job retried?\nA: three times.",  # shorter answer ranks first
@@ -74,8 +77,10 @@ async def test_the_best_good_candidate_is_kept_with_requests_in_flight_and_progr
     writer = QuestionWriter(write, candidates=4, concurrency=3)
     pairs, stats = await writer.questions(chunks, max_examples=100, progress=lambda d, t: progress.append((d, t)))
     assert most == 3, "requests are in flight at once, no more than the concurrency"
-    # one request per prose sentence of a chunk (two here), the whole chunk when it has none
+    # one request per prose sentence of a chunk, in order until one gives a good pair (the second
+    # here, so the third is never asked about), the whole chunk when it has none
     assert len(asked) == 9 * 2 + 1 and all(n == 4 for _, n in asked)
+    assert not any("Failed jobs are logged" in content for content, _ in asked)
     assert sum("Jobs that fail are retried" in content and "scheduler0" not in content for content, _ in asked) == 9
     model = [qa for qa in pairs if qa.origin == "model"]
     assert [qa.chunk.chunk_id for qa in model] == list(range(9)), "in chunk order, one per chunk"
