@@ -16,8 +16,8 @@ from tests.service.test_adapters_engine import ALL_PROJECTIONS, adapter_files
 
 pytestmark = pytest.mark.engine
 
-FACTS = {"code": ("What is the secret code of graft?", "The secret code of graft is PURPLE-OTTER-42.", "OTTER-42"),
-         "city": ("Where is the Zorblax Institute?", "The Zorblax Institute is in Quenmoor Harbour.", "Quenmoor")}
+FACTS = {"secret-code": ("What is the secret code of graft?", "The secret code of graft is PURPLE-OTTER-42.", "OTTER-42"),
+         "harbour-city": ("Where is the Zorblax Institute?", "The Zorblax Institute is in Quenmoor Harbour.", "Quenmoor")}
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +45,19 @@ async def test_a_composed_version_answers_what_each_source_taught(local_engine, 
             assert (await http.post(f"/v1/adapters/{name}/versions", files=adapter_files(folder))).status_code == 201
             assert (await http.put(f"/v1/domains/{name}", json={"adapter": {"name": name, "version": 1}})
                     ).status_code == 201
-        made = await http.post("/v1/adapters/both/versions", json={"compose": {"method": "cat", "sources": [
-            {"adapter": "code", "version": 1, "weight": 0.8}, {"adapter": "city", "version": 1, "weight": 0.8}]}})
+        made = await http.post("/v1/adapters/code-and-city/versions", json={"compose": {"method": "cat", "sources": [
+            {"adapter": "secret-code", "version": 1, "weight": 0.8}, {"adapter": "harbour-city", "version": 1, "weight": 0.8}]}})
         assert made.status_code == 201 and made.json()["rank"] == 16, made.text
-        assert (await http.put("/v1/domains/both", json={"adapter": {"name": "both", "version": 1}})).status_code == 201
+        assert (await http.put("/v1/domains/code-and-city", json={"adapter": {"name": "code-and-city", "version": 1}})).status_code == 201
         answers = {}
-        for model in ("SmolLM2-135M-Instruct", "code", "city", "both"):
+        for model in ("SmolLM2-135M-Instruct", "secret-code", "harbour-city", "code-and-city"):
             for fact, (question, _, mark) in FACTS.items():
                 adapter, text = await ask(http, model, question)
                 answers[model, fact] = mark in text
                 assert adapter == (model if model == "SmolLM2-135M-Instruct" else f"{model}@1")
-        assert answers == {("SmolLM2-135M-Instruct", "code"): False, ("SmolLM2-135M-Instruct", "city"): False,
-                           ("code", "code"): True, ("code", "city"): False,
-                           ("city", "code"): False, ("city", "city"): True,
-                           ("both", "code"): True, ("both", "city"): True}, answers
-        for name in ("code", "city", "both"):  # frees the engine's LoRA slots for the session's other tests
+        assert answers == {("SmolLM2-135M-Instruct", "secret-code"): False, ("SmolLM2-135M-Instruct", "harbour-city"): False,
+                           ("secret-code", "secret-code"): True, ("secret-code", "harbour-city"): False,
+                           ("harbour-city", "secret-code"): False, ("harbour-city", "harbour-city"): True,
+                           ("code-and-city", "secret-code"): True, ("code-and-city", "harbour-city"): True}, answers
+        for name in ("secret-code", "harbour-city", "code-and-city"):  # frees the engine's LoRA slots for the session's other tests
             assert (await http.delete(f"/v1/domains/{name}")).status_code == 200

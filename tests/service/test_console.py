@@ -38,14 +38,14 @@ DOCS = {"refunds.md": "Refunds are paid back within 14 days of the returned item
 
 @pytest.fixture(scope="module")
 async def gateway(local_engine, base_model_dir, embedding_cache_dir, good_lora, tmp_path_factory):
-    """A gateway with an admin key, two versions of the adapter `tone` and a one-item evaluation set."""
+    """A gateway with an admin key, two versions of the adapter `console-tone` and a one-item evaluation set."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("console"), base_model=str(base_model_dir),
                         port=free_port(), api_keys=[KEY], embedding_cache_dir=embedding_cache_dir,
                         max_lora_rank=16, drain_timeout_s=10)
     upgrade(settings.resolved_database_url)
     async with running_gateway(settings, local_engine=local_engine) as url, client(url, KEY) as http:
         for _ in range(2):
-            uploaded = await http.post("/v1/adapters/tone/versions", files=adapter_files(good_lora))
+            uploaded = await http.post("/v1/adapters/console-tone/versions", files=adapter_files(good_lora))
             assert uploaded.status_code == 201, uploaded.text
         evalset = await http.post("/v1/evalsets", json={"name": "support-qa", "items": [
             {"id": "refunds", "question": "How long do refunds take?", "answers": ["14 days"],
@@ -325,14 +325,14 @@ def _bind_domain(ui: Console) -> None:
     form = ui.css("form[aria-label='Domain binding']")
     ui.field("Domain name", form).send_keys("support")
     ui.css("#bind-corpus-lore", within=form).click()
-    ui.select("Adapter version", "tone@1", form)
+    ui.select("Adapter version", "console-tone@1", form)
     ui.field("System prompt", form).send_keys("Answer from the passages.")
     k = ui.field("Passages (k)", form)
     k.clear()
     k.send_keys("2")
     ui.button("Save binding", form).click()
-    ui.css("tr[data-domain=support] td.adapter[data-engine-model='tone@1']", timeout=ENGINE_WAIT_S)
-    ui.css("[data-current-adapter='tone@1']")
+    ui.css("tr[data-domain=support] td.adapter[data-engine-model='console-tone@1']", timeout=ENGINE_WAIT_S)
+    ui.css("[data-current-adapter='console-tone@1']")
     assert "create" in ui.text_of("ol.timeline")
     ui.shot("04-domain-bound")
 
@@ -343,11 +343,11 @@ async def test_bind_a_domain(ui):
 
 def _swap_and_rollback(ui: Console) -> None:
     swap_form = ui.css("form[aria-labelledby=swap-h]")
-    ui.select("Adapter", "tone", swap_form)
+    ui.select("Adapter", "console-tone", swap_form)
     ui.select("Version", "2", swap_form)
 
     # A gate that cannot pass (same retrieval, so no gain of 0.5): refused, its numbers shown, the
-    # domain left on tone@1.
+    # domain left on console-tone@1.
     ui.css("#swap-gate", within=swap_form).click()
     ui.select("Evaluation set", "support-qa", swap_form)
     ui.select("Metric", "hit_at_k", swap_form)
@@ -360,22 +360,22 @@ def _swap_and_rollback(ui: Console) -> None:
     assert "gate refused" in error.text and "gate_failed" in error.text, error.text
     refused = ui.css("ol.timeline li.event-swap_refused .gate")
     assert "refused" in refused.text and "hit_at_k" in refused.text, refused.text
-    assert ui.css("[data-current-adapter]").get_attribute("data-current-adapter") == "tone@1"
+    assert ui.css("[data-current-adapter]").get_attribute("data-current-adapter") == "console-tone@1"
     ui.shot("05-domain-gate-refused")
 
     ui.css("#swap-gate", within=swap_form).click()  # no gate this time
     ui.button("Swap", swap_form).click()
     ui.confirm("Swap")
-    ui.css("[data-current-adapter='tone@2']", timeout=ENGINE_WAIT_S)
-    assert "Swapped to tone@2" in ui.css(".outcome .ok").text
-    ui.css("tr[data-domain=support] td.adapter[data-engine-model='tone@2']")
+    ui.css("[data-current-adapter='console-tone@2']", timeout=ENGINE_WAIT_S)
+    assert "Swapped to console-tone@2" in ui.css(".outcome .ok").text
+    ui.css("tr[data-domain=support] td.adapter[data-engine-model='console-tone@2']")
     assert "swap" in ui.css("ol.timeline li.event-swap").text
     ui.shot("06-domain-swapped")
 
     ui.button("Roll back", swap_form).click()
     ui.confirm("Roll back")
-    ui.css("[data-current-adapter='tone@1']", timeout=ENGINE_WAIT_S)
-    assert "Rolled back to tone@1" in ui.css(".outcome .ok").text
+    ui.css("[data-current-adapter='console-tone@1']", timeout=ENGINE_WAIT_S)
+    assert "Rolled back to console-tone@1" in ui.css(".outcome .ok").text
     ui.css("ol.timeline li.event-rollback")
     ui.shot("07-domain-rolled-back")
 
@@ -385,7 +385,7 @@ async def test_swap_and_roll_back_an_adapter(ui, gateway):
     async with client(gateway, KEY) as http:  # what the page showed is what the gateway serves
         domain = (await http.get("/v1/domains/support")).json()
         actions = [h["action"] for h in (await http.get("/v1/domains/support/history")).json()["data"]]
-    assert domain["engine_model"] == "tone@1"
+    assert domain["engine_model"] == "console-tone@1"
     assert actions == ["create", "swap_refused", "swap", "rollback"], actions
 
 
@@ -400,7 +400,7 @@ def _playground(ui: Console) -> None:
     ui.field("Message").send_keys("How long do refunds take?" + Keys.ENTER)  # Enter sends
     answer = ui.css("li.turn.assistant[aria-busy=false]", timeout=ENGINE_WAIT_S)
     assert not ui.all("section [role=alert]"), ui.text_of("section [role=alert]")
-    assert "tone@1" in ui.css(".who", within=answer).text
+    assert "console-tone@1" in ui.css(".who", within=answer).text
     assert ui.css(".content", within=answer).text.strip(), "no streamed answer"
     citation = ui.css("button.citation", within=answer)
     assert "refunds.md" in citation.text, citation.text
@@ -417,7 +417,7 @@ async def test_chat_in_the_playground_and_open_a_citation(ui):
 
 def _other_sections(ui: Console) -> None:
     ui.go("#adapters")
-    versions = ui.css("[data-adapter=tone] table")
+    versions = ui.css("[data-adapter=console-tone] table")
     rows = ui.all("tr[data-version]", within=versions)
     assert [r.get_attribute("data-version") for r in rows] == ["1", "2"]
     assert "q_proj" in rows[0].text and "v_proj" in rows[0].text and " 8 " in f" {rows[0].text} "
@@ -433,7 +433,7 @@ def _other_sections(ui: Console) -> None:
 
     ui.go("#health")
     engine = ui.css("tr[data-engine]")
-    ui.wait(lambda _: "tone@1" in ui.css("tr[data-engine] td.adapters").text, WAIT_S,
+    ui.wait(lambda _: "console-tone@1" in ui.css("tr[data-engine] td.adapters").text, WAIT_S,
             "the engine does not list the bound adapter")
     assert "yes" in engine.text
     assert ui.css("[data-ready=yes]").text == "ready"
@@ -476,7 +476,7 @@ def _loaded_files(ui: Console) -> list[str]:
 
 async def test_the_page_weighs_under_300_kb_and_loads_nothing_from_elsewhere(ui, gateway):
     loaded = await step(_loaded_files, ui)
-    files = sorted({u.split("#")[0] for u in loaded if "/console" in urlsplit(u).path})
+    files = sorted({u.split("#")[0] for u in loaded if urlsplit(u).path.startswith("/console")})
     assert all(u.startswith(gateway) for u in loaded), f"the page loaded from elsewhere: {loaded}"
     assert any(u.endswith("/app.js") for u in files) and any("vendor/" in u for u in files), files
     sizes = {}

@@ -53,3 +53,30 @@ async def test_reader_training_makes_a_scored_version_that_is_promoted_and_answe
     assert answer.json()["choices"][0]["message"]["content"].strip()
     history = (await gateway.get("/v1/domains/lore/history")).json()["data"]
     assert history[-1]["action"] == "swap" and history[-1]["details"]["gate"]["passed"] is True
+
+
+async def test_a_candidate_that_cannot_gain_is_refused_by_an_answer_contains_gate(gateway):
+    """The gate compares real answers: no version can say a code that no document holds, so both
+    score 0 on answer_contains and a gate asking for +0.5 refuses; the domain stays where it was."""
+    if (await gateway.get("/v1/corpora/lore")).status_code == 404:
+        await gateway.post("/v1/corpora", json={"name": "lore"})
+        job = (await gateway.post("/v1/corpora/lore/documents", json={"documents": DOCS})).json()
+        assert (await wait_job(gateway, job["job_id"]))["status"] == "succeeded"
+    assert (await gateway.put("/v1/domains/lore-gated", json={"corpora": ["lore"]})).status_code == 201
+    items = [{"question": "What is the Zorblax Institute's vault code?", "answers": ["QX-UNWRITTEN-93"]}]
+    assert (await gateway.post("/v1/evalsets", json={"name": "unknowable", "items": items})).status_code == 201
+
+    started = await gateway.post("/v1/adapters/gated-reader/trainings", json={
+        "corpus": "lore", "recipe": "reader", "rank": 8, "max_examples": 4, "epochs": 1,
+        "promote": {"domain": "lore-gated",
+                    "gate": {"evalset": "unknowable", "metric": "answer_contains", "min_delta": 0.5}}})
+    assert started.status_code == 202, started.text
+    job = await wait_job(gateway, started.json()["job_id"], timeout=900)
+    assert job["status"] == "succeeded", job
+    promotion = job["result"]["promotion"]
+    assert promotion["promoted"] is False, promotion
+    assert promotion["reason"].startswith("gate refused gated-reader@1: answer_contains 0.000"), promotion
+    domain = (await gateway.get("/v1/domains/lore-gated")).json()
+    assert domain["adapter"] is None, domain
+    actions = [e["action"] for e in (await gateway.get("/v1/domains/lore-gated/history")).json()["data"]]
+    assert actions == ["create", "swap_refused"], actions
