@@ -35,11 +35,16 @@ def domain_report(domain: str, evalset: str = typer.Option(..., help="the evalua
     with gateway_client(url, key) as http:
         started = check_response(http.post(f"/v1/domains/{domain}/reports", json={
             "evalset": evalset, "routes": routes, "max_tokens": max_tokens}))
-        job = follow(http, started["job_id"], interval_s=0.5)
+        job = follow(http, started["job_id"], _describe, interval_s=0.5)
     if job["status"] != "succeeded":
         typer.echo(f"graft: error: report {job['status']}: {job['reason']}", err=True)
         raise typer.Exit(1)
     print_report(job["result"])
+
+
+def _describe(job: dict) -> tuple[int, int | None, str]:
+    progress = job["progress"]
+    return progress.get("runs_done") or 0, progress.get("runs_total"), f"report: {progress.get('stage') or job['status']}"
 
 
 def print_report(result: dict) -> None:

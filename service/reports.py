@@ -78,7 +78,7 @@ class ReportService:
             job = Job(id=str(uuid.uuid4()), kind=KIND, status="queued", tenant=tenancy.tenant_of(request.domain),
                       params={"domain": request.domain, "evalset": request.evalset,
                               "evalset_sha256": evalset.sha256, "max_tokens": request.max_tokens, "rows": rows},
-                      progress={"stage": "queued", "done": 0, "total": runs})
+                      progress={"stage": "queued", "runs_done": 0, "runs_total": runs})
             session.add(job)
             job_id = job.id
         task = asyncio.create_task(self._run_logged(job_id, request, rows), name=f"report-{job_id}")
@@ -122,7 +122,8 @@ class ReportService:
 
     async def _run_logged(self, job_id: str, request: ReportRequest, rows: list[dict]) -> None:
         try:
-            self._update(job_id, status="succeeded", result=await self._run(job_id, request, rows))
+            result = await self._run(job_id, request, rows)
+            self._update(job_id, status="succeeded", result=result, progress={"stage": "done"})
         except asyncio.CancelledError:
             if self._stopping:
                 self._update(job_id, status="failed", reason="the gateway stopped during the report; start it again")
@@ -144,14 +145,14 @@ class ReportService:
             row = rows[index]
             if not row["available"]:
                 continue
-            self._update(job_id, progress={"stage": row["route"], "done": done, "total": total})
+            self._update(job_id, progress={"stage": row["route"], "runs_done": done, "runs_total": total})
             rows[index] = row = {**row, **await self._score(request, row)}
             if row["status"] == "succeeded":
                 scores[row["eval_id"]] = self._item_scores(row["eval_id"])
             elif row["route"] == REFERENCE:
                 raise RuntimeError(f"the reference run ({REFERENCE}) {row['status']}: {row['reason']}")
             done += 1
-            self._update(job_id, progress={"done": done})
+            self._update(job_id, progress={"runs_done": done})
         with self.sessions() as session:
             sha256 = eval_repo.get_evalset(session, request.evalset).sha256
         return {"domain": request.domain, "evalset": request.evalset, "evalset_sha256": sha256,
