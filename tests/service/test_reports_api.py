@@ -139,6 +139,8 @@ async def test_a_report_has_every_route_each_an_evaluation_with_its_interval_aga
     reports = (await http.get("/v1/domains/lore/reports")).json()["data"]
     assert [(r["job_id"], r["status"]) for r in reports] == [(job["id"], "succeeded")]
     assert reports[0]["result"] == result
+    audited = (await http.get("/v1/audit", params={"action": "domain.report"})).json()["data"]
+    assert [(e["target"], e["details"]["job_id"]) for e in audited] == [("lore", job["id"])]
 
 
 async def test_rows_without_an_ingredient_are_listed_with_the_reason_and_named_ones_are_used(served):
