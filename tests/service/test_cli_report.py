@@ -1,7 +1,6 @@
 """`graft domain report` against a real gateway over the fake engine scripted per route of
 test_reports_api: it follows the job and prints the table, not-available rows included."""
 
-
 from tests.harness import client, running_gateway
 from tests.service.test_adapters_engine import adapter_files
 from tests.service.test_cli_client import graft
