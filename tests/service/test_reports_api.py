@@ -82,9 +82,9 @@ def record_training(settings, adapter: str, version: int, corpus: str, recipe: s
 async def test_a_report_has_every_route_each_an_evaluation_with_its_interval_against_retrieval(served, good_lora):
     http, _, engine, settings = served
     await tune(http, {**SMALL_SPACE, "prompt_template": ["quote_then_answer"], "k": [3]}, trials=1)
-    for name, recipe in (("reader", "reader"), ("memo", "memorize")):
+    for name, version, recipe in (("reader", 1, "reader"), ("memo", 1, "memorize"), ("reader", 2, "reader")):
         assert (await http.post(f"/v1/adapters/{name}/versions", files=adapter_files(good_lora))).status_code == 201
-        record_training(settings, name, 1, "lore", recipe)
+        record_training(settings, name, version, "lore", recipe)
     composed = await http.post("/v1/adapters/mix/versions", json={"compose": {"method": "cat", "sources": [
         {"adapter": "reader", "version": 1, "weight": 1.0}, {"adapter": "memo", "version": 1, "weight": 1.0}]}})
     assert composed.status_code == 201, composed.text
@@ -103,11 +103,12 @@ async def test_a_report_has_every_route_each_an_evaluation_with_its_interval_aga
         "memorize_retrieval": 1.0, "composed": 0.5}
     # What fed each row, found from the domain's records.
     assert (rows["tuned"]["config_version"], rows["tuned"]["source"]) == (1, "provenance")
-    assert rows["reader"]["adapter"] == {"name": "reader", "version": 1, "recipe": "reader", "composed": False}
+    # The newest reader version (2); the composed one's source is version 1.
+    assert rows["reader"]["adapter"] == {"name": "reader", "version": 2, "recipe": "reader", "composed": False}
     assert rows["memorize_closed_book"]["adapter"]["name"] == rows["memorize_retrieval"]["adapter"]["name"] == "memo"
     assert rows["composed"]["adapter"] == {"name": "mix", "version": 1, "recipe": None, "composed": True}
     assert [rows[r]["engine_model"] for r in ROUTES] == [
-        settings.base_model_name] * 3 + ["reader@1", "memo@1", "memo@1", "mix@1"]
+        settings.base_model_name] * 3 + ["reader@2", "memo@1", "memo@1", "mix@1"]
     # One run per row on the same items: every question the report asked is one of theirs (the other
     # engine calls are the adapters' warm-ups).
     asked = [b for b in engine.requests[calls:] if "messages" in b]
@@ -133,7 +134,7 @@ async def test_a_report_has_every_route_each_an_evaluation_with_its_interval_aga
     # The runs are ordinary evaluation runs; the live domain is as it was; the report is listed.
     listed = {run["id"]: run for run in (await http.get("/v1/evals?domain=lore")).json()["data"]}
     assert {rows[r]["eval_id"] for r in ROUTES} <= set(listed)
-    assert listed[rows["reader"]["eval_id"]]["candidate"] == {"name": "reader", "version": 1}
+    assert listed[rows["reader"]["eval_id"]]["candidate"] == {"name": "reader", "version": 2}
     assert listed[rows["closed_book"]["eval_id"]]["retrieval"] is None
     assert (await http.get("/v1/domains/lore")).json() == before
     reports = (await http.get("/v1/domains/lore/reports")).json()["data"]
@@ -144,7 +145,8 @@ async def test_a_report_has_every_route_each_an_evaluation_with_its_interval_aga
 
 
 async def test_rows_without_an_ingredient_are_listed_with_the_reason_and_named_ones_are_used(served):
-    http, _, engine, _ = served
+    http, _, engine, settings = served
+    record_training(settings, "tone", 1, "elsewhere", "reader")  # a reader of another corpus is not this domain's
     calls = len(engine.requests)
     result = (await report(http))["result"]
     rows = {row["route"]: row for row in result["rows"]}
