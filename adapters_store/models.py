@@ -103,6 +103,7 @@ class JobKind(StrEnum):
     EVAL = "eval"
     TRAIN = "train"
     TUNE = "tune"
+    REPORT = "report"
 
 
 class JobStatus(StrEnum):

@@ -36,8 +36,9 @@ from service.openapi import install_openapi
 from service.rag.planner import Planner
 from service.rag.prompt import PromptBuilder
 from service.rag.retrieval import Retriever
-from service.routes import (adapters, audit, completions, console, corpora, domains, evals, health, jobs, keys, trainings,
-                            tunings)
+from service.reports import ReportService
+from service.routes import (adapters, audit, completions, console, corpora, domains, evals, health, jobs, keys, reports,
+                            trainings, tunings)
 from service.settings import Settings
 from service.state import GatewayState
 from service.swap import SwapService
@@ -76,8 +77,8 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None) -
     app.add_middleware(AuditLog)  # inside RequestMetrics, which then counts its 500s
     app.add_middleware(RefuseNul)
     app.add_middleware(RequestMetrics)
-    for module in (health, completions, corpora, domains, tunings, adapters, evals, trainings, jobs, keys, audit,
-                   console):
+    for module in (health, completions, corpora, domains, tunings, reports, adapters, evals, trainings, jobs, keys,
+                   audit, console):
         app.include_router(module.router)
     return app
 
@@ -134,6 +135,7 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
         auth=Authenticator(sessions, settings.api_keys), registry=registry, retriever=retriever,
         worker=worker, routing=routing, planner=planner, swaps=swaps,
         evals=eval_service, trainings=None, tunings=TuningService(sessions, swaps, eval_service, settings.tuning_seed),
+        reports=ReportService(sessions, swaps, eval_service),
         reconciler=reconciler, artifacts=artifacts,
         limiter=RateLimiter(tenant_limits_loader(sessions), metrics=metrics),
         local_engine=local_engine, owns_engine=owns_engine)
@@ -141,6 +143,7 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
                                       eval_service, pool, state.base_shapes)
     state.trainings.fail_unfinished()
     state.tunings.fail_unfinished()
+    state.reports.fail_unfinished()
     worker.start()
     await pool.check_all()
     for engine in pool.engines:
@@ -171,6 +174,7 @@ def _load_corpora(sessions, registry: CorpusRegistry) -> None:
 async def _stop(state: GatewayState) -> None:
     await state.trainings.stop()
     await state.tunings.stop()
+    await state.reports.stop()
     await state.evals.stop()
     await state.reconciler.stop()
     await state.worker.stop()

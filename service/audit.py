@@ -76,6 +76,7 @@ AUDITED: dict[tuple[str, str], Audited] = {
     ("POST", "/v1/domains/{name}/adapter"): Audited("domain.swap", "{name}", ("adapter",)),
     ("POST", "/v1/domains/{name}/rollback"): Audited("domain.rollback", "{name}", ("adapter", "config_version")),
     ("POST", "/v1/domains/{name}/tunings"): Audited("domain.tune", "{name}", ("job_id",)),
+    ("POST", "/v1/domains/{name}/reports"): Audited("domain.report", "{name}", ("job_id",)),
     ("POST", "/v1/domains/{name}/configs/{version}/apply"):
         Audited("domain.config_apply", "{name}#{version}", ("config_version", "gate_result")),
     ("POST", "/v1/evalsets"): Audited("evalset.create", "{name}", ("sha256", "items")),

@@ -14,6 +14,7 @@ import uvloop
 
 from adapters_store.db import make_engine, make_session_factory, session_scope
 from migrations.runner import SchemaBehind, head_revision, require_head, upgrade
+from service import cli_report  # noqa: F401  (`graft domain report`)
 from service import cli_tune  # noqa: F401  (`graft domain tune|configs|config|apply`)
 from service.cli_client import adapter_app, corpus_app, domain_app
 from service.cli_eval import eval_app, evalset_app

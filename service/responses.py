@@ -182,6 +182,20 @@ class DomainConfigApplied(Domain):
     gate_result: dict[str, Any] | None
 
 
+class DomainReport(_Open):
+    """A domain report (a `report` job): `result` holds the table once it succeeded (docs/api.md)."""
+    object: Literal["domain.report"]
+    job_id: str
+    status: JobStatus
+    evalset: str
+    result: dict[str, Any] | None
+
+
+class DomainReportList(_Open):
+    object: Literal["list"]
+    data: list[DomainReport]
+
+
 class HistoryEntry(_Open):
     at: int
     action: str

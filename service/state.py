@@ -23,6 +23,7 @@ from service.limits import RateLimiter
 from service.metrics import Metrics
 from service.rag.planner import Planner
 from service.rag.retrieval import Retriever
+from service.reports import ReportService
 from service.settings import Settings
 from service.swap import SwapService
 from service.training import TrainingService
@@ -46,6 +47,7 @@ class GatewayState:
     evals: EvalService
     trainings: TrainingService
     tunings: TuningService  # domain tunings (service/tuning.py)
+    reports: ReportService  # domain reports (service/reports.py)
     reconciler: Reconciler
     artifacts: AdapterArtifactStore
     limiter: RateLimiter  # keys' and tenants' rate and concurrency limits (service/limits.py)

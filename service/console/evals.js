@@ -1,8 +1,10 @@
-// Evaluations: runs per domain, their metrics over time, a run's items; start a run, add a set.
+// Evaluations: runs per domain, their metrics over time, a run's items; a domain's tunings and
+// reports (reports.js); start a run, add a set.
 import { html, useState } from './vendor/htm-preact-standalone.mjs';
 import { api, enc, fmtNum, fmtTime } from './api.js';
 import { Chart, Err, Field, JobProgress, useAsync, useJob } from './ui.js';
 import { loadAdapters } from './domains.js';
+import { Reports } from './reports.js';
 
 const CHARTED = ['hit_at_k', 'mrr_at_k', 'answer_contains', 'answer_f1', 'citation_precision'];
 
@@ -35,6 +37,7 @@ export function Evals({ sub }) {
     ${runs.data && list.length === 0 && html`<p class="empty">No evaluation run yet.</p>`}
     ${sub && html`<${RunItems} key=${sub} id=${sub}/>`}
     ${domain && html`<${Tunings} key=${domain} domain=${domain}/>`}
+    ${domain && html`<${Reports} key=${`reports-${domain}`} domain=${domain}/>`}
     <div class="columns">
       <${StartRun} domains=${domains.data} onDone=${runs.reload}/>
       <${CreateSet}/>

@@ -57,13 +57,14 @@ async def get_job(job_id: str, principal: Principal = Depends(admin_principal),
 @router.post("/v1/jobs/{job_id}/cancel", responses=answers(JobCancelling))
 async def cancel_job(request: Request, job_id: str, principal: Principal = Depends(admin_principal),
                      state: GatewayState = Depends(get_state)):
-    """Cancel a training, a tuning or an evaluation; ingestion and rebuilds run to their end."""
+    """Cancel a training, a tuning, a report or an evaluation; ingestion and rebuilds run to their end."""
     job = _job(state, principal, job_id)
     request.state.owner_tenant = job.tenant  # the audit event's tenant (service/audit.py)
     kind, status = job.kind, job.status
     if status not in ("queued", "running"):
         raise Conflict(f"job {job_id!r} is already {status}", param="job_id", code="job_finished")
-    cancel = {"train": state.trainings.cancel, "eval": state.evals.cancel, "tune": state.tunings.cancel}.get(kind)
+    cancel = {"train": state.trainings.cancel, "eval": state.evals.cancel, "tune": state.tunings.cancel,
+              "report": state.reports.cancel}.get(kind)
     if cancel is None or not cancel(job_id):
         raise Conflict(f"a {kind} job cannot be cancelled", param="job_id", code="not_cancellable")
     return {"object": "job", "id": job_id, "status": "cancelling"}

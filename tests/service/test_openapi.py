@@ -42,6 +42,8 @@ RULES_PAST_THE_SCHEMA = {
     ("GET", "/v1/jobs"): "after names a job the key can see",
     ("POST", "/v1/domains/{name}/tunings"): "budget.trials within this gateway's tuning_max_trials; the set has "
                                             "items in its tuning split",
+    ("POST", "/v1/domains/{name}/reports"): "the set's and the adapters' names, in the domain's namespace, fit 128 "
+                                            "characters",
     ("POST", "/v1/chat/completions"): "the prompt and max_tokens fit the model's context",
     ("POST", "/v1/completions"): "the prompt and max_tokens fit the model's context",
 }
