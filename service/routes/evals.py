@@ -1,5 +1,6 @@
 """Evaluation sets and runs over REST: create, list, show, delete sets; start and read runs."""
 
+import contextlib
 import dataclasses
 import shutil
 import uuid
@@ -174,12 +175,9 @@ async def start_eval(request: Request, principal: Principal = Depends(admin_prin
         engine_model = state.swaps.keep_current(domain)
     else:
         engine_model = await state.swaps.stage(adapter["name"], adapter["version"])
-    try:
-        job_id, eval_id = state.evals.submit(dataclasses.replace(run, engine_model=engine_model),
-                                             on_done=lambda: state.swaps.release(engine_model))
-    except BaseException:
-        state.swaps.release(engine_model)
-        raise
+    async with contextlib.AsyncExitStack() as holding:
+        holding.callback(state.swaps.release, engine_model)
+        job_id, eval_id = state.evals.submit(dataclasses.replace(run, engine_model=engine_model), holding)
     return accepted(job_id, eval_id=eval_id)
 
 
