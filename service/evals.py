@@ -24,7 +24,7 @@ class EvalRequest:
     domain: str
     evalset: str
     # The version to score: a candidate loaded but not routed, or the current one kept loaded
-    # (SwapService.stage / keep_current). None: the domain's engine model when the run is created.
+    # (SwapService.kept_loaded). None: the domain's engine model when the run is created.
     engine_model: str | None = None
     adapter: dict | None = None  # the candidate as the client named it
     retrieval: dict | bool | None = None  # a completion's `retrieval` override; False = off

@@ -8,8 +8,9 @@ one. Any failure before the commit leaves the domain exactly as it was.
 """
 
 import asyncio
+import contextlib
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -143,31 +144,29 @@ class SwapService:
 
         return check
 
-    async def stage(self, adapter: str, version: int) -> str:
-        """Load a version on every engine without routing to it (an evaluation's candidate);
-        its engine model name. Pair with `release`."""
-        with self.sessions() as session:
-            target = _load_version(session, adapter_repo.get_version(session, adapter, version).id)
-        self._staged[target.engine_name] += 1
+    @contextlib.asynccontextmanager
+    async def kept_loaded(self, domain: str, candidate: tuple[str, int] | None = None) -> AsyncIterator[str]:
+        """The version a run scores, loaded on every engine until the block ends; yields its engine
+        model name. `candidate` (adapter, version): loaded without being routed to; None: the
+        domain's current version, kept even if the domain is swapped meanwhile, so an evaluation
+        of the current binding scores that one version to its end."""
+        target = None
+        if candidate is None:
+            route = self.routing.get(domain)
+            if route is None:
+                raise NotFound(f"domain {domain!r} does not exist", param="domain", code="domain_not_found")
+            engine_model = route.engine_model  # loaded already: it is routed
+        else:
+            with self.sessions() as session:
+                target = _load_version(session, adapter_repo.get_version(session, *candidate).id)
+            engine_model = target.engine_name
+        self._staged[engine_model] += 1
         try:
             await self._prepare(target)
-        except BaseException:
-            self.release(target.engine_name)
-            raise
-        return target.engine_name
-
-    def keep_current(self, domain: str) -> str:
-        """The domain's engine model now, kept loaded until `release` even if the domain is swapped
-        meanwhile: an evaluation of the current binding scores that one version to its end."""
-        route = self.routing.get(domain)
-        if route is None:
-            raise NotFound(f"domain {domain!r} does not exist", param="domain", code="domain_not_found")
-        self._staged[route.engine_model] += 1  # loaded already: it is routed
-        return route.engine_model
-
-    def release(self, engine_model: str) -> None:
-        if self._unstage(engine_model) and engine_model != self.routing.base_model:
-            self._unload_after_drain(engine_model)
+            yield engine_model
+        finally:
+            if self._unstage(engine_model) and engine_model != self.routing.base_model:
+                self._unload_after_drain(engine_model)
 
     def _unstage(self, engine_model: str) -> bool:
         """One use fewer; True when it was the last."""

@@ -243,13 +243,10 @@ class TrainingService:
         domain = (request.promote or {}).get("domain")
         if domain is None:
             raise ValueError("an evaluation needs a domain: give `promote.domain`")
-        candidate = await self.swaps.stage(request.adapter, version)
-        try:
+        async with self.swaps.kept_loaded(domain, (request.adapter, version)) as candidate:
             run = await self.evals.run(EvalRequest(domain, request.evalset, engine_model=candidate,
                                                    adapter={"name": request.adapter, "version": version},
                                                    requested_by=request.requested_by))
-        finally:
-            self.swaps.release(candidate)
         return run["id"]
 
     async def _promote(self, request: TrainingRequest, version: int) -> dict:

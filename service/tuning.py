@@ -117,11 +117,8 @@ class TuningService:
 
     async def _run(self, request: TuneRequest, job: JobHandle) -> dict:
         # The domain's adapter now, kept loaded to the end even if the domain is swapped meanwhile.
-        engine_model = self.swaps.keep_current(request.domain)
-        try:
+        async with self.swaps.kept_loaded(request.domain) as engine_model:
             return await _Search(self, job, request, engine_model).run()
-        finally:
-            self.swaps.release(engine_model)
 
 
 class _Search:
