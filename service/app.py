@@ -121,14 +121,13 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
                                     request_timeout_s=settings.engine_request_timeout_s)
                        for url in urls], settings.base_model_name)
     loader = HotLoader(pool, settings.drain_timeout_s)
-    reconciler = Reconciler(loader, routing.needed_adapters, settings.reconcile_interval_s)
-    pool.on_recover = reconciler.prepare
-
     jobs = JobRunner(sessions)
     eval_service = EvalService(sessions, routing, planner, pool, settings.eval_concurrency, jobs)
+    swaps = SwapService(sessions, routing, loader, eval_service)
+    reconciler = Reconciler(loader, swaps.needed_adapters, settings.reconcile_interval_s)
+    pool.on_recover = reconciler.prepare
     artifacts = AdapterArtifactStore(settings.adapters_dir / "store")
     artifacts.sweep_leftovers()
-    swaps = SwapService(sessions, routing, loader, eval_service)
     metrics = Metrics()
     state = GatewayState(
         settings=settings, db=db, sessions=sessions, pool=pool, metrics=metrics,
