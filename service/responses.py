@@ -26,7 +26,7 @@ def answers(model: type[BaseModel], *statuses: int, stream: bool = False) -> dic
 class JobAccepted(_Open):
     """A job started: follow it at GET /v1/jobs/{job_id} (the Location header)."""
     job_id: str
-    status: Literal["queued"]
+    status: Literal[JobStatus.QUEUED]
 
 
 class Job(_Open):

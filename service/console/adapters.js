@@ -2,7 +2,7 @@
 // their live progress and loss curves.
 import { html, useState } from './vendor/htm-preact-standalone.mjs';
 import { api, enc, fmtBytes, fmtNum, fmtTime } from './api.js';
-import { Chart, Err, Field, JobProgress, confirmAction, useAsync, useJob } from './ui.js';
+import { Chart, Err, Field, JobProgress, confirmAction, isFinished, useAsync, useJob } from './ui.js';
 import { loadAdapters } from './domains.js';
 
 // The API has no list of jobs: the console remembers the trainings this tab started or followed.
@@ -203,7 +203,7 @@ function TrainingJob({ id, onDone, onForget }) {
       ${result.eval_id && html`, <a href=${`#evals/${result.eval_id}`}>evaluation</a>`}
       ${result.promotion && html`, promotion: ${JSON.stringify(result.promotion)}`}</p>`}
     <div class="row">
-      ${job && !['succeeded', 'failed', 'cancelled'].includes(job.status) && job.kind === 'train' && html`<button onClick=${cancel}>Cancel</button>`}
+      ${job && !isFinished(job) && job.kind === 'train' && html`<button onClick=${cancel}>Cancel</button>`}
       <button onClick=${onForget}>Stop following</button>
     </div>
   </div>`;

@@ -27,7 +27,7 @@ def _job(state: GatewayState, principal: Principal, job_id: str) -> Job:
 
 def accepted(job_id: str, **extra) -> JSONResponse:
     """The answer of a route that started a job: 202, its id, and where to follow it."""
-    return JSONResponse({"job_id": job_id, **extra, "status": "queued"}, status_code=202,
+    return JSONResponse({"job_id": job_id, **extra, "status": JobStatus.QUEUED}, status_code=202,
                         headers={"Location": f"/v1/jobs/{job_id}"})
 
 
