@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import uuid
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,8 +40,8 @@ from service.questions import TEACHER_QUESTIONS, TEACHER_TOKENS, TEMPERATURE, Qu
 from service.teacher import Teacher, TeacherClient
 from service.training_data import ExampleBuilder, build_examples, corpus_chunks, write_examples
 from training import queue
+from training.protocol import ALL_PROJECTIONS, TrainConfig
 
-TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -168,14 +169,7 @@ class TrainingService:
         return examples, data_sha256, generation, stats.report()
 
     async def _train(self, job: JobHandle, folder, request: TrainingRequest) -> tuple[list[float], float | None]:
-        config = {"base_model": self.settings.resolved_base_model, "examples": str(folder / "examples.jsonl"),
-                  "out_dir": str(folder / "adapter"), "rank": request.rank, "alpha": 2 * request.rank,
-                  "target_modules": list(self.settings.lora_target_modules or TARGET_MODULES),
-                  "epochs": request.epochs, "learning_rate": request.learning_rate,
-                  "batch_size": self.settings.training_batch_size, "max_length": self.settings.max_model_len,
-                  "threads": self.settings.training_threads, "seed": 0, "precision": "auto",
-                  "checkpoint_dir": None, "resume": False}
-        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "config.json").write_text(json.dumps(trainer_config(self.settings, folder, request).to_dict()))
         done: dict | None = None
         error = None
 
@@ -256,6 +250,17 @@ class TrainingService:
             return {"domain": request.promote["domain"], "promoted": True, "gate": gate}
         except Conflict as exc:
             return {"domain": request.promote["domain"], "promoted": False, "reason": exc.message}
+
+
+def trainer_config(settings: Settings, folder: Path, request: TrainingRequest) -> TrainConfig:
+    """The trainer's config for a run in `folder`, built with the trainer's own type: a wrong key or
+    value fails here, in the gateway, not in the trainer's process."""
+    return TrainConfig(
+        base_model=str(settings.resolved_base_model), examples=str(folder / "examples.jsonl"),
+        out_dir=str(folder / "adapter"), rank=request.rank, alpha=2 * request.rank,
+        target_modules=list(settings.lora_target_modules or ALL_PROJECTIONS), epochs=request.epochs,
+        learning_rate=request.learning_rate, batch_size=settings.training_batch_size,
+        max_length=settings.max_model_len, threads=settings.training_threads)
 
 
 def _new_id() -> str:
