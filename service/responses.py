@@ -4,7 +4,7 @@ every one stays open to fields added later. Attach with `responses=answers(Model
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from adapters_store.models import JobKind, JobStatus
 
@@ -113,6 +113,7 @@ class AdapterVersion(_Open):
     sha256: str
     rank: int
     engine_model: str
+    bytes: int | None = Field(None, description="the size of its files in the store")
 
 
 class AdapterVersionList(_Open):
