@@ -1,5 +1,7 @@
 """SQL access for adapters, their versions, domains and the domain history."""
 
+from pathlib import Path
+
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -57,7 +59,15 @@ def version_as_dict(version: AdapterVersion, adapter_name: str) -> dict:
     return {"object": "adapter.version", "adapter": adapter_name, "version": version.version,
             "sha256": version.sha256, "rank": version.rank, "target_modules": version.target_modules,
             "engine_model": f"{adapter_name}@{version.version}", "provenance": version.provenance,
-            "created_at": int(version.created_at.timestamp())}
+            "bytes": stored_bytes(version.path), "created_at": int(version.created_at.timestamp())}
+
+
+def stored_bytes(path: str) -> int | None:
+    """The size of a version's files in the store (None when its folder is gone)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def delete_version(session: Session, version: AdapterVersion) -> None:

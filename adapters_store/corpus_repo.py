@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from adapters_store import tenancy
 from adapters_store.errors import Conflict, Invalid, NotFound
-from adapters_store.models import Chunk, Corpus, Document, IndexGeneration, Job, JobItem, utcnow
+from adapters_store.models import (UNFINISHED_STATUSES, Chunk, Corpus, Document, IndexGeneration, Job, JobItem,
+                                   JobKind, JobStatus, utcnow)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 16, 4096  # tokens of the corpus's embedder
@@ -137,7 +138,7 @@ def chunk_ids_of(session: Session, document_ids: list[int]) -> list[int]:
 
 def create_job(session: Session, corpus: Corpus, items: list[JobItem], document_filter: dict | None = None) -> Job:
     """A queued ingestion; `document_filter` (the uploading key's) bounds which documents it may replace."""
-    job = Job(id=str(uuid.uuid4()), corpus_id=corpus.id, status="queued",
+    job = Job(id=str(uuid.uuid4()), corpus_id=corpus.id, status=JobStatus.QUEUED,
               documents_total=len(items), items=items, tenant=tenancy.tenant_of(corpus.name),
               params={"filter": document_filter} if document_filter is not None else None)
     session.add(job)
@@ -156,7 +157,7 @@ def create_rebuild_job(session: Session, corpus: Corpus, chunk_size: int | None 
     check_chunking(size, overlap)
     headers = contextual_headers if contextual_headers is not None else corpus.contextual_headers
     documents = session.scalar(select(func.count(Document.id)).where(Document.corpus_id == corpus.id))
-    job = Job(id=str(uuid.uuid4()), kind="rebuild", corpus_id=corpus.id, status="queued",
+    job = Job(id=str(uuid.uuid4()), kind=JobKind.REBUILD, corpus_id=corpus.id, status=JobStatus.QUEUED,
               documents_total=documents, errors=[], tenant=tenancy.tenant_of(corpus.name),
               params={"chunk_size": size, "chunk_overlap": overlap, "contextual_headers": headers})
     session.add(job)
@@ -172,10 +173,10 @@ def get_job(session: Session, job_id: str) -> Job:
 
 
 def job_as_dict(job: Job) -> dict:
-    if job.kind in ("ingest", "rebuild"):
+    if job.kind in (JobKind.INGEST, JobKind.REBUILD):
         progress = {"documents_done": job.documents_done, "documents_total": job.documents_total,
                     "chunks_done": job.chunks_done, "chunks_total": job.chunks_total}
-    elif job.kind == "eval":  # questions answered, counted in the documents columns
+    elif job.kind == JobKind.EVAL:  # questions answered, counted in the documents columns
         progress = {"done": job.documents_done, "total": job.documents_total}
     else:  # a training's stage, step, loss, tokens/s and ETA
         progress = job.progress or {}
@@ -205,8 +206,8 @@ def list_jobs(session: Session, *, tenant: str | None, every_tenant: bool, kind:
     return list(session.scalars(query))
 
 
-def unfinished_jobs(session: Session, kinds: tuple[str, ...] = ("ingest",)) -> list[Job]:
-    return list(session.scalars(select(Job).where(Job.status.in_(("queued", "running")), Job.kind.in_(kinds))
+def unfinished_jobs(session: Session, kinds: tuple[JobKind, ...] = (JobKind.INGEST,)) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.status.in_(list(UNFINISHED_STATUSES)), Job.kind.in_(kinds))
                                 .order_by(Job.created_at)))
 
 

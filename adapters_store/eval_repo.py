@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from adapters_store import tenancy
 from adapters_store.errors import Conflict, NotFound
-from adapters_store.models import Eval, EvalItem, EvalSet, Job, utcnow
+from adapters_store.models import Eval, EvalItem, EvalSet, Job, JobKind, JobStatus, utcnow
 
 
 def items_sha256(items: list[dict]) -> str:
@@ -51,16 +51,16 @@ def evalset_as_dict(evalset: EvalSet, with_items: bool = False) -> dict:
 
 
 def create_eval(session: Session, *, domain: str, evalset: EvalSet, engine_model: str, adapter: dict | None,
-                retrieval: dict | None, k: int, max_tokens: int, job_kind: str = "eval",
+                retrieval: dict | None, k: int, max_tokens: int, job_kind: JobKind = JobKind.EVAL,
                 total: int | None = None, config: dict | None = None) -> Eval:
     """An evaluation run and the job that tracks it (progress counts items). `total`: the items it
     runs when not all of the set's (a tuning's subset); `config`: the candidate configuration it scores."""
-    job = Job(id=str(uuid.uuid4()), kind=job_kind, status="queued",
+    job = Job(id=str(uuid.uuid4()), kind=job_kind, status=JobStatus.QUEUED,
               documents_total=len(evalset.items) if total is None else total,
               tenant=tenancy.tenant_of(domain))
     run = Eval(id=str(uuid.uuid4()), job_id=job.id, domain=domain, evalset=evalset.name,
                evalset_sha256=evalset.sha256, engine_model=engine_model, adapter=adapter, retrieval=retrieval,
-               k=k, max_tokens=max_tokens, status="queued")
+               k=k, max_tokens=max_tokens, status=JobStatus.QUEUED)
     job.params = {"eval_id": run.id, **({"config": config} if config is not None else {})}
     session.add_all([job, run])
     session.flush()

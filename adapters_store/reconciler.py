@@ -1,4 +1,5 @@
-"""Keep every engine's adapters equal to what the domains need.
+"""Keep every engine's adapters equal to what must be loaded: what the domains route to and the
+versions kept loaded for runs in progress (the gateway passes `SwapService.needed_adapters`).
 
 `prepare` runs when an engine comes (back) up, before it takes traffic; `repair` runs
 periodically and reloads what an engine lost, reading each engine's own list of models.

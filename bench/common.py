@@ -18,12 +18,12 @@ import httpx
 
 from service.engine.supervisor import LocalEngine
 from service.settings import Settings
+from training.protocol import ALL_PROJECTIONS
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BASE_MODEL = REPO / "data" / "models" / "SmolLM2-135M-Instruct"
 
 QV = ("q_proj", "v_proj")
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TARGETS = {"qv": QV, "all": ALL_PROJECTIONS}
 
 

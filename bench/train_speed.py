@@ -65,9 +65,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from training.protocol import ALL_PROJECTIONS  # noqa: E402  (after the repository is on the path)
+
 DEFAULT_BASE_MODEL = REPO / "data" / "models" / "SmolLM2-135M-Instruct"
 GIT_DOC = Path("/usr/share/doc/git-doc")
-ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SYSTEM = "Answer the question from the passage below and quote it."
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
@@ -180,7 +181,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per arm per round")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--targets", nargs="+", default=ALL_PROJECTIONS)
+    parser.add_argument("--targets", nargs="+", default=list(ALL_PROJECTIONS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     parser.add_argument("--precisions", action="store_true",

@@ -19,7 +19,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters_store.corpus_repo import touch, unfinished_jobs
-from adapters_store.models import Chunk, Corpus, Document, Job, JobItem, utcnow
+from adapters_store.models import UNFINISHED_STATUSES, Chunk, Corpus, Document, Job, JobItem, JobKind, JobStatus, utcnow
 from indexer.chunking import Chunker
 from indexer import filters
 from indexer.extract import ExtractionError, extract
@@ -31,7 +31,7 @@ from indexer.registry import CorpusEntry, CorpusRegistry
 
 log = logging.getLogger(__name__)
 
-KINDS = ("ingest", "rebuild")  # the job kinds this worker runs
+KINDS = (JobKind.INGEST, JobKind.REBUILD)  # the job kinds this worker runs
 
 
 @dataclass
@@ -83,25 +83,25 @@ class IngestionWorker:
     def run_job(self, job_id: str) -> None:
         with self.sessions() as session, session.begin():
             job = session.get(Job, job_id)
-            if job is None or job.status not in ("queued", "running") or job.kind not in KINDS:
+            if job is None or job.status not in UNFINISHED_STATUSES or job.kind not in KINDS:
                 return
             kind, params = job.kind, dict(job.params or {})
             corpus = session.get(Corpus, job.corpus_id) if job.corpus_id is not None else None
             if corpus is None:
-                job.status, job.reason = "failed", "the corpus was deleted"
+                job.status, job.reason = JobStatus.FAILED, "the corpus was deleted"
                 return
-            job.status, job.reason = "running", None
+            job.status, job.reason = JobStatus.RUNNING, None
             touch(job)
         entry = self.registry.entry_for(corpus)
         with entry.write_lock:
             try:
-                if kind == "rebuild":
+                if kind == JobKind.REBUILD:
                     rebuild(self.sessions, self.registry, self.limits, job_id, corpus, entry, params)
                 else:
                     self._ingest(job_id, corpus, entry, params)
             except Exception as exc:
                 log.exception("%s job %s failed", kind, job_id)
-                self._finish(job_id, "failed", reason=f"{exc.__class__.__name__}: {exc}")
+                self._finish(job_id, JobStatus.FAILED, reason=f"{exc.__class__.__name__}: {exc}")
 
     def _ingest(self, job_id: str, corpus: Corpus, entry: CorpusEntry, params: dict) -> None:
         with self.sessions() as session:
@@ -215,7 +215,7 @@ class IngestionWorker:
         job.documents_done = len(done_items)
         job.chunks_done = job.chunks_total
         job.errors = errors
-        job.status = "succeeded" if done_items or not job.items else "failed"
+        job.status = JobStatus.SUCCEEDED if done_items or not job.items else JobStatus.FAILED
         job.reason = None if done_items else "no file could be indexed; see errors"
         job.updated_at = utcnow()
 

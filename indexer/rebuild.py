@@ -20,7 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters_store.corpus_repo import touch
-from adapters_store.models import Chunk, Corpus, Document, Job
+from adapters_store.models import Chunk, Corpus, Document, Job, JobStatus
 from indexer.chunking import Chunker
 from indexer.extract import ExtractionError, extract
 from indexer.pipeline import IN_BATCH, PendingDocument, chunk_all, embed, set_progress, text_sha256
@@ -133,7 +133,7 @@ def _finish_in(session: Session, job_id: str, errors: list[dict], *, result: dic
     job = session.get(Job, job_id)
     job.documents_done, job.chunks_done = done, job.chunks_total
     job.errors, job.result, job.reason = errors, result, reason
-    job.status = "failed" if reason else "succeeded"
+    job.status = JobStatus.FAILED if reason else JobStatus.SUCCEEDED
     touch(job)
 
 

@@ -29,6 +29,7 @@ from service.engine.pool import EnginePool
 from service.engine.supervisor import LocalEngine
 from service.errors import install_error_handlers
 from service.evals import EvalService
+from service.job_runner import JobRunner
 from service.http_body import RefuseNul
 from service.limits import RateLimiter, tenant_limits_loader
 from service.metrics import Metrics, RequestMetrics
@@ -121,29 +122,27 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
                                     request_timeout_s=settings.engine_request_timeout_s)
                        for url in urls], settings.base_model_name)
     loader = HotLoader(pool, settings.drain_timeout_s)
-    reconciler = Reconciler(loader, routing.needed_adapters, settings.reconcile_interval_s)
+    jobs = JobRunner(sessions)
+    eval_service = EvalService(sessions, routing, planner, pool, settings.eval_concurrency, jobs)
+    swaps = SwapService(sessions, routing, loader, eval_service)
+    reconciler = Reconciler(loader, swaps.needed_adapters, settings.reconcile_interval_s)
     pool.on_recover = reconciler.prepare
-
-    eval_service = EvalService(sessions, routing, planner, pool, settings.eval_concurrency)
-    eval_service.fail_unfinished()
     artifacts = AdapterArtifactStore(settings.adapters_dir / "store")
     artifacts.sweep_leftovers()
-    swaps = SwapService(sessions, routing, loader, eval_service)
     metrics = Metrics()
     state = GatewayState(
         settings=settings, db=db, sessions=sessions, pool=pool, metrics=metrics,
         auth=Authenticator(sessions, settings.api_keys), registry=registry, retriever=retriever,
-        worker=worker, routing=routing, planner=planner, swaps=swaps,
-        evals=eval_service, trainings=None, tunings=TuningService(sessions, swaps, eval_service, settings.tuning_seed),
-        reports=ReportService(sessions, swaps, eval_service),
+        worker=worker, routing=routing, planner=planner, swaps=swaps, jobs=jobs,
+        evals=eval_service, trainings=None,
+        tunings=TuningService(sessions, swaps, eval_service, jobs, settings.tuning_seed),
+        reports=ReportService(sessions, swaps, eval_service, jobs),
         reconciler=reconciler, artifacts=artifacts,
         limiter=RateLimiter(tenant_limits_loader(sessions), metrics=metrics),
         local_engine=local_engine, owns_engine=owns_engine)
     state.trainings = TrainingService(settings, sessions, retriever, planner.prompts, artifacts, swaps,
-                                      eval_service, pool, state.base_shapes)
-    state.trainings.fail_unfinished()
-    state.tunings.fail_unfinished()
-    state.reports.fail_unfinished()
+                                      eval_service, pool, state.base_shapes, jobs)
+    jobs.fail_unfinished()  # every kind is registered now
     worker.start()
     await pool.check_all()
     for engine in pool.engines:
@@ -172,10 +171,7 @@ def _load_corpora(sessions, registry: CorpusRegistry) -> None:
 
 
 async def _stop(state: GatewayState) -> None:
-    await state.trainings.stop()
-    await state.tunings.stop()
-    await state.reports.stop()
-    await state.evals.stop()
+    await state.jobs.stop()
     await state.reconciler.stop()
     await state.worker.stop()
     await state.swaps.wait_drained()

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import typer
 
+from adapters_store.models import JobStatus
 from indexer.extract import EXTENSIONS
 from service.cli_common import KEY, URL, print_json, check_response, gateway_client
 from service.cli_jobs import follow
@@ -89,7 +90,7 @@ def _follow(http: httpx.Client, jobs: list[str]) -> bool:
         job = follow(http, job_id, interval_s=0.5)
         for error in job["errors"]:
             typer.echo(f"{error['file'] or error['document_id']}: {error['error']}", err=True)
-        if job["status"] != "succeeded":
+        if job["status"] != JobStatus.SUCCEEDED:
             failed = True
             typer.echo(f"job {job_id} {job['status']}: {job['reason']}", err=True)
     return failed
@@ -154,7 +155,7 @@ def adapter_train(name: str, corpus: str = typer.Option(..., help="the corpus to
     with gateway_client(url, key) as http:
         job_id = check_response(http.post(f"/v1/adapters/{name}/trainings", json=body))["job_id"]
         job = follow(http, job_id)
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         typer.echo(f"graft: error: training {job['status']}: {job['reason']}", err=True)
         raise typer.Exit(1)
     print_json(job["result"])

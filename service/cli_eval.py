@@ -7,6 +7,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from adapters_store.models import JobStatus
 from evaluation.compare import compare_runs
 from evaluation.metrics import METRICS
 from service.cli_common import KEY, URL, check_response, gateway_client
@@ -55,7 +56,7 @@ def eval_run(domain: str, evalset: str,
     with gateway_client(url, key) as http:
         started = check_response(http.post("/v1/evals", json=body))
         job = follow(http, started["job_id"], interval_s=0.5)
-        if job["status"] != "succeeded":
+        if job["status"] != JobStatus.SUCCEEDED:
             typer.echo(f"graft: error: evaluation {job['status']}: {job['reason']}", err=True)
             raise typer.Exit(1)
         run = check_response(http.get(f"/v1/evals/{started['eval_id']}"))

@@ -21,7 +21,8 @@ def describe_any(job: dict) -> tuple[int, int | None, str]:
     """Progress of any kind of job: the counters its kind reports (service/responses.py Job)."""
     p = job["progress"]
     done = p.get("chunks_done", p.get("done", p.get("step"))) or 0
-    total = p.get("chunks_total", p.get("total", p.get("steps"))) or None
+    # chunks_total: ingestion's; chunks: a training's examples stage; steps: its training stage
+    total = p.get("chunks_total", p.get("chunks", p.get("total", p.get("steps")))) or None
     stage = p.get("stage") or job["status"]
     loss = f" loss {p['loss']:.3f}" if p.get("loss") is not None else ""
     eta = f" eta {p['eta_s']:.0f}s" if p.get("eta_s") is not None else ""

@@ -2,16 +2,23 @@
 gateway's REST API (the commands join the `graft domain` group of service/cli_client.py)."""
 
 import json
-import time
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from adapters_store.models import JobStatus
 from evaluation.metrics import METRICS
 from service.cli_client import KEY, URL, check_response, domain_app, gateway_client
+from service.cli_jobs import follow
 
-FINISHED = ("succeeded", "failed", "cancelled")
+
+def _describe_tuning(job: dict) -> tuple[int, int | None, str]:
+    """A tuning's progress: trials done of the budget, and the best score so far."""
+    progress = job["progress"] or {}
+    done, total = progress.get("trials_done", 0), progress.get("trials_total")
+    return done, total, (f"{progress.get('stage', job['status'])}: trials {done}/{total}, "
+                         f"best {_num(progress.get('best_score'))}")
 
 
 @domain_app.command("tune")
@@ -33,19 +40,8 @@ def domain_tune(domain: str, evalset: str = typer.Option(..., help="the evaluati
     with gateway_client(url, key) as http:
         started = check_response(http.post(f"/v1/domains/{domain}/tunings", json=body))
         typer.echo(f"job {started['job_id']}")
-        shown = None
-        while True:
-            job = check_response(http.get(f"/v1/jobs/{started['job_id']}"))
-            progress = job["progress"] or {}
-            line = (f"{progress.get('stage', job['status'])}: trials {progress.get('trials_done', 0)}/"
-                    f"{progress.get('trials_total', trials)}, best {_num(progress.get('best_score'))}")
-            if line != shown:
-                typer.echo(line)
-                shown = line
-            if job["status"] in FINISHED:
-                break
-            time.sleep(0.5)
-        if job["status"] != "succeeded":
+        job = follow(http, started["job_id"], describe=_describe_tuning, interval_s=0.5)
+        if job["status"] != JobStatus.SUCCEEDED:
             typer.echo(f"graft: error: tuning {job['status']}: {job['reason']}", err=True)
             raise typer.Exit(1)
         result = job["result"]

@@ -104,6 +104,7 @@ class RoutingTable:
     def using_corpus(self, corpus: str) -> list[str]:
         return [r.name for r in self._routes.values() if corpus in r.corpora]
 
-    def needed_adapters(self) -> dict[str, str]:
-        """Adapter name → folder for every adapter a domain routes to: what each engine must hold."""
+    def routed_adapters(self) -> dict[str, str]:
+        """Adapter name → folder for every adapter a domain routes to (SwapService.needed_adapters
+        adds the versions kept loaded for runs: what each engine must hold)."""
         return {r.engine_model: r.adapter_path for r in self._routes.values() if r.adapter_path}

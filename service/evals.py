@@ -4,21 +4,19 @@ and the summary are stored. Also the comparison a gated swap makes (`gate`)."""
 
 import asyncio
 import contextlib
-import logging
+import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from adapters_store import eval_repo
 from adapters_store.errors import Invalid, NotFound
-from adapters_store.models import Job, utcnow
+from adapters_store.models import Job, JobKind, JobStatus, utcnow
 from evaluation.metrics import cited_document_ids, item_scores, summarize
 from service.auth import Principal
 from service.domains import DomainRoute, RoutingTable, with_config
 from service.engine.pool import EnginePool
+from service.job_runner import JobHandle, JobRunner, JobType
 from service.rag.planner import Planner
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class EvalRequest:
     domain: str
     evalset: str
     # The version to score: a candidate loaded but not routed, or the current one kept loaded
-    # (SwapService.stage / keep_current). None: the domain's engine model when the run is created.
+    # (SwapService.kept_loaded). None: the domain's engine model when the run is created.
     engine_model: str | None = None
     adapter: dict | None = None  # the candidate as the client named it
     retrieval: dict | bool | None = None  # a completion's `retrieval` override; False = off
@@ -63,13 +61,15 @@ class GateResult:
 
 
 class EvalService:
-    def __init__(self, sessions, routing: RoutingTable, planner: Planner, pool: EnginePool, concurrency: int):
+    def __init__(self, sessions, routing: RoutingTable, planner: Planner, pool: EnginePool, concurrency: int,
+                 runner: JobRunner):
         self.sessions = sessions
         self.routing = routing
         self.planner = planner
         self.pool = pool
         self.concurrency = concurrency
-        self._tasks: dict[str, asyncio.Task] = {}  # job id → running evaluation
+        self.runner = runner
+        self.job_type = runner.register(JobType(JobKind.EVAL, "evaluation", on_end=_end_run))
 
     @staticmethod
     def authorise(request: EvalRequest) -> None:
@@ -85,25 +85,17 @@ class EvalService:
         with self.sessions() as session:
             eval_repo.get_evalset(session, request.evalset)
 
-    def submit(self, request: EvalRequest, on_done: Callable[[], None] | None = None) -> tuple[str, str]:
-        """Create the run and its job, start it in the background; (job id, eval id). `on_done`
-        runs when it ends, however it ends."""
+    def submit(self, request: EvalRequest, holding: contextlib.AsyncExitStack | None = None) -> tuple[str, str]:
+        """Create the run and its job, start it in the background; (job id, eval id). `holding`:
+        what the run keeps until it ends (JobRunner.start)."""
         run_id, job_id = self._create(request)
-        task = asyncio.create_task(self._run_logged(run_id, request), name=f"eval-{run_id}")
-        self._tasks[job_id] = task
-
-        def done(_: asyncio.Task) -> None:
-            self._tasks.pop(job_id, None)
-            if on_done is not None:
-                on_done()
-
-        task.add_done_callback(done)
+        self.runner.start(job_id, self.job_type, functools.partial(self._run, run_id, request), holding)
         return job_id, run_id
 
     async def run(self, request: EvalRequest) -> dict:
         """Run to the end here (a gate waits for its numbers); the finished run as a dict."""
-        run_id, _ = self._create(request)
-        await self._run_logged(run_id, request)
+        run_id, job_id = self._create(request)
+        await self.runner.run(job_id, self.job_type, functools.partial(self._run, run_id, request))
         with self.sessions() as session:
             return eval_repo.eval_as_dict(eval_repo.get_eval(session, run_id))
 
@@ -115,34 +107,12 @@ class EvalService:
         challenger = await self.run(EvalRequest(domain, gate["evalset"], engine_model=candidate, config=config,
                                                 requested_by=requested_by))
         for run in (current, challenger):
-            if run["status"] != "succeeded":
+            if run["status"] != JobStatus.SUCCEEDED:
                 raise Invalid(f"the gate's evaluation {run['id']} {run['status']}", param="gate",
                               code="gate_eval_failed")
         metric = gate["metric"]
         return GateResult(metric, gate["min_delta"], current["metrics"][metric], challenger["metrics"][metric],
                           current["id"], challenger["id"])
-
-    def cancel(self, job_id: str) -> bool:
-        task = self._tasks.get(job_id)
-        if task is None:
-            return False
-        task.cancel()
-        return True
-
-    async def stop(self) -> None:
-        for task in list(self._tasks.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    def fail_unfinished(self) -> None:
-        """At start-up: a run cut short by a restart is marked failed, with the reason."""
-        with self.sessions() as session, session.begin():
-            for job in session.query(Job).filter(Job.kind == "eval", Job.status.in_(("queued", "running"))):
-                job.status, job.updated_at = "failed", utcnow()
-                job.reason = "the gateway restarted during the evaluation"
-                run = eval_repo.get_eval(session, job.params["eval_id"])
-                eval_repo.finish_eval(session, run, "failed", None)
 
     def _route(self, domain: str) -> DomainRoute:
         route = self.routing.get(domain)
@@ -170,25 +140,13 @@ class EvalService:
                 config=request.config)
             return run.id, run.job_id
 
-    async def _run_logged(self, run_id: str, request: EvalRequest) -> None:
-        try:
-            await self._run(run_id, request)
-        except asyncio.CancelledError:
-            self._finish(run_id, "cancelled", None, "cancelled")
-            raise
-        except Exception as exc:
-            log.exception("evaluation %s failed", run_id)
-            self._finish(run_id, "failed", None, f"{type(exc).__name__}: {getattr(exc, 'message', exc)}")
-
-    async def _run(self, run_id: str, request: EvalRequest) -> None:
+    async def _run(self, run_id: str, request: EvalRequest, _: JobHandle) -> dict:
         with self.sessions() as session, session.begin():
             run = eval_repo.get_eval(session, run_id)
             items = eval_repo.get_evalset(session, run.evalset).items
             if request.item_ids is not None:
                 items = _chosen(items, request.item_ids)
-            run.status = "running"
-            job = session.get(Job, run.job_id)
-            job.status, job.updated_at = "running", utcnow()
+            run.status = JobStatus.RUNNING
             engine_model, k = run.engine_model, run.k
         override = request.retrieval if request.retrieval is not None else None
         slots = asyncio.Semaphore(self.concurrency)
@@ -207,15 +165,18 @@ class EvalService:
                 with self.sessions() as session, session.begin():
                     run = eval_repo.get_eval(session, run_id)
                     eval_repo.add_item(session, run, **result)
-                    job = session.get(Job, run.job_id)
-                    job.documents_done, job.updated_at = len(results), utcnow()
+                    row = session.get(Job, run.job_id)
+                    row.documents_done, row.updated_at = len(results), utcnow()
         finally:  # a failed question or a cancel stops the others
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         metrics = summarize([r["scores"] for r in results], [r["latency_ms"] for r in results],
                             [r["completion_tokens"] for r in results])
-        self._finish(run_id, "succeeded", metrics, None)
+        with self.sessions() as session, session.begin():
+            # its status follows the job's (_end_run)
+            eval_repo.get_eval(session, run_id).metrics = metrics
+        return {"eval_id": run_id}
 
     async def _ask(self, domain: str, item: dict, engine_model: str, override, k: int, max_tokens: int,
                    config: dict | None = None) -> dict:
@@ -239,15 +200,11 @@ class EvalService:
                 "latency_ms": latency_ms,
                 "completion_tokens": (answer.get("usage") or {}).get("completion_tokens", 0)}
 
-    def _finish(self, run_id: str, status: str, metrics: dict | None, reason: str | None) -> None:
-        with self.sessions() as session, session.begin():
-            run = eval_repo.get_eval(session, run_id)
-            eval_repo.finish_eval(session, run, status, metrics)
-            job = session.get(Job, run.job_id)
-            job.status, job.reason, job.updated_at = status, reason, utcnow()
-            if status == "succeeded":
-                job.result = {"eval_id": run_id}
 
+def _end_run(session, job: Job) -> None:
+    """The run ends with its job, in the same transaction; its metrics only when it succeeded."""
+    run = eval_repo.get_eval(session, job.params["eval_id"])
+    eval_repo.finish_eval(session, run, job.status, run.metrics if job.status == JobStatus.SUCCEEDED else None)
 
 
 def _chosen(items: list[dict], item_ids: tuple[str, ...]) -> list[dict]:

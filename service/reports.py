@@ -4,11 +4,12 @@ one ordinary evaluation run on the same items, with the paired bootstrap interva
 against the retrieval row. A `report` job; what feeds each row is service/report_plan.py's.
 
 The runs are made one after the other for the key that started the report (EvalService.authorise),
-each candidate adapter loaded without being routed (SwapService.stage), the live domain untouched.
+each candidate adapter kept loaded without being routed (SwapService.kept_loaded), the live domain
+untouched. The job runs on the one job runner (service/job_runner.py).
 """
 
-import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -18,15 +19,15 @@ from sqlalchemy import select
 
 from adapters_store import adapter_repo, eval_repo, tenancy
 from adapters_store.errors import NotFound
-from adapters_store.models import Job, JobKind, utcnow
+from adapters_store.models import Job, JobKind, JobStatus
 from evaluation.compare import compare_runs
 from service.auth import Principal
 from service.evals import EvalRequest, EvalService
+from service.job_runner import JobHandle, JobRunner, JobType
 from service.report_plan import REFERENCE, plan
 from service.swap import SwapService
 
 log = logging.getLogger(__name__)
-KIND = JobKind.REPORT.value
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,12 @@ def table(rows: list[dict], scores: dict[str, dict[str, dict]], seed: int = 0) -
 
 
 class ReportService:
-    def __init__(self, sessions, swaps: SwapService, evals: EvalService):
+    def __init__(self, sessions, swaps: SwapService, evals: EvalService, runner: JobRunner):
         self.sessions = sessions
         self.swaps = swaps
         self.evals = evals
-        self._tasks: dict[str, asyncio.Task] = {}
-        self._stopping = False
+        self.runner = runner
+        self.job_type = runner.register(JobType(JobKind.REPORT, "report"))
 
     def submit(self, request: ReportRequest) -> str:
         """Check what the request names (403 for a key that may not evaluate, 404 for an unknown domain,
@@ -75,15 +76,14 @@ class ReportService:
             rows = plan(session, adapter_repo.get_domain(session, request.domain), request.routes,
                         self.swaps.routing.base_model)
             runs = sum(r["available"] for r in rows)
-            job = Job(id=str(uuid.uuid4()), kind=KIND, status="queued", tenant=tenancy.tenant_of(request.domain),
+            job = Job(id=str(uuid.uuid4()), kind=JobKind.REPORT, status=JobStatus.QUEUED,
+                      tenant=tenancy.tenant_of(request.domain),
                       params={"domain": request.domain, "evalset": request.evalset,
                               "evalset_sha256": evalset.sha256, "max_tokens": request.max_tokens, "rows": rows},
                       progress={"stage": "queued", "runs_done": 0, "runs_total": runs})
             session.add(job)
             job_id = job.id
-        task = asyncio.create_task(self._run_logged(job_id, request, rows), name=f"report-{job_id}")
-        self._tasks[job_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        self.runner.start(job_id, self.job_type, functools.partial(self._run, request, rows))
         return job_id
 
     def of_domain(self, domain: str, limit: int) -> list[dict]:
@@ -91,53 +91,17 @@ class ReportService:
         owner = tenancy.tenant_of(domain)
         whose = Job.tenant == owner if owner is not None else Job.tenant.is_(None)
         with self.sessions() as session:
-            jobs = session.scalars(select(Job).where(Job.kind == KIND, whose)
+            jobs = session.scalars(select(Job).where(Job.kind == JobKind.REPORT, whose)
                                    .order_by(Job.created_at.desc(), Job.id.desc()))
             found = [job for job in jobs if (job.params or {}).get("domain") == domain][:limit]
             return [{"object": "domain.report", "job_id": job.id, "status": job.status, "reason": job.reason,
                      "evalset": job.params["evalset"], "created_at": int(job.created_at.timestamp()),
                      "result": job.result} for job in found]
 
-    def cancel(self, job_id: str) -> bool:
-        task = self._tasks.get(job_id)
-        if task is None:
-            return False
-        task.cancel()
-        return True
-
-    async def stop(self) -> None:
-        """At shutdown: reports in progress end as failed (with the reason), not cancelled."""
-        self._stopping = True
-        for task in list(self._tasks.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    def fail_unfinished(self) -> None:
-        """At start-up: a report cut short by a restart is marked failed, with the reason."""
-        with self.sessions() as session, session.begin():
-            for job in session.query(Job).filter(Job.kind == KIND, Job.status.in_(("queued", "running"))):
-                job.status, job.updated_at = "failed", utcnow()
-                job.reason = "the gateway restarted during the report; start it again"
-
-    async def _run_logged(self, job_id: str, request: ReportRequest, rows: list[dict]) -> None:
-        try:
-            result = await self._run(job_id, request, rows)
-            self._update(job_id, status="succeeded", result=result, progress={"stage": "done"})
-        except asyncio.CancelledError:
-            if self._stopping:
-                self._update(job_id, status="failed", reason="the gateway stopped during the report; start it again")
-            else:
-                self._update(job_id, status="cancelled", reason="cancelled")
-            raise
-        except Exception as exc:
-            log.exception("report %s failed", job_id)
-            self._update(job_id, status="failed", reason=f"{type(exc).__name__}: {getattr(exc, 'message', exc)}")
-
-    async def _run(self, job_id: str, request: ReportRequest, rows: list[dict]) -> dict:
+    async def _run(self, request: ReportRequest, rows: list[dict], job: JobHandle) -> dict:
         started = time.perf_counter()
         total = sum(r["available"] for r in rows)
-        self._update(job_id, status="running", progress={"stage": REFERENCE})
+        job.stage(REFERENCE, runs_done=0, runs_total=total)
         # The reference first: without it no row has an interval, and the report fails.
         order = sorted(range(len(rows)), key=lambda i: rows[i]["route"] != REFERENCE)
         done, scores = 0, {}
@@ -145,16 +109,17 @@ class ReportService:
             row = rows[index]
             if not row["available"]:
                 continue
-            self._update(job_id, progress={"stage": row["route"], "runs_done": done, "runs_total": total})
+            job.report(stage=row["route"], runs_done=done, runs_total=total)
             rows[index] = row = {**row, **await self._score(request, row)}
             if row["status"] == "succeeded":
                 scores[row["eval_id"]] = self._item_scores(row["eval_id"])
             elif row["route"] == REFERENCE:
                 raise RuntimeError(f"the reference run ({REFERENCE}) {row['status']}: {row['reason']}")
             done += 1
-            self._update(job_id, progress={"runs_done": done})
+            job.report(runs_done=done)
         with self.sessions() as session:
             sha256 = eval_repo.get_evalset(session, request.evalset).sha256
+        job.stage("done")
         return {"domain": request.domain, "evalset": request.evalset, "evalset_sha256": sha256,
                 "reference": REFERENCE, "max_tokens": request.max_tokens, "rows": table(rows, scores),
                 "seconds": round(time.perf_counter() - started, 3)}
@@ -164,19 +129,19 @@ class ReportService:
         whose adapter does not load) says so; the other rows still run."""
         adapter = row["adapter"]
         try:
-            engine_model = await self.swaps.stage(adapter["name"], adapter["version"]) if adapter else row["engine_model"]
-            try:
+            async with contextlib.AsyncExitStack() as held:
+                engine_model = row["engine_model"]
+                if adapter:
+                    engine_model = await held.enter_async_context(
+                        self.swaps.kept_loaded(request.domain, (adapter["name"], adapter["version"])))
                 run = await self.evals.run(EvalRequest(
                     request.domain, request.evalset, engine_model=engine_model,
                     adapter={"name": adapter["name"], "version": adapter["version"]} if adapter else None,
                     retrieval=None if row["retrieval"] else False, max_tokens=request.max_tokens,
                     config=row["config"], requested_by=request.requested_by))
-            finally:
-                if adapter:
-                    self.swaps.release(engine_model)
         except Exception as exc:
             log.warning("report row %s: %s", row["route"], exc)
-            return {"status": "failed", "eval_id": None, "metrics": None,
+            return {"status": JobStatus.FAILED, "eval_id": None, "metrics": None,
                     "reason": f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"}
         with self.sessions() as session:
             reason = session.get(Job, run["job_id"]).reason
@@ -186,17 +151,3 @@ class ReportService:
         with self.sessions() as session:
             return {item.item_id: item.scores
                     for item in eval_repo.eval_items(session, eval_repo.get_eval(session, eval_id))}
-
-    def _update(self, job_id: str, *, status: str | None = None, progress: dict | None = None,
-                result: dict | None = None, reason: str | None = None) -> None:
-        with self.sessions() as session, session.begin():
-            job = session.get(Job, job_id)
-            if status is not None:
-                job.status = status
-            if progress is not None:
-                job.progress = {**(job.progress or {}), **progress}
-            if result is not None:
-                job.result = result
-            if reason is not None:
-                job.reason = reason
-            job.updated_at = utcnow()

@@ -4,7 +4,7 @@ every one stays open to fields added later. Attach with `responses=answers(Model
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from adapters_store.models import JobKind, JobStatus
 
@@ -26,7 +26,7 @@ def answers(model: type[BaseModel], *statuses: int, stream: bool = False) -> dic
 class JobAccepted(_Open):
     """A job started: follow it at GET /v1/jobs/{job_id} (the Location header)."""
     job_id: str
-    status: Literal["queued"]
+    status: Literal[JobStatus.QUEUED]
 
 
 class Job(_Open):
@@ -113,6 +113,7 @@ class AdapterVersion(_Open):
     sha256: str
     rank: int
     engine_model: str
+    bytes: int | None = Field(None, description="the size of its files in the store")
 
 
 class AdapterVersionList(_Open):

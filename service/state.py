@@ -19,6 +19,7 @@ from service.domains import RoutingTable
 from service.engine.pool import EnginePool
 from service.engine.supervisor import LocalEngine
 from service.evals import EvalService
+from service.job_runner import JobRunner
 from service.limits import RateLimiter
 from service.metrics import Metrics
 from service.rag.planner import Planner
@@ -44,6 +45,7 @@ class GatewayState:
     routing: RoutingTable
     planner: Planner
     swaps: SwapService
+    jobs: JobRunner  # evaluations, trainings and tunings run on it (service/job_runner.py)
     evals: EvalService
     trainings: TrainingService
     tunings: TuningService  # domain tunings (service/tuning.py)

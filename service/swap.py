@@ -8,8 +8,9 @@ one. Any failure before the commit leaves the domain exactly as it was.
 """
 
 import asyncio
+import contextlib
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -46,7 +47,8 @@ class SwapService:
         self.evals = evals
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._drains: set[asyncio.Task] = set()
-        self._staged: Counter[str] = Counter()  # candidates loaded for evaluations, not routed
+        self._staged: Counter[str] = Counter()  # versions kept loaded for runs and rebinds: their uses
+        self._staged_paths: dict[str, str] = {}  # … and their folders (the base model has none)
 
     async def put(self, name: str, binding: Binding, key_id: int | None) -> bool:
         """Create or update a domain; True when it was created."""
@@ -143,31 +145,41 @@ class SwapService:
 
         return check
 
-    async def stage(self, adapter: str, version: int) -> str:
-        """Load a version on every engine without routing to it (an evaluation's candidate);
-        its engine model name. Pair with `release`."""
-        with self.sessions() as session:
-            target = _load_version(session, adapter_repo.get_version(session, adapter, version).id)
-        self._staged[target.engine_name] += 1
+    @contextlib.asynccontextmanager
+    async def kept_loaded(self, domain: str, candidate: tuple[str, int] | None = None) -> AsyncIterator[str]:
+        """The version a run scores, loaded on every engine until the block ends; yields its engine
+        model name. `candidate` (adapter, version): loaded without being routed to; None: the
+        domain's current version, kept even if the domain is swapped meanwhile, so an evaluation
+        of the current binding scores that one version to its end."""
+        target = None
+        if candidate is None:
+            route = self.routing.get(domain)
+            if route is None:
+                raise NotFound(f"domain {domain!r} does not exist", param="domain", code="domain_not_found")
+            engine_model, path = route.engine_model, route.adapter_path  # loaded already: it is routed
+        else:
+            with self.sessions() as session:
+                target = _load_version(session, adapter_repo.get_version(session, *candidate).id)
+            engine_model, path = target.engine_name, target.path
+        self._stage(engine_model, path)
         try:
             await self._prepare(target)
-        except BaseException:
-            self.release(target.engine_name)
-            raise
-        return target.engine_name
+            yield engine_model
+        finally:
+            if self._unstage(engine_model) and engine_model != self.routing.base_model:
+                self._unload_after_drain(engine_model)
 
-    def keep_current(self, domain: str) -> str:
-        """The domain's engine model now, kept loaded until `release` even if the domain is swapped
-        meanwhile: an evaluation of the current binding scores that one version to its end."""
-        route = self.routing.get(domain)
-        if route is None:
-            raise NotFound(f"domain {domain!r} does not exist", param="domain", code="domain_not_found")
-        self._staged[route.engine_model] += 1  # loaded already: it is routed
-        return route.engine_model
+    def needed_adapters(self) -> dict[str, str]:
+        """Adapter name → folder of every adapter each engine must hold: those the domains route to
+        and those kept loaded for runs and rebinds in progress. The one source of the reconciler
+        (what an engine that comes back gets before it takes traffic) and of the drains."""
+        return {**self.routing.routed_adapters(), **self._staged_paths}
 
-    def release(self, engine_model: str) -> None:
-        if self._unstage(engine_model) and engine_model != self.routing.base_model:
-            self._unload_after_drain(engine_model)
+    def _stage(self, engine_model: str, path: str | None) -> None:
+        """One use more of a version that must stay loaded (`path`: None for the base model)."""
+        self._staged[engine_model] += 1
+        if path:
+            self._staged_paths[engine_model] = path
 
     def _unstage(self, engine_model: str) -> bool:
         """One use fewer; True when it was the last."""
@@ -175,6 +187,7 @@ class SwapService:
         if self._staged[engine_model] > 0:
             return False
         del self._staged[engine_model]
+        self._staged_paths.pop(engine_model, None)
         return True
 
     async def rollback(self, name: str, key_id: int | None) -> None:
@@ -220,7 +233,7 @@ class SwapService:
                 target = _load_version(session, target_of(session, current))
             staged = target.engine_name if target is not None else None
             if staged:  # needed from now on: a drain of an earlier use must not unload it
-                self._staged[staged] += 1
+                self._stage(staged, target.path)
             try:
                 await self._prepare(target)
                 details = await check(current, target) if check is not None else None
@@ -278,7 +291,7 @@ class SwapService:
 
     def _unload_after_drain(self, engine_model: str) -> None:
         task = asyncio.create_task(self.loader.unload_when_drained(
-            engine_model, lambda: engine_model in self.routing.needed_adapters() or engine_model in self._staged))
+            engine_model, lambda: engine_model in self.needed_adapters()))
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
 

@@ -9,14 +9,15 @@ storage as an upload, and the version records its provenance.
 
 import asyncio
 import contextlib
+import functools
 import json
-import logging
 import os
 import shutil
 import signal
 import sys
 import time
 import uuid
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,11 +26,12 @@ from sqlalchemy import select
 from adapters_store import adapter_repo, tenancy
 from adapters_store.artifacts import AdapterArtifactStore
 from adapters_store.errors import Conflict
-from adapters_store.models import Corpus, Job, utcnow
+from adapters_store.models import Corpus, Job, JobKind, JobStatus
 from adapters_store.validation import BaseModelShapes, validate_adapter
 from service.auth import Principal
 from service.engine.pool import EnginePool
 from service.evals import EvalRequest, EvalService
+from service.job_runner import JobHandle, JobRunner, JobType
 from service.rag.prompt import PromptBuilder
 from service.rag.retrieval import Retriever
 from service.settings import Settings
@@ -38,9 +40,8 @@ from service.questions import TEACHER_QUESTIONS, TEACHER_TOKENS, TEMPERATURE, Qu
 from service.teacher import Teacher, TeacherClient
 from service.training_data import ExampleBuilder, build_examples, corpus_chunks, write_examples
 from training import queue
+from training.protocol import ALL_PROJECTIONS, TrainConfig
 
-log = logging.getLogger(__name__)
-TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class TrainingRequest:
 class TrainingService:
     def __init__(self, settings: Settings, sessions, retriever: Retriever, prompts: PromptBuilder,
                  artifacts: AdapterArtifactStore, swaps: SwapService, evals: EvalService, pool: EnginePool,
-                 base_shapes: Callable[[], BaseModelShapes]):
+                 base_shapes: Callable[[], BaseModelShapes], runner: JobRunner):
         self.settings = settings
         self.sessions = sessions
         self.retriever = retriever
@@ -73,9 +74,8 @@ class TrainingService:
         self.evals = evals
         self.pool = pool
         self.base_shapes = base_shapes
-        self._tasks: dict[str, asyncio.Task] = {}
-        self._processes: dict[str, asyncio.subprocess.Process] = {}
-        self._stopping = False
+        self.runner = runner
+        self.job_type = runner.register(JobType(JobKind.TRAIN, "training", on_restart=self._restarted))
 
     def folder(self, job_id: str):
         return self.settings.data_dir / "trainings" / job_id
@@ -83,77 +83,39 @@ class TrainingService:
     def submit(self, request: TrainingRequest) -> str:
         with self.sessions() as session, session.begin():
             corpus = session.scalar(select(Corpus).where(Corpus.name == request.corpus))
-            job = Job(id=_new_id(), kind="train", corpus_id=corpus.id, status="queued",
+            job = Job(id=_new_id(), kind=JobKind.TRAIN, corpus_id=corpus.id, status=JobStatus.QUEUED,
                       tenant=tenancy.tenant_of(request.adapter),
                       params={"adapter": request.adapter, **request.params})
             session.add(job)
             job_id = job.id
-        task = asyncio.create_task(self._run_logged(job_id, request), name=f"train-{job_id}")
-        self._tasks[job_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        self.runner.start(job_id, self.job_type, functools.partial(self._run, request))
         return job_id
 
-    def cancel(self, job_id: str) -> bool:
-        task = self._tasks.get(job_id)
-        if task is None:
-            return False
-        process = self._processes.get(job_id)
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        task.cancel()
-        return True
+    def _restarted(self, job: Job) -> None:
+        """A training a restart cut short: a worker still running it stops."""
+        if self.settings.trainer == "queue" and self.folder(job.id).is_dir():
+            queue.request_cancel(self.folder(job.id))
 
-    async def stop(self) -> None:
-        """At shutdown: trainings in progress end as failed (with the reason), not cancelled."""
-        self._stopping = True
-        for job_id in list(self._tasks):
-            self.cancel(job_id)
-        for task in list(self._tasks.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    def fail_unfinished(self) -> None:
-        """At start-up: a training cut short by a restart is marked failed, with the reason."""
-        with self.sessions() as session, session.begin():
-            for job in session.scalars(select(Job).where(Job.kind == "train",
-                                                         Job.status.in_(("queued", "running")))):
-                job.status, job.updated_at = "failed", utcnow()
-                job.reason = "the gateway restarted during the training; start it again"
-                if self.settings.trainer == "queue" and self.folder(job.id).is_dir():
-                    queue.request_cancel(self.folder(job.id))  # a worker still running it stops
-
-    async def _run_logged(self, job_id: str, request: TrainingRequest) -> None:
+    async def _run(self, request: TrainingRequest, job: JobHandle) -> dict:
         try:
-            result = await self._run(job_id, request)
-            self._update(job_id, status="succeeded", result=result)
-        except asyncio.CancelledError:
-            if self._stopping:
-                self._update(job_id, status="failed",
-                             reason="the gateway stopped during the training; start it again")
-            else:
-                self._update(job_id, status="cancelled", reason="cancelled")
-            raise
-        except Exception as exc:
-            log.exception("training %s failed", job_id)
-            self._update(job_id, status="failed", reason=f"{getattr(exc, 'message', exc)}")
+            return await self._compile(request, job)
         finally:
-            self._processes.pop(job_id, None)
-            shutil.rmtree(self.folder(job_id) / "adapter", ignore_errors=True)
+            shutil.rmtree(self.folder(job.id) / "adapter", ignore_errors=True)
 
-    async def _run(self, job_id: str, request: TrainingRequest) -> dict:
-        folder = self.folder(job_id)
-        self._update(job_id, status="running", progress={"stage": "examples"})
-        examples, data_sha256, generation, questions = await self._examples(job_id, folder, request)
+    async def _compile(self, request: TrainingRequest, job: JobHandle) -> dict:
+        folder = self.folder(job.id)
+        job.stage("examples")
+        examples, data_sha256, generation, questions = await self._examples(job, folder, request)
         if not examples:
             raise ValueError(f"corpus {request.corpus!r} gave no training examples")
-        self._update(job_id, progress={"stage": "training", "examples": len(examples)})
-        curve, final = await self._train(job_id, folder, request)
+        job.stage("training", examples=len(examples))
+        curve, final = await self._train(job, folder, request)
         info = await asyncio.to_thread(validate_adapter, folder / "adapter", self.base_shapes(),
                                        self.settings.max_lora_rank, self.settings.lora_target_modules)
         sha256, path = await asyncio.to_thread(self.artifacts.store, request.adapter, folder / "adapter")
         provenance = {"corpus": request.corpus, "generation": generation, "recipe": request.recipe,
                       "params": request.params, "examples": len(examples), "data_sha256": data_sha256,
-                      "loss": {"final": final, "curve": curve}, "job_id": job_id,
+                      "loss": {"final": final, "curve": curve}, "job_id": job.id,
                       "questions": {request.corpus: questions}}
         with self.sessions() as session, session.begin():
             adapter = adapter_repo.get_or_create_adapter(session, request.adapter)
@@ -162,17 +124,17 @@ class TrainingService:
             number = version.version
         result: dict = {"adapter": request.adapter, "version": number, "questions": {request.corpus: questions}}
         if request.evalset:
-            self._update(job_id, progress={"stage": "evaluation"})
+            job.stage("evaluation")
             result["eval_id"] = await self._evaluate(request, number)
             with self.sessions() as session, session.begin():
                 version = adapter_repo.get_version(session, request.adapter, number)
                 version.provenance = {**version.provenance, "eval_id": result["eval_id"]}
         if request.promote:
-            self._update(job_id, progress={"stage": "promotion"})
+            job.stage("promotion")
             result["promotion"] = await self._promote(request, number)
         return result
 
-    async def _examples(self, job_id: str, folder,
+    async def _examples(self, job: JobHandle, folder,
                         request: TrainingRequest) -> tuple[list[dict], str, int | None, dict]:
         with self.sessions() as session:
             generation = session.scalar(select(Corpus.current_generation).where(Corpus.name == request.corpus))
@@ -182,8 +144,8 @@ class TrainingService:
 
         def progress(done: int, total: int) -> None:
             elapsed = time.monotonic() - started
-            self._update(job_id, progress={"stage": "examples", "chunks_done": done, "chunks": total,
-                                           "eta_s": round(elapsed / done * (total - done), 1) if done else None})
+            job.stage("examples", chunks_done=done, chunks=total,
+                      eta_s=round(elapsed / done * (total - done), 1) if done else None)
 
         teacher = TeacherClient(request.teacher, timeout_s=self.settings.engine_request_timeout_s,
                                 connect_timeout_s=self.settings.engine_connect_timeout_s) if request.teacher else None
@@ -206,43 +168,35 @@ class TrainingService:
         data_sha256 = await asyncio.to_thread(write_examples, folder / "examples.jsonl", examples)
         return examples, data_sha256, generation, stats.report()
 
-    async def _train(self, job_id: str, folder, request: TrainingRequest) -> tuple[list[float], float | None]:
-        config = {"base_model": self.settings.resolved_base_model, "examples": str(folder / "examples.jsonl"),
-                  "out_dir": str(folder / "adapter"), "rank": request.rank, "alpha": 2 * request.rank,
-                  "target_modules": list(self.settings.lora_target_modules or TARGET_MODULES),
-                  "epochs": request.epochs, "learning_rate": request.learning_rate,
-                  "batch_size": self.settings.training_batch_size, "max_length": self.settings.max_model_len,
-                  "threads": self.settings.training_threads, "seed": 0, "precision": "auto",
-                  "checkpoint_dir": None, "resume": False}
-        (folder / "config.json").write_text(json.dumps(config))
+    async def _train(self, job: JobHandle, folder, request: TrainingRequest) -> tuple[list[float], float | None]:
+        (folder / "config.json").write_text(json.dumps(trainer_config(self.settings, folder, request).to_dict()))
         done: dict | None = None
         error = None
 
         def on_event(event: dict) -> None:
             nonlocal done, error
             if event.get("event") == "progress":
-                self._update(job_id, progress={"stage": "training", **{k: event.get(k) for k in (
-                    "step", "steps", "epoch", "loss", "tokens_per_s", "eta_s")}})
+                job.stage("training", **{k: event.get(k) for k in (
+                    "step", "steps", "epoch", "loss", "tokens_per_s", "eta_s")})
             elif event.get("event") == "done":
                 done = event
             elif event.get("event") == "error":
                 error = event.get("message")
 
         if self.settings.trainer == "queue":
-            code = await self._train_by_worker(job_id, folder, on_event)
+            code = await self._train_by_worker(job, folder, on_event)
         else:
-            code = await self._train_here(job_id, folder, on_event)
+            code = await self._train_here(folder, on_event)
         if code != 0 or done is None:
             raise RuntimeError(f"the trainer exited with code {code}: {error or 'see trainer.log'}")
         return done.get("loss_curve") or [], done.get("final_loss")
 
-    async def _train_here(self, job_id: str, folder, on_event) -> int:
+    async def _train_here(self, folder, on_event) -> int:
         """The trainer as this gateway's child process, its events read from its stdout."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "training.run", str(folder / "config.json"),
             stdout=asyncio.subprocess.PIPE, stderr=(folder / "trainer.log").open("ab"),
             stdin=asyncio.subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        self._processes[job_id] = process
         try:
             async for line in process.stdout:
                 on_event(queue.parse_event(line))
@@ -256,9 +210,9 @@ class TrainingService:
                     process.kill()
             raise
 
-    async def _train_by_worker(self, job_id: str, folder, on_event) -> int:
+    async def _train_by_worker(self, job: JobHandle, folder, on_event) -> int:
         """The run handed to a `graft trainer` worker through the shared folder (training/queue.py)."""
-        self._update(job_id, progress={"stage": "waiting for a trainer"})
+        job.stage("waiting for a trainer")
         queue.enqueue(folder)
         try:
             return await queue.follow(folder, on_event, stale_after_s=self.settings.trainer_stale_after_s)
@@ -283,13 +237,10 @@ class TrainingService:
         domain = (request.promote or {}).get("domain")
         if domain is None:
             raise ValueError("an evaluation needs a domain: give `promote.domain`")
-        candidate = await self.swaps.stage(request.adapter, version)
-        try:
+        async with self.swaps.kept_loaded(domain, (request.adapter, version)) as candidate:
             run = await self.evals.run(EvalRequest(domain, request.evalset, engine_model=candidate,
                                                    adapter={"name": request.adapter, "version": version},
                                                    requested_by=request.requested_by))
-        finally:
-            self.swaps.release(candidate)
         return run["id"]
 
     async def _promote(self, request: TrainingRequest, version: int) -> dict:
@@ -300,19 +251,16 @@ class TrainingService:
         except Conflict as exc:
             return {"domain": request.promote["domain"], "promoted": False, "reason": exc.message}
 
-    def _update(self, job_id: str, *, status: str | None = None, progress: dict | None = None,
-                result: dict | None = None, reason: str | None = None) -> None:
-        with self.sessions() as session, session.begin():
-            job = session.get(Job, job_id)
-            if status is not None:
-                job.status = status
-            if progress is not None:
-                job.progress = progress
-            if result is not None:
-                job.result = result
-            if reason is not None:
-                job.reason = reason
-            job.updated_at = utcnow()
+
+def trainer_config(settings: Settings, folder: Path, request: TrainingRequest) -> TrainConfig:
+    """The trainer's config for a run in `folder`, built with the trainer's own type: a wrong key or
+    value fails here, in the gateway, not in the trainer's process."""
+    return TrainConfig(
+        base_model=str(settings.resolved_base_model), examples=str(folder / "examples.jsonl"),
+        out_dir=str(folder / "adapter"), rank=request.rank, alpha=2 * request.rank,
+        target_modules=list(settings.lora_target_modules or ALL_PROJECTIONS), epochs=request.epochs,
+        learning_rate=request.learning_rate, batch_size=settings.training_batch_size,
+        max_length=settings.max_model_len, threads=settings.training_threads)
 
 
 def _new_id() -> str:

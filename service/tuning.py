@@ -14,12 +14,10 @@ the live configuration are both scored at the end (or every item tunes and a sec
 shown with their expected answer; they are then left out of the items every trial is scored on.
 """
 
-import asyncio
-import contextlib
+import functools
 import hashlib
 import itertools
 import json
-import logging
 import math
 import random
 import time
@@ -30,14 +28,14 @@ import optuna
 
 from adapters_store import adapter_repo, config_repo, eval_repo, tenancy
 from adapters_store.errors import Invalid, NotFound
-from adapters_store.models import Job, utcnow
+from adapters_store.models import Job, JobKind, JobStatus
 from service.auth import Principal
 from service.domains import DomainRoute
 from service.evals import EvalRequest, EvalService
+from service.job_runner import JobHandle, JobRunner, JobType
 from service.rag.prompt import TEMPLATES
 from service.swap import SwapService
 
-log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 TUNING_SHARE = 70  # of 100 buckets of an item id's hash: the tuning split; the rest is the holdout
@@ -84,13 +82,13 @@ def live_config(route: DomainRoute) -> dict:
 
 
 class TuningService:
-    def __init__(self, sessions, swaps: SwapService, evals: EvalService, seed: int = 0):
+    def __init__(self, sessions, swaps: SwapService, evals: EvalService, runner: JobRunner, seed: int = 0):
         self.sessions = sessions
         self.swaps = swaps
         self.evals = evals
+        self.runner = runner
+        self.job_type = runner.register(JobType(JobKind.TUNE, "tuning"))
         self.seed = seed
-        self._tasks: dict[str, asyncio.Task] = {}
-        self._stopping = False
 
     def submit(self, request: TuneRequest) -> str:
         """Check what the request names (403 for a key that may not evaluate, 404 for an unknown domain
@@ -107,83 +105,28 @@ class TuningService:
                 tuning, _ = split(items)
             if not tuning:
                 raise Invalid(f"evaluation set {request.evalset!r} has no item in its tuning split", param="evalset")
-            job = Job(id=str(uuid.uuid4()), kind="tune", status="queued", tenant=tenancy.tenant_of(request.domain),
+            job = Job(id=str(uuid.uuid4()), kind=JobKind.TUNE, status=JobStatus.QUEUED, tenant=tenancy.tenant_of(request.domain),
                       params={"domain": request.domain, "evalset": request.evalset, "metric": request.metric,
                               "trials": request.trials, "holdout": request.holdout, "space": request.space},
                       progress={"stage": "queued", "trials_done": 0, "trials_total": request.trials,
                                 "best_score": None})
             session.add(job)
             job_id = job.id
-        task = asyncio.create_task(self._run_logged(job_id, request), name=f"tune-{job_id}")
-        self._tasks[job_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        self.runner.start(job_id, self.job_type, functools.partial(self._run, request))
         return job_id
 
-    def cancel(self, job_id: str) -> bool:
-        task = self._tasks.get(job_id)
-        if task is None:
-            return False
-        task.cancel()
-        return True
-
-    async def stop(self) -> None:
-        """At shutdown: tunings in progress end as failed (with the reason), not cancelled."""
-        self._stopping = True
-        for task in list(self._tasks.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    def fail_unfinished(self) -> None:
-        """At start-up: a tuning cut short by a restart is marked failed, with the reason."""
-        with self.sessions() as session, session.begin():
-            for job in session.query(Job).filter(Job.kind == "tune", Job.status.in_(("queued", "running"))):
-                job.status, job.updated_at = "failed", utcnow()
-                job.reason = "the gateway restarted during the tuning; start it again"
-
-    async def _run_logged(self, job_id: str, request: TuneRequest) -> None:
-        try:
-            result = await self._run(job_id, request)
-            self._update(job_id, status="succeeded", result=result)
-        except asyncio.CancelledError:
-            if self._stopping:
-                self._update(job_id, status="failed", reason="the gateway stopped during the tuning; start it again")
-            else:
-                self._update(job_id, status="cancelled", reason="cancelled")
-            raise
-        except Exception as exc:
-            log.exception("tuning %s failed", job_id)
-            self._update(job_id, status="failed", reason=f"{type(exc).__name__}: {getattr(exc, 'message', exc)}")
-
-    async def _run(self, job_id: str, request: TuneRequest) -> dict:
+    async def _run(self, request: TuneRequest, job: JobHandle) -> dict:
         # The domain's adapter now, kept loaded to the end even if the domain is swapped meanwhile.
-        engine_model = self.swaps.keep_current(request.domain)
-        try:
-            return await _Search(self, job_id, request, engine_model).run()
-        finally:
-            self.swaps.release(engine_model)
-
-    def _update(self, job_id: str, *, status: str | None = None, progress: dict | None = None,
-                result: dict | None = None, reason: str | None = None) -> None:
-        with self.sessions() as session, session.begin():
-            job = session.get(Job, job_id)
-            if status is not None:
-                job.status = status
-            if progress is not None:
-                job.progress = {**(job.progress or {}), **progress}
-            if result is not None:
-                job.result = result
-            if reason is not None:
-                job.reason = reason
-            job.updated_at = utcnow()
+        async with self.swaps.kept_loaded(request.domain) as engine_model:
+            return await _Search(self, job, request, engine_model).run()
 
 
 class _Search:
     """One tuning's search, from the split to the stored configuration version."""
 
-    def __init__(self, service: TuningService, job_id: str, request: TuneRequest, engine_model: str):
+    def __init__(self, service: TuningService, job: JobHandle, request: TuneRequest, engine_model: str):
         self.service = service
-        self.job_id = job_id
+        self.job = job
         self.request = request
         self.engine_model = engine_model
         self.engine_calls = 0
@@ -208,7 +151,7 @@ class _Search:
         prompts = list(dict.fromkeys([current["system_prompt"], None, *SYSTEM_PROMPTS]))
         space = {**DEFAULT_SPACE, "system_prompt": prompts, **(request.space or {})}
 
-        service._update(self.job_id, status="running", progress={"stage": "baseline"})
+        self.job.report(stage="baseline")
         baseline = await self._score(current, request.evalset, tuning_ids)
         demos: list[dict] = []
         if max(space["demonstrations"]) > 0:
@@ -232,7 +175,7 @@ class _Search:
         trials, configs, best = [], {}, None
         seen: dict[str, tuple[str, float | None, int]] = {}  # a configuration tried already: its outcome
         shots = [{"question": d["question"], "answer": d["answer"]} for d in demos]
-        service._update(self.job_id, progress={"stage": "search"})
+        self.job.report(stage="search")
         for _ in range(request.trials):
             trial = study.ask()
             config = _sample(trial, space, shots)
@@ -252,8 +195,7 @@ class _Search:
                     best = (trial.number, value)
             trials.append({"number": trial.number, "params": trial.params, "score": value, "items": items_seen,
                            "state": state, "repeat": repeat})
-            service._update(self.job_id, progress={"trials_done": len(trials), "best_score": best and best[1],
-                                                   "engine_calls": self.engine_calls})
+            self.job.report(trials_done=len(trials), best_score=best and best[1], engine_calls=self.engine_calls)
         if best is None:
             raise RuntimeError("every trial was pruned")
         # The live configuration competes too: a trial wins only by beating it on the same items.
@@ -261,14 +203,14 @@ class _Search:
             winner, tuning_score, best_trial = configs[best[0]], best[1], best[0]
         else:
             winner, tuning_score, best_trial = current, current_tuning, None
-        service._update(self.job_id, progress={"stage": "holdout"})
+        self.job.report(stage="holdout")
         holdout_score, current_score = await self._holdout(winner, current, holdout_set, holdout_ids)
         with service.sessions() as session, session.begin():
             domain = adapter_repo.get_domain(session, request.domain)
             version = config_repo.add_version(
                 session, domain, winner, metric=request.metric, evalset=request.evalset, holdout=request.holdout,
                 tuning_score=tuning_score, holdout_score=holdout_score, current_score=current_score,
-                job_id=self.job_id, trials=trials).version
+                job_id=self.job.id, trials=trials).version
         return {"config_version": version, "tuning_score": tuning_score, "holdout_score": holdout_score,
                 "current_score": current_score, "current_tuning_score": current_tuning, "metric": request.metric,
                 "improved": best_trial is not None, "best_trial": best_trial, "trials": len(trials),
@@ -308,7 +250,7 @@ class _Search:
             self.request.domain, evalset, engine_model=self.engine_model, config=config, item_ids=tuple(item_ids),
             requested_by=self.request.requested_by))
         self.engine_calls += len(item_ids)
-        if run["status"] != "succeeded":
+        if run["status"] != JobStatus.SUCCEEDED:
             raise RuntimeError(f"evaluation {run['id']} of a trial {run['status']}")
         with self.service.sessions() as session:
             rows = eval_repo.eval_items(session, eval_repo.get_eval(session, run["id"]))

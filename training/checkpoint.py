@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from training.durable import fsync_dir
+
 FILE_NAME = "checkpoint.pt"
 FORMAT = 1
 
@@ -56,10 +58,3 @@ def remove_stale_temporaries(checkpoint_dir: str | Path) -> None:
         for tmp in folder.glob(f".{FILE_NAME}.tmp-*"):
             tmp.unlink(missing_ok=True)
 
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -43,7 +43,8 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CANCELLED = 143
 
-ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The one list of a Llama-style model's projection names: the LoRA targets of a training by default.
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -93,9 +94,7 @@ class TrainConfig:
         values = dict(data)
         if values.get("checkpoint_dir") == "":
             values["checkpoint_dir"] = None
-        config = cls(**values)
-        config._check()
-        return config
+        return cls(**values)
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
@@ -104,6 +103,10 @@ class TrainConfig:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from None
         return cls.from_dict(data)
+
+    def __post_init__(self) -> None:
+        """Every config is checked where it is built: the gateway's (service/training.py) as the trainer's."""
+        self._check()
 
     def _check(self) -> None:
         def positive_int(name: str) -> None:

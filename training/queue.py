@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from adapters_store.durable import write_bytes_durably
+from training.durable import write_bytes_durably
 
 log = logging.getLogger(__name__)
 

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from training import checkpoint as ckpt
 from training import data, device
+from training.durable import fsync_dir, fsync_file
 from training.protocol import Cancelled, ConfigError, ExamplesError, TrainConfig
 
 MAX_CURVE_POINTS = 500
@@ -251,13 +252,12 @@ def _save_adapter(model, out_dir: Path, gate: CommitGate, stop: Callable[[], boo
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         for path in tmp.iterdir():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-        ckpt.fsync_dir(tmp)
+            fsync_file(path)
+        fsync_dir(tmp)
 
         def rename():
             os.rename(tmp, out_dir)  # out_dir is absent or empty (checked at start)
-            ckpt.fsync_dir(out_dir.parent)
+            fsync_dir(out_dir.parent)
 
         gate.commit(rename, stop)
     finally:

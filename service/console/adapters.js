@@ -2,7 +2,7 @@
 // their live progress and loss curves.
 import { html, useState } from './vendor/htm-preact-standalone.mjs';
 import { api, enc, fmtBytes, fmtNum, fmtTime } from './api.js';
-import { Chart, Err, Field, JobProgress, confirmAction, useAsync, useJob } from './ui.js';
+import { Chart, Err, Field, JobProgress, confirmAction, isFinished, useAsync, useJob } from './ui.js';
 import { loadAdapters } from './domains.js';
 
 // The API has no list of jobs: the console remembers the trainings this tab started or followed.
@@ -64,7 +64,7 @@ function AdapterVersions({ adapter, onChange }) {
         <th>provenance</th><th><span class="sr-only">actions</span></th></tr></thead>
       <tbody>${adapter.versions.map((v) => html`<tr key=${v.version} data-version=${v.version}>
         <td class="num">${v.version}</td><td class="num">${v.rank}</td><td>${(v.target_modules || []).join(', ')}</td>
-        <td class="num">${fmtBytes(v.bytes ?? v.size)}</td>
+        <td class="num">${fmtBytes(v.bytes)}</td>
         <td><code title=${v.sha256}>${v.sha256.slice(0, 12)}…</code></td><td>${fmtTime(v.created_at)}</td>
         <td>${v.provenance ? html`<${Provenance} p=${v.provenance}/>` : 'uploaded'}</td>
         <td><button class="danger" onClick=${() => remove(v.version)} aria-label=${`Delete ${adapter.name} version ${v.version}`}>Delete</button></td>
@@ -139,7 +139,9 @@ function StartTraining({ onStarted }) {
     e.preventDefault();
     const f = new FormData(e.target);
     const body = { corpus: f.get('corpus'), recipe: f.get('recipe'), rank: Number(f.get('rank')),
-      epochs: Number(f.get('epochs')), max_examples: Number(f.get('max_examples')), learning_rate: Number(f.get('learning_rate')) };
+      max_examples: Number(f.get('max_examples')) };
+    // Left empty, epochs and learning rate are the recipe's defaults (the gateway fills them in).
+    for (const name of ['epochs', 'learning_rate']) if (f.get(name)) body[name] = Number(f.get(name));
     if (f.get('domain')) body.promote = { domain: f.get('domain') };
     if (f.get('evalset')) body.evalset = f.get('evalset');
     setError(null);
@@ -157,9 +159,9 @@ function StartTraining({ onStarted }) {
     <${Field} label="Corpus">${(id) => html`<select id=${id} name="corpus" required>${options(corpora)}</select>`}<//>
     <${Field} label="Recipe">${(id) => html`<select id=${id} name="recipe"><option value="reader">reader</option><option value="memorize">memorize</option></select>`}<//>
     <${Field} label="Rank">${(id) => html`<input id=${id} name="rank" type="number" min="1" defaultValue="8"/>`}<//>
-    <${Field} label="Epochs">${(id) => html`<input id=${id} name="epochs" type="number" min="1" defaultValue="1"/>`}<//>
+    <${Field} label="Epochs">${(id) => html`<input id=${id} name="epochs" type="number" min="1" placeholder="the recipe's"/>`}<//>
     <${Field} label="Max examples">${(id) => html`<input id=${id} name="max_examples" type="number" min="1" defaultValue="200"/>`}<//>
-    <${Field} label="Learning rate">${(id) => html`<input id=${id} name="learning_rate" type="number" step="any" defaultValue="0.0002"/>`}<//>
+    <${Field} label="Learning rate">${(id) => html`<input id=${id} name="learning_rate" type="number" step="any" placeholder="the recipe's"/>`}<//>
     <${Field} label="Promote to domain (optional)">${(id) => html`<select id=${id} name="domain"><option value="">none</option>${options(domains)}</select>`}<//>
     <${Field} label="Evaluate on (needs a domain)">${(id) => html`<select id=${id} name="evalset"><option value="">none</option>${options(evalsets)}</select>`}<//>
     <div class="row"><button type="submit" class="primary">Start training</button></div>
@@ -203,7 +205,7 @@ function TrainingJob({ id, onDone, onForget }) {
       ${result.eval_id && html`, <a href=${`#evals/${result.eval_id}`}>evaluation</a>`}
       ${result.promotion && html`, promotion: ${JSON.stringify(result.promotion)}`}</p>`}
     <div class="row">
-      ${job && !['succeeded', 'failed', 'cancelled'].includes(job.status) && job.kind === 'train' && html`<button onClick=${cancel}>Cancel</button>`}
+      ${job && !isFinished(job) && job.kind === 'train' && html`<button onClick=${cancel}>Cancel</button>`}
       <button onClick=${onForget}>Stop following</button>
     </div>
   </div>`;

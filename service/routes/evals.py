@@ -1,5 +1,6 @@
 """Evaluation sets and runs over REST: create, list, show, delete sets; start and read runs."""
 
+import contextlib
 import dataclasses
 import shutil
 import uuid
@@ -170,16 +171,10 @@ async def start_eval(request: Request, principal: Principal = Depends(admin_prin
                       requested_by=principal)
     state.evals.check(run)  # a key that may not evaluate, an unknown domain or set: before any load
     request.state.owner_tenant = tenancy.tenant_of(domain)  # the audit event's tenant
-    if body.adapter is None:  # the current binding, kept loaded to the end if the domain is swapped meanwhile
-        engine_model = state.swaps.keep_current(domain)
-    else:
-        engine_model = await state.swaps.stage(adapter["name"], adapter["version"])
-    try:
-        job_id, eval_id = state.evals.submit(dataclasses.replace(run, engine_model=engine_model),
-                                             on_done=lambda: state.swaps.release(engine_model))
-    except BaseException:
-        state.swaps.release(engine_model)
-        raise
+    candidate = (adapter["name"], adapter["version"]) if adapter else None  # None: the current binding
+    async with contextlib.AsyncExitStack() as holding:  # kept loaded from now to the run's end
+        engine_model = await holding.enter_async_context(state.swaps.kept_loaded(domain, candidate))
+        job_id, eval_id = state.evals.submit(dataclasses.replace(run, engine_model=engine_model), holding)
     return accepted(job_id, eval_id=eval_id)
 
 

@@ -7,7 +7,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from adapters_store import corpus_repo
 from adapters_store.errors import Conflict, NotFound
-from adapters_store.models import Job, JobKind, JobStatus
+from adapters_store.models import TERMINAL_STATUSES, Job, JobKind, JobStatus
 from service.auth import Principal
 from service.responses import Job as JobAnswer
 from service.responses import JobCancelling, JobList, answers
@@ -27,7 +27,7 @@ def _job(state: GatewayState, principal: Principal, job_id: str) -> Job:
 
 def accepted(job_id: str, **extra) -> JSONResponse:
     """The answer of a route that started a job: 202, its id, and where to follow it."""
-    return JSONResponse({"job_id": job_id, **extra, "status": "queued"}, status_code=202,
+    return JSONResponse({"job_id": job_id, **extra, "status": JobStatus.QUEUED}, status_code=202,
                         headers={"Location": f"/v1/jobs/{job_id}"})
 
 
@@ -61,11 +61,9 @@ async def cancel_job(request: Request, job_id: str, principal: Principal = Depen
     job = _job(state, principal, job_id)
     request.state.owner_tenant = job.tenant  # the audit event's tenant (service/audit.py)
     kind, status = job.kind, job.status
-    if status not in ("queued", "running"):
+    if status in TERMINAL_STATUSES:
         raise Conflict(f"job {job_id!r} is already {status}", param="job_id", code="job_finished")
-    cancel = {"train": state.trainings.cancel, "eval": state.evals.cancel, "tune": state.tunings.cancel,
-              "report": state.reports.cancel}.get(kind)
-    if cancel is None or not cancel(job_id):
+    if not state.jobs.cancel(job_id):  # ingestion and rebuilds do not run on the job runner
         raise Conflict(f"a {kind} job cannot be cancelled", param="job_id", code="not_cancellable")
     return {"object": "job", "id": job_id, "status": "cancelling"}
 
@@ -78,6 +76,6 @@ async def training_examples(job_id: str, principal: Principal = Depends(admin_pr
     principal.check_reads_whole_corpora("a training's examples")
     job = _job(state, principal, job_id)
     path = state.trainings.folder(job.id) / "examples.jsonl"
-    if job.kind != "train" or not path.is_file():
+    if job.kind != JobKind.TRAIN or not path.is_file():
         raise NotFound(f"job {job_id!r} has no training examples", param="job_id", code="examples_not_found")
     return FileResponse(path, media_type="application/jsonl", filename=f"{job_id}-examples.jsonl")

@@ -67,6 +67,8 @@ async def test_a_composed_version_is_stored_validated_with_provenance_and_serves
     assert info.rank == 12 and json.loads((folder / "adapter_config.json").read_text())["lora_alpha"] == 12
     with safe_open(folder / "adapter_model.safetensors", framework="numpy") as f:
         assert len(list(f.keys())) == 30 * 3 * 2
+    # Each version shows its size: its files' bytes in the store (the console's adapters page lists it).
+    assert listed[0]["bytes"] == sum(f.stat().st_size for f in folder.iterdir()) > 0
     # The same composition again: a new version, the same files.
     again = await http.post("/v1/adapters/mix/versions", content=json.dumps(body),
                             headers={"Content-Type": "application/x-www-form-urlencoded"})  # curl -d

@@ -22,6 +22,7 @@ from service.engine.client import EngineClient
 from service.settings import Settings
 from tests.adapters_store.lora_factory import make_lora
 from tests.harness import client, free_port, running_gateway
+from training.protocol import ALL_PROJECTIONS
 
 pytestmark = pytest.mark.engine
 
@@ -30,7 +31,6 @@ CODES = {1: "PURPLE-OTTER-42", 2: "GREEN-FALCON-17"}
 # What each version must say: the distinctive end of its code (the tiny model, trained for a few
 # steps, sometimes drops the first word of the code, but never mixes the two versions up).
 MARKS = {1: "OTTER-42", 2: "FALCON-17"}
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def code_loras(base_model_dir, tmp_path_factory, codes: dict[int, str]) -> dict:

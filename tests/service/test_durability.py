@@ -1,7 +1,7 @@
 """A 2xx means the data is on disk: every file SQL points at was fsynced, and so was every folder
 entry that leads to it, before the commit that points at it; and that commit came before the answer.
 
-An fsync spy (os.fsync, which every durable write of graft goes through: adapters_store/durable.py
+An fsync spy (os.fsync, which every durable write of graft goes through: training/durable.py
 and the upload streamer) records, at each fsync, what it makes durable: for a file its size and
 mtime (so a write after the fsync shows), for a folder its entries (name → inode, so a rename
 after the fsync shows). At each SQL commit a listener reads every path SQL then references (raw

@@ -192,6 +192,45 @@ async def test_an_evaluation_scores_one_version_to_its_end_across_a_swap(served,
     assert fake_engine.loaded == {"tone@2"}
 
 
+async def test_an_engine_restarted_during_a_candidate_evaluation_gets_the_candidate_back_first(served, fake_engine):
+    """The engine restarts empty between two questions of an evaluation of candidate tone@2, which
+    no domain routes to: it is ready again only once tone@2 is back (the reconciler loads the
+    versions kept loaded for runs, not only the routed ones), and the evaluation finishes on tone@2."""
+    gateway, state = served
+    state.evals.concurrency = 1  # one question at a time: none in flight while the engine is down
+    planning, resume = threading.Event(), threading.Event()
+    plan_domain = state.planner._plan_domain
+
+    def held_plan(*args, **kwargs):  # the second question waits here, on a worker thread
+        if any(r.get("model") == "tone@2" and r.get("messages") for r in fake_engine.requests):
+            planning.set()
+            assert resume.wait(timeout=120), "the test never let the plan go on"
+        return plan_domain(*args, **kwargs)
+
+    state.planner._plan_domain = held_plan
+    engine = state.pool.engines[0]
+    started = await gateway.post("/v1/evals", json={"domain": "lore", "evalset": "lore-qa",
+                                                    "adapter": {"name": "tone", "version": 2}})
+    assert started.status_code == 202, started.text
+    try:
+        await until(planning.is_set, "the second question to be planned")
+        fake_engine.healthy = False  # the engine dies ...
+        await until(lambda: not engine.ready, "the gateway to notice the engine is down")
+        fake_engine.loaded.clear()  # ... and restarts empty
+        restarted_at = len(fake_engine.events)
+        fake_engine.healthy = True
+        await until(lambda: engine.ready, "the engine to be ready again")
+        assert fake_engine.loaded == {"tone@1", "tone@2"}, "the engine took traffic before the candidate was back"
+    finally:
+        resume.set()
+    job = await finished(gateway, started.json()["job_id"])
+    run = (await gateway.get(f"/v1/evals/{job['result']['eval_id']}")).json()
+    assert run["adapter"] == "tone@2" and run["metrics"]["answer_contains"] == 0.0, run
+    after = fake_engine.events[restarted_at:]
+    asked = [e for e in after if e == ("answer", "tone@2")]
+    assert len(asked) >= 3 and after.index(("load", "tone@2")) < after.index(("answer", "tone@2")), after
+
+
 async def test_a_gate_refuses_a_worse_version_and_lets_a_good_one_flip(gateway, fake_engine):
     gate = {"evalset": "lore-qa", "metric": "answer_contains", "min_delta": 0.0}
     refused = await gateway.post("/v1/domains/lore/adapter", json={"adapter": "tone", "version": 2, "gate": gate})

@@ -1,6 +1,6 @@
 import pytest
 
-from adapters_store.durable import fsync_dir, fsync_tree, write_bytes_durably
+from training.durable import fsync_dir, fsync_tree, write_bytes_durably
 
 
 def test_write_bytes_durably_creates_and_replaces(tmp_path):
@@ -18,7 +18,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("adapters_store.durable.os.replace", broken_replace)
+    monkeypatch.setattr("training.durable.os.replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         write_bytes_durably(target, b"new")
     assert target.read_bytes() == b"old"
