@@ -60,6 +60,22 @@ async def test_domain_crud_and_models(gateway):
     assert in_use.status_code == 409 and in_use.json()["error"]["code"] == "corpus_in_use"
 
 
+async def test_domain_description_is_kept_shown_and_never_prompted(gateway, fake_engine):
+    text = "Founding dates and founders of the Zorblax Institute."
+    put = await gateway.put("/v1/domains/lore", json={"corpora": ["lore"], "description": text})
+    assert put.status_code == 201 and put.json()["description"] == text, put.text
+    assert (await gateway.get("/v1/domains/lore")).json()["description"] == text
+    assert [d["description"] for d in (await gateway.get("/v1/domains")).json()["data"]] == [text]
+    answer = await gateway.post("/v1/chat/completions", json={
+        "model": "lore", "messages": [{"role": "user", "content": "Who founded it?"}]})
+    assert answer.status_code == 200 and "Founding dates" not in json.dumps(fake_engine.requests[-1]["messages"])
+    too_long = await gateway.put("/v1/domains/lore", json={"corpora": ["lore"], "description": "x" * 2001})
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "description", too_long.text
+    assert (await gateway.get("/v1/domains/lore")).json()["description"] == text  # nothing committed
+    cleared = await gateway.put("/v1/domains/lore", json={"corpora": ["lore"]})  # PUT replaces the binding
+    assert cleared.status_code == 200 and cleared.json()["description"] is None
+
+
 async def test_prompt_carries_numbered_passages_and_citations(gateway, fake_engine):
     await gateway.put("/v1/domains/lore", json={"corpora": ["lore"], "system_prompt": "You are the archivist.",
                                                 "retrieval": {"k": 2}})
