@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from sqlalchemy import select
+from starlette.routing import Route
 from transformers import AutoTokenizer
 
 from adapters_store.artifacts import AdapterArtifactStore
@@ -31,6 +32,7 @@ from service.errors import install_error_handlers
 from service.evals import EvalService
 from service.http_body import RefuseNul
 from service.limits import RateLimiter, tenant_limits_loader
+from service.mcp_server import McpEndpoint
 from service.metrics import Metrics, RequestMetrics
 from service.openapi import install_openapi
 from service.rag.planner import Planner
@@ -59,12 +61,15 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None) -
     stops one itself.
     """
 
+    mcp = McpEndpoint(settings.max_request_bytes)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = await _start(settings, local_engine)
         app.state.graft = state
         try:
-            yield
+            async with mcp.run():
+                yield
         finally:
             await _stop(state)
 
@@ -79,6 +84,8 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None) -
     for module in (health, completions, corpora, domains, tunings, adapters, evals, trainings, jobs, keys, audit,
                    console):
         app.include_router(module.router)
+    # MCP's streamable HTTP: POST (JSON-RPC), GET (the server's event stream), DELETE (end a session).
+    app.router.routes.append(Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]))
     return app
 
 
