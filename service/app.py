@@ -38,8 +38,8 @@ from service.openapi import install_openapi
 from service.rag.planner import Planner
 from service.rag.prompt import PromptBuilder
 from service.rag.retrieval import Retriever
-from service.routes import (adapters, audit, completions, console, corpora, domains, evals, health, jobs, keys, trainings,
-                            tunings)
+from service.routes import (adapters, audit, completions, console, corpora, domains, evals, health, jobs, keys,
+                            openai_responses, trainings, tunings)
 from service.settings import Settings
 from service.state import GatewayState
 from service.swap import SwapService
@@ -81,7 +81,7 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None) -
     app.add_middleware(AuditLog)  # inside RequestMetrics, which then counts its 500s
     app.add_middleware(RefuseNul)
     app.add_middleware(RequestMetrics)
-    for module in (health, completions, corpora, domains, tunings, adapters, evals, trainings, jobs, keys, audit,
+    for module in (health, completions, openai_responses, corpora, domains, tunings, adapters, evals, trainings, jobs, keys, audit,
                    console):
         app.include_router(module.router)
     # MCP's streamable HTTP: POST (JSON-RPC), GET (the server's event stream), DELETE (end a session).
