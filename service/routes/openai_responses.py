@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 from adapters_store.errors import Invalid
 from service.auth import Principal
 from service.completion import Streaming, complete
-from service.completion_request import validate_completion
+from service.completion_request import Retrieval, validate_completion
 from service.engine.client import EngineError
 from service.errors import error_body, invalid_from
 from service.http_body import integral_numbers_as_ints, read_json_object, request_body
@@ -55,7 +55,7 @@ class ResponsesRequest(BaseModel):
     stream: StrictBool | None = None
     store: StrictBool | None = None
     previous_response_id: StrictStr | None = Field(default=None, description="refused: graft stores no responses")
-    retrieval: Any = Field(default=None, description="graft's own, as on chat completions")
+    retrieval: Retrieval = Field(default=None, description="graft's own, as on chat completions")
 
 
 class ResponseObject(_Open):

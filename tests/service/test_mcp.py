@@ -193,3 +193,66 @@ async def test_hostile_input_answers_errors_and_the_gateway_keeps_serving(deploy
             assert result.is_error and structured(result)["status"] in (400, 404), args
         hits = structured(await session.call_tool("search", {"domain": "support", "query": "vacation"}))["hits"]
         assert hits  # still serving
+
+
+async def test_an_agent_framework_drives_a_tool_call_end_to_end(deployment):
+    """The OpenAI Agents SDK's MCP client, with a scripted model: it lists graft's tools, the model
+    calls `search`, the SDK calls the tool on /mcp, and the model's next turn sees the hits."""
+    from agents import Agent, Runner, set_tracing_disabled
+    from agents.mcp import MCPServerStreamableHttp
+    from agents.testing.model import ModelStep, ScriptedModel
+    from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
+
+    set_tracing_disabled(True)  # nothing leaves the machine
+    url, keys = deployment
+    seen = {}
+
+    def answer(call):
+        seen["tools"] = sorted(tool.name for tool in call.tools)
+        seen["output"] = next(item["output"] for item in call.input if item.get("type") == "function_call_output")
+        return [ResponseOutputMessage(id="msg_1", type="message", role="assistant", status="completed", content=[
+            ResponseOutputText(type="output_text", text="Found it.", annotations=[])])]
+
+    model = ScriptedModel([
+        [ResponseFunctionToolCall(type="function_call", id="fc_1", call_id="call_1", name="search", status="completed",
+                                  arguments=json.dumps({"domain": "support", "query": "HR portal", "k": 2}))],
+        ModelStep.respond(answer)])
+    server = MCPServerStreamableHttp(name="graft", params={
+        "url": f"{url}/mcp", "headers": {"Authorization": f"Bearer {keys['acme-hr']}"}, "timeout": 60})
+    async with server:
+        agent = Agent(name="helper", instructions="Use graft's tools.", model=model, mcp_servers=[server])
+        result = await Runner.run(agent, "Where are HR vacation days booked?")
+    assert result.final_output == "Found it."
+    assert seen["tools"] == ["ask", "list_domains", "search"]
+    output = seen["output"] if isinstance(seen["output"], str) else json.dumps(seen["output"])
+    assert "HR portal" in output and "ACMESECRET0" not in output
+
+
+async def test_fuzzing_the_tools_input_schemas_finds_no_server_error(deployment):
+    """Arguments drawn from each listed tool's input schema (schemathesis's own JSON Schema engine)
+    and arbitrary JSON in each argument: every call answers a result or a tool error of status 4xx,
+    never a protocol or server error."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    import jsonschema_rs
+    from schemathesis.generation.jsonschema.builder import build
+
+    url, keys = deployment
+    anything = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+                            max_leaves=8)
+    async with mcp_client(url, keys["acme-hr"]) as session:
+        tools = (await session.list_tools()).tools
+        cases = []
+        for tool in tools:
+            schema = tool.input_schema
+            wrong = st.fixed_dictionaries({}, optional={name: anything for name in schema.get("properties", {})})
+            for strategy in (build(schema, draft=jsonschema_rs.Draft202012, formats={}), wrong):
+                drawn = []
+                settings(max_examples=25, database=None, derandomize=True, deadline=None,
+                         suppress_health_check=list(HealthCheck))(given(strategy)(lambda a: drawn.append(a)))()
+                cases += [(tool.name, arguments) for arguments in drawn]
+        for name, arguments in cases:
+            result = await session.call_tool(name, arguments)
+            if result.is_error:
+                assert 400 <= structured(result)["status"] < 500, (name, arguments, result)
