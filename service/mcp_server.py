@@ -104,7 +104,8 @@ async def _search(state: GatewayState, principal: Principal, arguments: dict | N
 
 async def _ask(state: GatewayState, principal: Principal, arguments: dict | None) -> dict:
     args: AskArgs = _arguments(AskArgs, arguments)
-    body = {"model": args.domain, "messages": [{"role": "user", "content": args.question}]}
+    # Greedy: a tool answers the same question the same way (an agent may ask again and compare).
+    body = {"model": args.domain, "messages": [{"role": "user", "content": args.question}], "temperature": 0}
     if args.max_tokens is not None:
         body["max_tokens"] = args.max_tokens
     if state.planner.route(args.domain, principal) is None:

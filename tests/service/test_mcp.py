@@ -95,6 +95,7 @@ async def test_sdk_client_lists_tools_searches_asks_and_reads_a_document(deploym
         assert answer["model"] == "support" and answer["citations"]  # as the key named it, as REST answers
         assert "Code ACMESECRET" in answer["answer"]  # the fake engine echoes the prompt with its passages
         assert "acme's staff handbook" not in json.dumps(fake_engine.requests[-1]["messages"])
+        assert fake_engine.requests[-1]["temperature"] == 0  # greedy: the same question, the same answer
 
         document = (await session.read_resource(hits[0]["uri"])).contents[0]
         assert hits[0]["uri"].startswith("graft://corpora/acme%3Ahandbook/documents/")
