@@ -1,16 +1,19 @@
 """The MCP `search` tool vs REST search: what /mcp's protocol layer adds to a search.
 
-    .venv/bin/python -m bench.mcp [--rounds 8] [--per-round 25]
+    .venv/bin/python -m bench.mcp [--rounds 9] [--per-round 25]
 
 graft runs as `python -m service serve` in its own process (no engine: search needs none) with
 corpus `lore` of bench/lore.py's 36 made-up documents and domain `lore` over it. The same questions
 (72, distinct) are searched, k=4 hybrid, one at a time (c=1), through:
 - REST: `POST /v1/corpora/lore/search` with httpx (one kept-alive connection);
 - MCP: a `search` tool call `{domain: lore, query, k: 4, mode: hybrid}` through the official `mcp`
-  SDK's client on one open session (streamable HTTP, kept-alive connection).
-Both answer the same hits (checked for every question). The arms alternate in ABBA rounds of
---per-round requests each to cancel drift on a shared machine; a warm-up of each arm is not timed.
-Latency is the client's wall time per call; the ratio is MCP p50 / REST p50.
+  SDK's client on one open session (streamable HTTP, kept-alive connection);
+- MCP raw: the same tool call as one JSON-RPC POST with httpx on a session opened by hand (the
+  server's share of MCP's cost without the SDK client's).
+All answer the same hits (checked for every question). The arms rotate order each round (REST
+first, then MCP first, ...) in rounds of --per-round requests each, to cancel drift on a shared
+machine; a warm-up of each arm is not timed. Latency is the client's wall time per call; the
+ratio is MCP p50 / REST p50.
 
 Goal (issue 30): ratio <= 1.2.
 """
@@ -65,13 +68,28 @@ async def main(rounds: int, per_round: int) -> None:
                 assert not result.is_error, result
                 return [(h["document_id"], h["chunk_id"]) for h in result.structured_content["hits"]]
 
-            arms = {"REST": by_rest, "MCP": by_mcp}
-            for query in questions:  # warm-up, and the same hits both ways
-                assert await by_rest(query) == await by_mcp(query), query
+            rpc = {"Accept": "application/json, text/event-stream", "Mcp-Protocol-Version": "2025-06-18"}
+            opened = await rest.post("/mcp", headers=rpc, json={
+                "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}})
+            rpc["Mcp-Session-Id"] = opened.headers["mcp-session-id"]
+            await rest.post("/mcp", headers=rpc, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+            async def by_raw_mcp(query: str) -> list:
+                answer = await rest.post("/mcp", headers=rpc, json={
+                    "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search", "arguments": {
+                        "domain": "lore", "query": query, "k": K, "mode": "hybrid"}}})
+                answer.raise_for_status()
+                return [(h["document_id"], h["chunk_id"]) for h in answer.json()["result"]["structuredContent"]["hits"]]
+
+            arms = {"REST": by_rest, "MCP": by_mcp, "MCP raw": by_raw_mcp}
+            for query in questions:  # warm-up, and the same hits every way
+                assert await by_rest(query) == await by_mcp(query) == await by_raw_mcp(query), query
             times = {name: [] for name in arms}
             n = 0
+            names = list(arms)
             for r in range(rounds):
-                order = ["REST", "MCP"] if r % 4 in (0, 3) else ["MCP", "REST"]  # ABBA
+                order = names[r % len(names):] + names[:r % len(names)]  # each arm first in turn
                 for name in order:
                     for i in range(per_round):
                         query = questions[(n + i) % len(questions)]
@@ -82,16 +100,17 @@ async def main(rounds: int, per_round: int) -> None:
     p50 = {name: percentile(values, 50) for name, values in times.items()}
     p95 = {name: percentile(values, 95) for name, values in times.items()}
     ratio = p50["MCP"] / p50["REST"]
-    print(f"search, k={K} hybrid, c=1, {len(times['REST'])} calls per arm ({rounds} ABBA rounds of {per_round})")
-    print(f"{'arm':<6} {'p50 ms':>8} {'p95 ms':>8}")
+    print(f"search, k={K} hybrid, c=1, {len(times['REST'])} calls per arm ({rounds} rounds of {per_round})")
+    print(f"{'arm':<8} {'p50 ms':>8} {'p95 ms':>8}")
     for name in arms:
-        print(f"{name:<6} {p50[name] * 1000:8.2f} {p95[name] * 1000:8.2f}")
+        print(f"{name:<8} {p50[name] * 1000:8.2f} {p95[name] * 1000:8.2f}")
     print(f"MCP / REST p50: {ratio:.2f}  (goal <= {GOAL_RATIO}: {'PASS' if ratio <= GOAL_RATIO else 'FAIL'})")
+    print(f"MCP raw / REST p50: {p50['MCP raw'] / p50['REST']:.2f}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--per-round", type=int, default=25)
     arguments = parser.parse_args()
     asyncio.run(main(arguments.rounds, arguments.per_round))

@@ -26,13 +26,18 @@ async def gateway(make_settings, fake_engine):
     settings = make_settings(engine_urls=[fake_engine.url])
     async with running_gateway(settings) as url:
         async with client(url) as http:
-            await http.post("/v1/corpora", json={"name": "lore"})
-            docs = {"documents": [
-                {"id": "zorblax", "text": "The Zorblax Institute was founded in 1847 by Elira Vantress."},
-                {"id": "weather", "text": "Quenmoor has mild winters and foggy summers."}]}
-            job = (await http.post("/v1/corpora/lore/documents", json=docs)).json()
-            assert (await wait_job(http, job["job_id"]))["status"] == "succeeded"
+            await lore_corpus(http)
             yield http
+
+
+async def lore_corpus(http) -> None:
+    """Corpus `lore`: documents `zorblax` (who founded the institute) and `weather` (Quenmoor's)."""
+    await http.post("/v1/corpora", json={"name": "lore"})
+    docs = {"documents": [
+        {"id": "zorblax", "text": "The Zorblax Institute was founded in 1847 by Elira Vantress."},
+        {"id": "weather", "text": "Quenmoor has mild winters and foggy summers."}]}
+    job = (await http.post("/v1/corpora/lore/documents", json=docs)).json()
+    assert (await wait_job(http, job["job_id"]))["status"] == "succeeded"
 
 
 async def test_domain_crud_and_models(gateway):

@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from tests.harness import client, running_gateway
-from tests.service.test_corpora_api import wait_job
+from tests.service.test_domains_api import lore_corpus
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -19,12 +19,7 @@ async def sdk(make_settings, fake_engine):
     settings = make_settings(engine_urls=[fake_engine.url], api_keys=[KEY])
     async with running_gateway(settings) as url:
         async with client(url, KEY) as http:
-            await http.post("/v1/corpora", json={"name": "lore"})
-            docs = {"documents": [
-                {"id": "zorblax", "text": "The Zorblax Institute was founded in 1847 by Elira Vantress."},
-                {"id": "weather", "text": "Quenmoor has mild winters and foggy summers."}]}
-            job = (await http.post("/v1/corpora/lore/documents", json=docs)).json()
-            assert (await wait_job(http, job["job_id"]))["status"] == "succeeded"
+            await lore_corpus(http)
             put = await http.put("/v1/domains/lore", json={"corpora": ["lore"], "retrieval": {"k": 1}})
             assert put.status_code == 201, put.text
         async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0) as sdk:
