@@ -85,7 +85,7 @@ async def create_response(request: Request, state: GatewayState = Depends(get_st
         answer = await complete("chat", validate_completion("chat", _chat_body(asked)), state, principal, admission)
         shell = _Response(asked)
         if isinstance(answer, Streaming):
-            return sse_response(_events(shell, answer.events), server_timing(answer.plan))
+            return sse_response(_events(shell, answer), server_timing(answer.plan))
         result = answer.result
         choice = result["choices"][0]
         body = shell.finished(choice["message"].get("content") or "", result["citations"], result["adapter"],
@@ -164,22 +164,24 @@ def _usage(usage: dict | None) -> dict | None:
             "output_tokens_details": {"reasoning_tokens": 0}}
 
 
-async def _events(shell: _Response, chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
+async def _events(shell: _Response, answer: Streaming) -> AsyncIterator[bytes]:
     """The chat completion's chunks as the Responses API's stream of events."""
     numbered = _Sequence()
-    citations, adapter, usage, finish, text = [], None, None, None, []
+    citations, adapter = answer.plan.citations, answer.plan.engine_model
+    usage, finish, text = None, None, []
     item = {"item_id": shell.message_id, "output_index": 0, "content_index": 0}
-    async with aclosing(chunks):
+    async with aclosing(answer.events) as chunks:
         try:
-            async for chunk in chunks:
-                if "citations" in chunk:  # the first event: the response begins
-                    citations, adapter = chunk["citations"], chunk.get("adapter")
-                    begun = shell.object("in_progress", [], citations, adapter)
-                    yield numbered("response.created", response=begun)
-                    yield numbered("response.in_progress", response=begun)
-                    yield numbered("response.output_item.added", output_index=0,
-                                   item={**shell.message("", [], "in_progress"), "content": []})
-                    yield numbered("response.content_part.added", **item, part=_text_part("", []))
+            # Started before anything is sent: from here, however the stream ends (a client that goes
+            # away included), closing it releases the engine lease and the admission.
+            first = await anext(chunks, None)
+            begun = shell.object("in_progress", [], citations, adapter)
+            yield numbered("response.created", response=begun)
+            yield numbered("response.in_progress", response=begun)
+            yield numbered("response.output_item.added", output_index=0,
+                           item={**shell.message("", [], "in_progress"), "content": []})
+            yield numbered("response.content_part.added", **item, part=_text_part("", []))
+            async for chunk in _chain(first, chunks):
                 usage = chunk.get("usage") or usage
                 for choice in chunk.get("choices") or ():
                     finish = choice.get("finish_reason") or finish
@@ -196,6 +198,13 @@ async def _events(shell: _Response, chunks: AsyncIterator[dict]) -> AsyncIterato
     yield numbered("response.content_part.done", **item, part=_text_part(whole, citations))
     yield numbered("response.output_item.done", output_index=0, item=shell.message(whole, citations))
     yield numbered("response.completed", response=shell.finished(whole, citations, adapter, usage, finish))
+
+
+async def _chain(first: dict | None, rest: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    if first is not None:
+        yield first
+        async for chunk in rest:
+            yield chunk
 
 
 class _Sequence:
