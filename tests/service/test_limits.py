@@ -356,3 +356,40 @@ async def test_tenant_limits_are_shared_by_its_keys_and_shown_per_tenant(keyed):
     assert requests[(("route", chat), ("status", "200"), ("tenant", GLOBAL))] == 1
     in_flight = metric_samples(text, "graft_requests_in_flight")
     assert in_flight[(("tenant", "acme"),)] == 0 and in_flight[(("tenant", "other"),)] == 0
+
+
+async def test_the_agents_doors_count_against_the_same_limits(keyed, fake_engine):
+    """A Responses API stream holds its `concurrent` slot until it ends, also when its client goes
+    away; an MCP search counts against requests_per_minute as a REST search does."""
+    from tests.service.test_mcp import mcp_client, structured
+
+    settings, make = keyed
+    limited, searcher = make("app", limits={"concurrent": 1}), make("searcher", limits={"requests_per_minute": 1})
+    go_on = asyncio.Event()
+
+    async def after_event(i: int) -> None:
+        if i == 0:
+            await asyncio.wait_for(go_on.wait(), WAIT_S)
+
+    async def released() -> bool:
+        text = (await app.get("/metrics")).text
+        return metric_samples(text, "graft_requests_in_flight").get((("tenant", GLOBAL),), 0.0) == 0
+
+    fake_engine.after_event = after_event
+    respond = {"model": BASE, "input": "hi", "stream": True}
+    async with running_gateway(settings) as url, client(url, limited) as app:
+        async with app.stream("POST", "/v1/responses", json=respond) as stream:
+            assert stream.status_code == 200 and (await anext(stream.aiter_lines())) == "event: response.created"
+            assert_rate_limited(await app.post("/v1/responses", json={"model": BASE, "input": "hi"}),
+                                "1 concurrent request")
+        go_on.set()  # the engine's next event finds the client gone
+        await wait_for(released, "a cancelled stream's slot to be released")
+        assert (await app.post("/v1/responses", json={"model": BASE, "input": "hi"})).status_code == 200
+
+        async with client(url, searcher) as rest:
+            assert (await rest.post("/v1/corpora/lore/search", json={"query": "x"})).status_code in (200, 404)
+        async with mcp_client(url, searcher) as session:
+            result = await session.call_tool("search", {"domain": "lore", "query": "x"})
+            assert result.is_error and structured(result)["status"] == 429, result
+            assert "requests per minute" in result.content[0].text
+    fake_engine.after_event = None
