@@ -363,7 +363,7 @@ async def test_tenant_limits_are_shared_by_its_keys_and_shown_per_tenant(keyed):
 
 
 async def test_the_agents_doors_count_against_the_same_limits(keyed, fake_engine):
-    """A Responses API stream holds its slot in flight until it ends, and frees it when its client
+    """A Responses API stream holds its `concurrent` slot until it ends, and frees it when its client
     goes away; an MCP search counts against requests_per_minute as a REST search does."""
     from tests.service.test_mcp import mcp_client, structured
 
@@ -374,8 +374,10 @@ async def test_the_agents_doors_count_against_the_same_limits(keyed, fake_engine
     respond = {"model": BASE, "input": "hi", "stream": True}
     async with running_gateway(settings) as url, client(url, limited) as app:
         async with app.stream("POST", "/v1/responses", json=respond) as stream:
-            assert stream.status_code == 200 and (await anext(stream.aiter_lines())) == "event: response.created"
-            assert await nothing_in_flight(app) is False  # the open stream holds its slot
+            lines = stream.aiter_lines()  # kept: an abandoned line iterator closes the response when collected
+            assert stream.status_code == 200 and (await anext(lines)) == "event: response.created"
+            assert_rate_limited(await app.post("/v1/responses", json={"model": BASE, "input": "hi"}),
+                                "1 concurrent request")
         go_on.set()  # the engine's next event finds the client gone
         await wait_for(lambda: nothing_in_flight(app), "a cancelled stream's slot to be released")
         assert (await app.post("/v1/responses", json={"model": BASE, "input": "hi"})).status_code == 200
