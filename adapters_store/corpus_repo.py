@@ -130,6 +130,17 @@ def document_as_dict(document: Document) -> dict:
             "updated_at": int(document.updated_at.timestamp())}
 
 
+def document_text(session: Session, document: Document) -> str:
+    """The document's extracted text, stitched back from its chunks (which overlap: each adds what
+    lies past the end of the ones before it)."""
+    text, end = [], 0
+    for chunk in session.scalars(select(Chunk).where(Chunk.document_id == document.id).order_by(Chunk.ordinal)):
+        if chunk.end_char > end:
+            text.append(chunk.text[max(0, end - chunk.start_char):])
+            end = chunk.end_char
+    return "".join(text)
+
+
 def chunk_ids_of(session: Session, document_ids: list[int]) -> list[int]:
     if not document_ids:
         return []

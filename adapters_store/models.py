@@ -214,6 +214,8 @@ class Domain(Base):
         ForeignKey("adapter_versions.id"), nullable=True
     )
     system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What the domain knows, in a sentence or two: shown to agents (MCP list_domains), not to the model.
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
     retrieval: Mapped[dict] = mapped_column(JSON, default=dict)  # {k, mode, min_score}
     gate: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # default {evalset, metric, min_delta}
     # The rest of what a configuration version sets (None: the defaults): the prompt template's name

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from sqlalchemy import select
+from starlette.routing import Route
 from transformers import AutoTokenizer
 
 from adapters_store.artifacts import AdapterArtifactStore
@@ -32,14 +33,15 @@ from service.evals import EvalService
 from service.job_runner import JobRunner
 from service.http_body import RefuseNul
 from service.limits import RateLimiter, tenant_limits_loader
+from service.mcp_server import McpEndpoint
 from service.metrics import Metrics, RequestMetrics
 from service.openapi import install_openapi
 from service.rag.planner import Planner
 from service.rag.prompt import PromptBuilder
 from service.rag.retrieval import Retriever
 from service.reports import ReportService
-from service.routes import (adapters, audit, completions, console, corpora, domains, evals, health, jobs, keys, reports,
-                            trainings, tunings)
+from service.routes import (adapters, audit, completions, console, corpora, domains, evals, health, jobs, keys,
+                            openai_responses, reports, trainings, tunings)
 from service.settings import Settings
 from service.state import GatewayState
 from service.swap import SwapService
@@ -61,12 +63,15 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None) -
     stops one itself.
     """
 
+    mcp = McpEndpoint(settings.max_request_bytes)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = await _start(settings, local_engine)
         app.state.graft = state
         try:
-            yield
+            async with mcp.run():
+                yield
         finally:
             await _stop(state)
 
@@ -78,9 +83,11 @@ def create_app(settings: Settings, *, local_engine: LocalEngine | None = None) -
     app.add_middleware(AuditLog)  # inside RequestMetrics, which then counts its 500s
     app.add_middleware(RefuseNul)
     app.add_middleware(RequestMetrics)
-    for module in (health, completions, corpora, domains, tunings, reports, adapters, evals, trainings, jobs, keys,
-                   audit, console):
+    for module in (health, completions, openai_responses, corpora, domains, tunings, reports, adapters, evals,
+                   trainings, jobs, keys, audit, console):
         app.include_router(module.router)
+    # MCP's streamable HTTP: POST (JSON-RPC), GET (the server's event stream), DELETE (end a session).
+    app.router.routes.append(Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]))
     return app
 
 

@@ -65,13 +65,17 @@ def _retrieval(value: Any) -> Any:
     raise ValueError("`retrieval` must be false or an object {k, mode, corpora, min_score}")
 
 
+# graft's own request field: the domain's retrieval for this request, or false for none.
+Retrieval = Annotated[Any, PlainValidator(_retrieval, json_schema_input_type=RetrievalOverride | bool | None)]
+
+
 class _Completion(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: StrictStr = Field(min_length=1, description="a domain name or the base model")
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     stream: StrictBool | None = None
-    retrieval: Annotated[Any, PlainValidator(_retrieval, json_schema_input_type=RetrievalOverride | bool | None)] = \
-        Field(default=None, description="graft's own: the domain's retrieval for this request, or false for none")
+    retrieval: Retrieval = Field(
+        default=None, description="graft's own: the domain's retrieval for this request, or false for none")
 
 
 class ChatCompletionRequest(_Completion):

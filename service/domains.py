@@ -37,6 +37,7 @@ class DomainRoute:
     demonstrations: tuple[dict, ...] = ()
     max_tokens: int | None = None  # a request's default max_tokens (None: the gateway's)
     config_version: int | None = None
+    description: str | None = None  # what agents are shown of the domain
 
 
 def with_config(route: DomainRoute, config: dict) -> DomainRoute:
@@ -67,6 +68,7 @@ def route_of(domain: Domain, base_model: str) -> DomainRoute:
         demonstrations=tuple(domain.demonstrations or ()),
         max_tokens=domain.max_tokens,
         config_version=domain.config_version,
+        description=domain.description,
     )
 
 

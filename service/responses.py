@@ -144,6 +144,7 @@ class Domain(_Open):
     adapter: BoundAdapter | None
     engine_model: str
     system_prompt: str | None
+    description: str | None
     retrieval: dict[str, Any]
 
 

@@ -35,6 +35,7 @@ class Binding:
     system_prompt: str | None
     retrieval: dict
     gate: dict | None = None  # the default gate of every swap to this domain
+    description: str | None = None  # shown to agents (service/mcp_server.py list_domains)
 
 
 class SwapService:
@@ -69,6 +70,7 @@ class SwapService:
             domain.system_prompt = binding.system_prompt
             domain.retrieval = dict(binding.retrieval)
             domain.gate = binding.gate
+            domain.description = binding.description
             if before is not None and config_repo.snapshot(domain) != before:
                 domain.config_version = None  # no longer the configuration version applied last
 

@@ -54,6 +54,7 @@ function BindForm({ domain, onSaved }) {
     const f = new FormData(e.target);
     const name = (f.get('name') || '').trim();
     const body = { corpora: f.getAll('corpora'), system_prompt: f.get('system_prompt') || null,
+      description: f.get('description') || null,
       retrieval: { k: Number(f.get('k')), mode: f.get('mode') } };
     if (f.get('min_score') !== '') body.retrieval.min_score = Number(f.get('min_score'));
     const adapter = f.get('adapter');
@@ -84,6 +85,7 @@ function BindForm({ domain, onSaved }) {
       <option value="">none (base model)</option>
       ${(adapters.data || []).flatMap((a) => a.versions.map((v) => html`<option value=${`${a.name}@${v}`} selected=${bound === `${a.name}@${v}`}>${a.name}@${v}</option>`))}
     </select>`}<//>
+    <${Field} label="Description (shown to agents)">${(id) => html`<textarea id=${id} name="description" rows="2" maxlength="2000" defaultValue=${d.description || ''}></textarea>`}<//>
     <${Field} label="System prompt">${(id) => html`<textarea id=${id} name="system_prompt" rows="3" defaultValue=${d.system_prompt || ''}></textarea>`}<//>
     <${Field} label="Passages (k)">${(id) => html`<input id=${id} name="k" type="number" min="0" max="100" defaultValue=${d.retrieval.k}/>`}<//>
     <${Field} label="Retrieval mode">${(id) => html`<select id=${id} name="mode">
@@ -165,6 +167,7 @@ function DomainDetail({ name, onChange }) {
       <dt>adapter</dt><dd data-current-adapter=${d.engine_model}>${d.engine_model}</dd>
       <dt>corpora</dt><dd>${d.corpora.join(', ') || '—'}</dd>
       <dt>retrieval</dt><dd>${retrievalText(d.retrieval)}</dd>
+      <dt>description</dt><dd class="pre">${d.description || '—'}</dd>
       <dt>system prompt</dt><dd class="pre">${d.system_prompt || '—'}</dd>
       <dt>default gate</dt><dd>${d.gate ? `${d.gate.evalset}: ${d.gate.metric}, min gain ${d.gate.min_delta}` : 'none'}</dd>
     </dl>`}

@@ -19,7 +19,7 @@ from service.domains import DomainRoute, RoutingTable, with_config
 from service.errors import invalid_from
 from service.rag.plan import GRAFT_FIELDS, Plan, base_plan
 from service.rag.prompt import ContextTooLong, Passage, PromptBuilder
-from service.rag.retrieval import Retriever, UnknownCorpus
+from service.rag.retrieval import Hit, Retriever, UnknownCorpus
 
 
 class RetrievalOverride(BaseModel):
@@ -123,6 +123,17 @@ class Planner:
                 self._pool, functools.partial(self._plan_domain, kind, body, route, settings, started))
         finally:
             self._in_threads -= 1
+
+    def search(self, route: DomainRoute, principal: Principal, query: str, k: int, mode: str,
+               requested: dict | None = None) -> list[Hit]:
+        """The top `k` chunks of the domain's corpora for `query`, through the filters its retrieval
+        applies (the domain's, the key's, and `requested`, which only narrows them): what an agent's
+        search tool answers (service/mcp_server.py). Blocks: run it in a thread."""
+        settings = self._retrieval_settings(route, {"k": k, "mode": mode, "filter": requested}, principal)
+        if not settings["corpora"]:
+            return []
+        hits, _ = self.retriever.search(settings["corpora"], query, k, mode, filters=settings["filters"])
+        return hits
 
     def _plan_domain(self, kind: str, body: dict[str, Any], route: DomainRoute, settings: dict | None,
                      started: float, may_load: bool = True) -> Plan:

@@ -65,6 +65,8 @@ class DomainPut(BaseModel):
     corpora: list[tenancy.NameRef] = Field(default_factory=list, max_length=32)
     adapter: AdapterRef | None = None
     system_prompt: str | None = Field(default=None, max_length=20_000)
+    # What the domain knows, for agents choosing a tool (MCP list_domains); never sent to the model.
+    description: str | None = Field(default=None, max_length=2_000)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     gate: Gate | None = None
 
@@ -83,6 +85,7 @@ def domain_as_dict(route: DomainRoute) -> dict:
         adapter = {"name": name, "version": int(version)}
     return {"object": "domain", "name": route.name, "corpora": list(route.corpora), "adapter": adapter,
             "engine_model": route.engine_model, "system_prompt": route.system_prompt,
+            "description": route.description,
             "retrieval": route.retrieval, "gate": route.gate, "prompt_template": route.prompt_template,
             "demonstrations": list(route.demonstrations), "max_tokens": route.max_tokens,
             "config_version": route.config_version, "created_at": route.created_at}
@@ -114,7 +117,7 @@ async def put_domain(response: Response, name: str = Depends(domain_name), state
     if body.adapter:
         adapter = (tenancy.within(name, body.adapter.name, param="adapter.name", kind="adapter"), body.adapter.version)
     binding = Binding(corpora=corpora, system_prompt=body.system_prompt, adapter=adapter, retrieval=retrieval,
-                      gate=_gate(name, body.gate))
+                      gate=_gate(name, body.gate), description=body.description)
     created = await state.swaps.put(name, binding, principal.key_id)
     response.status_code = 201 if created else 200
     return domain_as_dict(_route(state, name))

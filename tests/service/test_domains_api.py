@@ -26,13 +26,18 @@ async def gateway(make_settings, fake_engine):
     settings = make_settings(engine_urls=[fake_engine.url])
     async with running_gateway(settings) as url:
         async with client(url) as http:
-            await http.post("/v1/corpora", json={"name": "lore"})
-            docs = {"documents": [
-                {"id": "zorblax", "text": "The Zorblax Institute was founded in 1847 by Elira Vantress."},
-                {"id": "weather", "text": "Quenmoor has mild winters and foggy summers."}]}
-            job = (await http.post("/v1/corpora/lore/documents", json=docs)).json()
-            assert (await wait_job(http, job["job_id"]))["status"] == "succeeded"
+            await lore_corpus(http)
             yield http
+
+
+async def lore_corpus(http) -> None:
+    """Corpus `lore`: documents `zorblax` (who founded the institute) and `weather` (Quenmoor's)."""
+    await http.post("/v1/corpora", json={"name": "lore"})
+    docs = {"documents": [
+        {"id": "zorblax", "text": "The Zorblax Institute was founded in 1847 by Elira Vantress."},
+        {"id": "weather", "text": "Quenmoor has mild winters and foggy summers."}]}
+    job = (await http.post("/v1/corpora/lore/documents", json=docs)).json()
+    assert (await wait_job(http, job["job_id"]))["status"] == "succeeded"
 
 
 async def test_domain_crud_and_models(gateway):
@@ -58,6 +63,22 @@ async def test_domain_crud_and_models(gateway):
     assert (await gateway.get("/v1/domains/other")).status_code == 404
     in_use = await gateway.delete("/v1/corpora/lore")
     assert in_use.status_code == 409 and in_use.json()["error"]["code"] == "corpus_in_use"
+
+
+async def test_domain_description_is_kept_shown_and_never_prompted(gateway, fake_engine):
+    text = "Founding dates and founders of the Zorblax Institute."
+    put = await gateway.put("/v1/domains/lore", json={"corpora": ["lore"], "description": text})
+    assert put.status_code == 201 and put.json()["description"] == text, put.text
+    assert (await gateway.get("/v1/domains/lore")).json()["description"] == text
+    assert [d["description"] for d in (await gateway.get("/v1/domains")).json()["data"]] == [text]
+    answer = await gateway.post("/v1/chat/completions", json={
+        "model": "lore", "messages": [{"role": "user", "content": "Who founded it?"}]})
+    assert answer.status_code == 200 and "Founding dates" not in json.dumps(fake_engine.requests[-1]["messages"])
+    too_long = await gateway.put("/v1/domains/lore", json={"corpora": ["lore"], "description": "x" * 2001})
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "description", too_long.text
+    assert (await gateway.get("/v1/domains/lore")).json()["description"] == text  # nothing committed
+    cleared = await gateway.put("/v1/domains/lore", json={"corpora": ["lore"]})  # PUT replaces the binding
+    assert cleared.status_code == 200 and cleared.json()["description"] is None
 
 
 async def test_prompt_carries_numbered_passages_and_citations(gateway, fake_engine):

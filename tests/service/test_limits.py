@@ -238,6 +238,19 @@ async def wait_for(check, what: str) -> None:
     raise AssertionError(f"gave up waiting for {what}")
 
 
+def held_after_the_first_event(go_on: asyncio.Event):
+    """A fake engine's `after_event`: a stream's first event is sent, the rest once `go_on` is set."""
+    async def after_event(i: int) -> None:
+        if i == 0:
+            await asyncio.wait_for(go_on.wait(), WAIT_S)
+    return after_event
+
+
+async def nothing_in_flight(http) -> bool:
+    text = (await http.get("/metrics")).text
+    return metric_samples(text, "graft_requests_in_flight").get((("tenant", GLOBAL),), 0.0) == 0
+
+
 @pytest.fixture
 def keyed(make_settings, fake_engine):
     """Settings of a keyed gateway on the fake engine, and `make(name, tenant=None, limits=None)`
@@ -286,16 +299,7 @@ async def test_concurrent_limit_holds_while_a_stream_is_open(keyed, fake_engine)
     settings, make = keyed
     limited = make("app", limits={"concurrent": 1})
     go_on = asyncio.Event()
-
-    async def after_event(i: int) -> None:
-        if i == 0:
-            await asyncio.wait_for(go_on.wait(), WAIT_S)
-
-    async def released() -> bool:
-        text = (await app.get("/metrics")).text
-        return metric_samples(text, "graft_requests_in_flight").get((("tenant", GLOBAL),), 0.0) == 0
-
-    fake_engine.after_event = after_event
+    fake_engine.after_event = held_after_the_first_event(go_on)
     async with running_gateway(settings) as url, client(url, limited) as app:
         async with app.stream("POST", "/v1/chat/completions", json={**ASK, "stream": True}) as stream:
             lines = stream.aiter_lines()
@@ -305,7 +309,7 @@ async def test_concurrent_limit_holds_while_a_stream_is_open(keyed, fake_engine)
             assert busy.headers["retry-after"] == "1"
             go_on.set()
             assert [line async for line in lines if line][-1] == "data: [DONE]"
-        await wait_for(released, "the stream's slot to be released")
+        await wait_for(lambda: nothing_in_flight(app), "the stream's slot to be released")
         assert (await app.post("/v1/chat/completions", json=ASK)).status_code == 200
 
         # A client that goes away mid-stream frees its slot too.
@@ -313,7 +317,7 @@ async def test_concurrent_limit_holds_while_a_stream_is_open(keyed, fake_engine)
         async with app.stream("POST", "/v1/chat/completions", json={**ASK, "stream": True}) as stream:
             assert (await anext(stream.aiter_lines())).startswith("data: {")
         go_on.set()  # the engine's next event finds the client gone
-        await wait_for(released, "a cancelled stream's slot to be released")
+        await wait_for(lambda: nothing_in_flight(app), "a cancelled stream's slot to be released")
         assert (await app.post("/v1/chat/completions", json=ASK)).status_code == 200
     fake_engine.after_event = None
 
@@ -356,3 +360,32 @@ async def test_tenant_limits_are_shared_by_its_keys_and_shown_per_tenant(keyed):
     assert requests[(("route", chat), ("status", "200"), ("tenant", GLOBAL))] == 1
     in_flight = metric_samples(text, "graft_requests_in_flight")
     assert in_flight[(("tenant", "acme"),)] == 0 and in_flight[(("tenant", "other"),)] == 0
+
+
+async def test_the_agents_doors_count_against_the_same_limits(keyed, fake_engine):
+    """A Responses API stream holds its `concurrent` slot until it ends, and frees it when its client
+    goes away; an MCP search counts against requests_per_minute as a REST search does."""
+    from tests.service.test_mcp import mcp_client, structured
+
+    settings, make = keyed
+    limited, searcher = make("app", limits={"concurrent": 1}), make("searcher", limits={"requests_per_minute": 1})
+    go_on = asyncio.Event()
+    fake_engine.after_event = held_after_the_first_event(go_on)
+    respond = {"model": BASE, "input": "hi", "stream": True}
+    async with running_gateway(settings) as url, client(url, limited) as app:
+        async with app.stream("POST", "/v1/responses", json=respond) as stream:
+            lines = stream.aiter_lines()  # kept: an abandoned line iterator closes the response when collected
+            assert stream.status_code == 200 and (await anext(lines)) == "event: response.created"
+            assert_rate_limited(await app.post("/v1/responses", json={"model": BASE, "input": "hi"}),
+                                "1 concurrent request")
+        go_on.set()  # the engine's next event finds the client gone
+        await wait_for(lambda: nothing_in_flight(app), "a cancelled stream's slot to be released")
+        assert (await app.post("/v1/responses", json={"model": BASE, "input": "hi"})).status_code == 200
+
+        async with client(url, searcher) as rest:
+            assert (await rest.post("/v1/corpora/lore/search", json={"query": "x"})).status_code in (200, 404)
+        async with mcp_client(url, searcher) as session:
+            result = await session.call_tool("search", {"domain": "lore", "query": "x"})
+            assert result.is_error and structured(result)["status"] == 429, result
+            assert "requests per minute" in result.content[0].text
+    fake_engine.after_event = None

@@ -35,7 +35,11 @@ pytestmark = pytest.mark.databases("sqlite", "postgresql")
 PUBLIC = {"/healthz", "/readyz", "/metrics", "/console", "/console/", "/console/static/{path:path}"}
 # DESIGN.md's table: what an application (not an operator) calls. Every other /v1 route is admin.
 INFERENCE = {("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
-             ("POST", "/v1/corpora/{name}/search")}
+             ("POST", "/v1/corpora/{name}/search"), ("POST", "/v1/responses"),
+             ("GET", "/mcp"), ("POST", "/mcp"), ("DELETE", "/mcp")}
+# Plain ASGI routes that check the key themselves, with the scope they ask for: the MCP endpoint
+# (service/mcp_server.py McpEndpoint authenticates before the MCP SDK sees the request).
+ASGI_SCOPES = {"/mcp": "inference"}
 BOOT_KEY = "boot-admin-key"
 
 
@@ -59,6 +63,10 @@ def route_scopes(app: FastAPI) -> dict[tuple[str, str], str]:
     docs = fastapi_docs_paths(app)
     scopes = {}
     for route in app.routes:
+        if route.path in ASGI_SCOPES:
+            for method in route.methods - {"HEAD"}:  # Starlette adds HEAD beside GET
+                scopes[(method, route.path)] = ASGI_SCOPES[route.path]
+            continue
         if not isinstance(route, APIRoute):
             assert route.path in docs, f"{route!r} is not an API route: decide its scope and test it"
             continue
