@@ -3,7 +3,9 @@ gateway and the real CPU vLLM: sign in (a wrong key shows an error), create a co
 and watch the job, search, bind a domain, swap (a refused gate, then a real swap) and roll back,
 chat in the playground and open a citation; every section renders; the page weighs under 300 kB.
 
-One browser and one gateway for the module; the tests run in order and build on each other. The
+One browser and one gateway for the module. Each test stands alone, in any order: the gateway
+fixture makes over REST what a test reads but does not make itself (the corpus `handbook`, the
+domains `chat` and `swapper`, evaluation runs), and each test signs in or out as it needs. The
 gateway serves from the test's event loop, so each browser step runs in a thread
 (`asyncio.to_thread`) and never blocks it. Screenshots go to $GRAFT_TEST_SCREENSHOTS, else to a
 temporary folder (printed). Waits are explicit and generous: CI is a loaded 2-core machine.
@@ -23,6 +25,7 @@ from migrations.runner import upgrade
 from service.settings import Settings
 from tests.harness import client, free_port, running_gateway
 from tests.service.test_adapters_engine import adapter_files
+from tests.service.test_corpora_api import wait_job
 
 pytestmark = pytest.mark.engine
 
@@ -38,7 +41,10 @@ DOCS = {"refunds.md": "Refunds are paid back within 14 days of the returned item
 
 @pytest.fixture(scope="module")
 async def gateway(local_engine, base_model_dir, embedding_cache_dir, good_lora, tmp_path_factory):
-    """A gateway with an admin key, two versions of the adapter `console-tone` and a one-item evaluation set."""
+    """A gateway with an admin key, two versions of the adapter `console-tone`, a one-item evaluation
+    set, the corpus `handbook` (DOCS' two documents), the domains `chat` and `swapper` on it (both on
+    console-tone@1, untouched by the tests that drive the page, which make their own) and two
+    evaluation runs of `chat`."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("console"), base_model=str(base_model_dir),
                         port=free_port(), api_keys=[KEY], embedding_cache_dir=embedding_cache_dir,
                         max_lora_rank=16, drain_timeout_s=10)
@@ -51,6 +57,18 @@ async def gateway(local_engine, base_model_dir, embedding_cache_dir, good_lora, 
             {"id": "refunds", "question": "How long do refunds take?", "answers": ["14 days"],
              "document_ids": ["refunds.md"]}]})
         assert evalset.status_code == 201, evalset.text
+        assert (await http.post("/v1/corpora", json={"name": "handbook"})).status_code == 201
+        job = (await http.post("/v1/corpora/handbook/documents", json={"documents": [
+            {"id": name, "text": text} for name, text in DOCS.items() if text]})).json()
+        assert (await wait_job(http, job["job_id"]))["status"] == "succeeded"
+        for domain in ("chat", "swapper"):
+            bound = await http.put(f"/v1/domains/{domain}", json={
+                "corpora": ["handbook"], "adapter": {"name": "console-tone", "version": 1}, "retrieval": {"k": 2}})
+            assert bound.status_code == 201, bound.text
+        for _ in range(2):  # two points on the Evaluations page's chart
+            run = await http.post("/v1/evals", json={"domain": "chat", "evalset": "support-qa", "max_tokens": 8})
+            assert run.status_code == 202, run.text
+            assert (await wait_job(http, run.json()["job_id"], timeout=ENGINE_WAIT_S))["status"] == "succeeded"
         yield url
 
 
@@ -200,6 +218,21 @@ def ui(browser, gateway, screenshots) -> Console:
     return Console(browser, gateway, screenshots)
 
 
+def signed_in(ui: Console, hash_: str = "") -> None:
+    """The console open at `hash_` with the test key in this tab's session, as after a sign-in."""
+    ui.open()
+    ui.driver.execute_script("sessionStorage.setItem('graft.key', arguments[0])", KEY)
+    ui.open(hash_)
+    ui.driver.refresh()  # a new load reads the key; a change of the hash alone does not
+    ui.css("nav a[aria-current=page]")
+
+
+def signed_out(ui: Console) -> None:
+    ui.open()
+    ui.driver.execute_script("sessionStorage.clear()")
+    ui.driver.refresh()
+
+
 def step(function, ui: Console, *args):
     """Run a blocking browser step off the event loop that serves the gateway; a failed step
     leaves a screenshot of the page as it was."""
@@ -218,7 +251,7 @@ def step(function, ui: Console, *args):
 def _wrong_key(ui: Console) -> None:
     from selenium.webdriver.common.keys import Keys
 
-    ui.open()
+    signed_out(ui)
     ui.field("Admin API key").send_keys("not-the-key" + Keys.ENTER)  # Enter submits
     error = ui.css(".signin [role=alert]")
     assert "refused" in error.text and "invalid" in error.text.lower(), error.text
@@ -234,6 +267,7 @@ async def test_a_wrong_key_shows_an_error_not_a_blank_page(ui):
 def _sign_in(ui: Console) -> dict:
     from selenium.webdriver.common.keys import Keys
 
+    signed_out(ui)
     key = ui.field("Admin API key")
     key.clear()
     key.send_keys(KEY + Keys.ENTER)
@@ -266,7 +300,7 @@ async def test_sign_in_and_first_render(ui):
 def _corpus_upload_search(ui: Console, folder: Path) -> None:
     from selenium.webdriver.common.keys import Keys
 
-    ui.go("#corpora")
+    signed_in(ui, "#corpora")
     ui.field("New corpus name").send_keys("lore" + Keys.ENTER)
     ui.css("tr[data-corpus=lore]")
     ui.css("#corpus-detail-h")
@@ -320,11 +354,11 @@ async def test_create_a_corpus_upload_files_watch_the_job_and_search(ui, tmp_pat
 
 
 def _bind_domain(ui: Console) -> None:
-    ui.go("#domains")
+    signed_in(ui, "#domains")
     ui.button("Bind a domain").click()
     form = ui.css("form[aria-label='Domain binding']")
     ui.field("Domain name", form).send_keys("support")
-    ui.css("#bind-corpus-lore", within=form).click()
+    ui.css("#bind-corpus-handbook", within=form).click()
     ui.select("Adapter version", "console-tone@1", form)
     ui.field("System prompt", form).send_keys("Answer from the passages.")
     k = ui.field("Passages (k)", form)
@@ -342,6 +376,8 @@ async def test_bind_a_domain(ui):
 
 
 def _swap_and_rollback(ui: Console) -> None:
+    signed_in(ui, "#domains/swapper")
+    ui.css("#domain-detail-h")
     swap_form = ui.css("form[aria-labelledby=swap-h]")
     ui.select("Adapter", "console-tone", swap_form)
     ui.select("Version", "2", swap_form)
@@ -368,7 +404,7 @@ def _swap_and_rollback(ui: Console) -> None:
     ui.confirm("Swap")
     ui.css("[data-current-adapter='console-tone@2']", timeout=ENGINE_WAIT_S)
     assert "Swapped to console-tone@2" in ui.css(".outcome .ok").text
-    ui.css("tr[data-domain=support] td.adapter[data-engine-model='console-tone@2']")
+    ui.css("tr[data-domain=swapper] td.adapter[data-engine-model='console-tone@2']")
     assert "swap" in ui.css("ol.timeline li.event-swap").text
     ui.shot("06-domain-swapped")
 
@@ -383,8 +419,8 @@ def _swap_and_rollback(ui: Console) -> None:
 async def test_swap_and_roll_back_an_adapter(ui, gateway):
     await step(_swap_and_rollback, ui)
     async with client(gateway, KEY) as http:  # what the page showed is what the gateway serves
-        domain = (await http.get("/v1/domains/support")).json()
-        actions = [h["action"] for h in (await http.get("/v1/domains/support/history")).json()["data"]]
+        domain = (await http.get("/v1/domains/swapper")).json()
+        actions = [h["action"] for h in (await http.get("/v1/domains/swapper/history")).json()["data"]]
     assert domain["engine_model"] == "console-tone@1"
     assert actions == ["create", "swap_refused", "swap", "rollback"], actions
 
@@ -392,8 +428,8 @@ async def test_swap_and_roll_back_an_adapter(ui, gateway):
 def _playground(ui: Console) -> None:
     from selenium.webdriver.common.keys import Keys
 
-    ui.go("#playground")
-    ui.select("Domain", "support")
+    signed_in(ui, "#playground")
+    ui.select("Domain", "chat")
     max_tokens = ui.field("Max tokens")
     max_tokens.clear()
     max_tokens.send_keys("24")
@@ -416,7 +452,7 @@ async def test_chat_in_the_playground_and_open_a_citation(ui):
 
 
 def _other_sections(ui: Console) -> None:
-    ui.go("#adapters")
+    signed_in(ui, "#adapters")
     versions = ui.css("[data-adapter=console-tone] table")
     rows = ui.all("tr[data-version]", within=versions)
     assert [r.get_attribute("data-version") for r in rows] == ["1", "2"]
@@ -424,7 +460,7 @@ def _other_sections(ui: Console) -> None:
     ui.shot("09-adapters")
 
     ui.go("#evals")
-    ui.css("figure.chart canvas")  # the gate's two runs, over time
+    ui.css("figure.chart canvas")  # the evaluation runs, over time
     run = ui.css("table[aria-label='Evaluation runs'] tbody tr a")
     run.click()
     item = ui.css("table[aria-label='Items of the run'] tbody tr")
@@ -440,7 +476,7 @@ def _other_sections(ui: Console) -> None:
     ui.css("figure.chart canvas", timeout=WAIT_S)  # after a second /metrics scrape
     ui.shot("11-health")
 
-    ui.go("#corpora/lore")
+    ui.go("#corpora/handbook")
     ui.css("#corpus-detail-h")
     ui.shot("12-corpora")
     assert not ui.js_errors(), ui.js_errors()
@@ -451,14 +487,15 @@ async def test_every_section_renders_its_data(ui):
 
 
 def _every_control_has_a_label(ui: Console) -> None:
-    for section, ready in (("#corpora/lore", "#corpus-detail-h"), ("#domains/support", "#domain-detail-h"),
+    signed_in(ui)
+    for section, ready in (("#corpora/handbook", "#corpus-detail-h"), ("#domains/chat", "#domain-detail-h"),
                            ("#adapters", "#trainings-h"), ("#evals", "#run-start-h"), ("#playground", "#passage-h"),
                            ("#health", "#engines-h")):
         ui.go(section)
         ui.css(ready)
         assert not ui.unlabelled(), (section, ui.unlabelled())
-    ui.go("#domains/support")
-    ui.button("Edit binding of support").click()
+    ui.go("#domains/chat")
+    ui.button("Edit binding of chat").click()
     ui.css("form[aria-label='Domain binding']")
     assert not ui.unlabelled(), ui.unlabelled()
 
@@ -468,7 +505,7 @@ async def test_every_form_control_has_a_label(ui):
 
 
 def _loaded_files(ui: Console) -> list[str]:
-    ui.open("#health")
+    signed_in(ui, "#health")
     ui.css("#health-h")
     return ui.driver.execute_script(
         "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)]")
