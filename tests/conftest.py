@@ -65,7 +65,9 @@ def pytest_collection_modifyitems(config, items):
     one worker: one session engine and at most one more vLLM beside it, as in a serial run (a vLLM
     on CPU holds about 4 GiB; four at once would not fit beside the rest)."""
     for item in items:
-        group = "engine" if item.get_closest_marker("engine") else item.nodeid.split("::")[0]
+        # Ray tests share one session cluster and run vLLM replicas: with the engine tests, on one worker.
+        on_engine = item.get_closest_marker("engine") or item.get_closest_marker("ray")
+        group = "engine" if on_engine else item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))
 
 
