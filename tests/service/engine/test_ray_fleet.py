@@ -32,7 +32,8 @@ def fake_fleet(ray_cluster, tmp_path_factory):
                         ray_adapter_cache_dir=cache, ray_adapter_key=KEY)
     shape = ray_deploy.FleetShape(replicas=2, adapters_per_replica=ADAPTERS_PER_REPLICA, num_cpus=0.5)
     ray_deploy.deploy(settings, shape, starter=start_fake_engine)
-    return cache
+    yield cache
+    ray_deploy.down(settings)
 
 
 @pytest.fixture
