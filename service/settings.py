@@ -82,6 +82,8 @@ class Settings(BaseSettings):
                                                     "their node sees it (a shared folder); off: always over HTTP")
     ray_adapter_cache_dir: Path | None = Field(None, description="fetched adapters on each node; none: "
                                                                  "`graft-adapter-cache` in the node's temp folder")
+    ray_training_gpus: float = Field(0.0, ge=0, description="GPUs a training's Ray task asks for (its CPUs: "
+                                                            "`training_threads`)")
     ray_adapter_key: str | None = Field(None, description="the admin key replicas fetch adapter files with (no "
                                                           "key: only a shared folder or a node's cache serves them)")
 
@@ -134,9 +136,10 @@ class Settings(BaseSettings):
     training_batch_size: int = Field(4, ge=1, le=256, description="examples per training step")
     training_max_examples: int = Field(2000, ge=1, le=100_000, description="the most examples one training "
                                                                            "may ask for")
-    trainer: Literal["local", "queue"] = Field(
+    trainer: Literal["local", "queue", "ray"] = Field(
         "local", description="`local`: each training runs as the gateway's child process; `queue`: it is handed "
-                             "to `graft trainer` workers through `trainings/` in the data folder")
+                             "to `graft trainer` workers through `trainings/` in the data folder; `ray`: it runs "
+                             "as a Ray task on the cluster at `GRAFT_RAY_ADDRESS`")
     trainer_stale_after_s: float = Field(120.0, ge=1.0, description="queue: a claimed training whose worker sent "
                                                                     "no heartbeat for this long fails")
     question_concurrency: int = Field(4, ge=1, le=64, description="training questions: requests to the question "

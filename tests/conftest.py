@@ -45,6 +45,16 @@ async def local_engine(base_model_dir, tmp_path_factory) -> LocalEngine:
 
 
 @pytest.fixture(scope="session")
+def ray_cluster():
+    """The session's local Ray cluster, for the tests marked `ray` (tests/ray_cluster.py)."""
+    pytest.importorskip("ray", reason="the `ray` extra is not installed")  # make install installs it
+    from tests.ray_cluster import ray_cluster as start
+
+    with start() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def embedding_cache_dir(tmp_path_factory) -> Path:
     """One folder of exported embedding models for the session (an export takes ~2 s)."""
     return tmp_path_factory.mktemp("embedders")

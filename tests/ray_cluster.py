@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.harness import free_port
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
