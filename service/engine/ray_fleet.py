@@ -9,12 +9,13 @@ service/engine/ray_replica.py.
 """
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from service.engine.adapter_fetch import source_of
-from service.engine.client import EngineClient
+from service.engine.client import EngineClient, EngineUnavailable
 from service.engine.pool import EngineHandle, EnginePool
 from service.settings import Settings
 
@@ -33,6 +34,35 @@ class FleetClient(EngineClient):
     def request_headers(self, payload: dict | None) -> dict[str, str]:
         model = (payload or {}).get("model", "")
         return {MULTIPLEXED_MODEL_HEADER: model} if "@" in model else {}
+
+    async def complete(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """A request whose replica failed (nothing reached the client yet) is sent once more: Serve
+        routes it to a replica that is up."""
+        try:
+            return await super().complete(path, payload)
+        except EngineUnavailable:
+            return await super().complete(path, payload)
+
+    async def stream(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Likewise for a stream that failed before its first event; never once it has started."""
+        events = super().stream(path, payload)
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            return
+        except EngineUnavailable:
+            await events.aclose()
+            events = super().stream(path, payload)
+            try:
+                first = await anext(events)
+            except StopAsyncIteration:
+                return
+        try:
+            yield first
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()
 
     async def replicas(self) -> list[dict[str, Any]]:
         return (await self.post_or_get("GET", f"{CATALOG}/replicas"))["data"]
