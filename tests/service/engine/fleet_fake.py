@@ -1,23 +1,30 @@
-"""The fake engine (tests/fake_engine.py) as a fleet replica's engine: `deploy(..., starter=start_fake_engine)`."""
+"""The fake engine (tests/fake_engine.py) as a fleet replica's engine: `deploy(..., starter=start_fake_engine)`.
+`POST /fake/exit` through the fleet makes the replica that gets it see its engine gone, as when vLLM dies."""
 
-from tests.fake_engine import FakeEngine
+from aiohttp import web
+
+from tests.fake_engine import FakeEngine, serving_handler
 
 
 class FakeReplicaEngine:
     def __init__(self):
         self.engine = FakeEngine()
-        self._serving = self.engine.serving()
+        self._serving = serving_handler(self._respond)
         self.url = ""
-        self.stopped = False
+        self.exited = False
 
     @property
     def running(self) -> bool:
-        return not self.stopped
+        return not self.exited
+
+    async def _respond(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/fake/exit":
+            self.exited = True
+            return web.json_response({"exited": True})
+        return await self.engine._respond(request)
 
     async def stop(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            await self._serving.__aexit__(None, None, None)
+        await self._serving.__aexit__(None, None, None)
 
 
 async def start_fake_engine() -> FakeReplicaEngine:

@@ -42,7 +42,7 @@ async def fleet_gateway(make_settings, ray_cluster, fake_fleet, good_lora):
     settings = make_settings(engine_backend="ray", ray_serve_port=ray_cluster.serve_port, ray_shared_folder=False,
                              api_keys=[KEY])
     async with running_gateway(settings) as url, client(url, KEY) as http:
-        await until(lambda: _ready(http), "the fleet to be ready")
+        await until(lambda: _ready(http), "the fleet to be ready", timeout=300)  # a loaded machine: slow
         for i in range(DOMAINS):
             uploaded = await http.post(f"/v1/adapters/a{i}/versions", files=adapter_files(good_lora))
             assert uploaded.status_code == 201, uploaded.text
@@ -113,3 +113,24 @@ async def test_a_request_for_an_adapter_the_fleet_does_not_know_is_refused(fleet
         answer = await fleet.post("/v1/completions", json={"model": "nobody@1", "prompt": "x"},
                                   headers={"serve_multiplexed_model_id": "nobody@1"})
     assert answer.status_code == 404 and "not registered" in answer.json()["error"]["message"]
+
+
+async def test_a_replica_whose_engine_died_is_replaced_and_the_fleet_serves_every_domain(
+        fleet_gateway, ray_cluster):
+    import httpx
+
+    http = fleet_gateway
+    before = {e["url"] for e in await _engines(http)}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ray_cluster.serve_port}", timeout=60) as fleet:
+        assert (await fleet.post("/fake/exit", json={})).status_code == 200
+    # Ray replaces the replica that failed its health check: a new id, two replicas ready again.
+    await until(lambda: _replaced(http, before), "Ray to replace the replica", timeout=120)
+    for i in range(DOMAINS):
+        answer = await http.post("/v1/completions", json={"model": f"d{i}", "prompt": "x", "max_tokens": 4})
+        assert answer.status_code == 200 and answer.json()["adapter"] == f"a{i}@1", answer.text
+
+
+async def _replaced(http, before: set[str]) -> bool:
+    engines = await _engines(http)
+    ids = {e["url"] for e in engines}
+    return len(engines) == 2 and all(e["ready"] for e in engines) and len(ids - before) == 1

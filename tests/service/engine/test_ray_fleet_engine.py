@@ -31,7 +31,7 @@ async def test_a_domain_answers_with_its_adapter_through_a_vllm_replica(vllm_fle
     settings = make_settings(engine_backend="ray", ray_serve_port=ray_cluster.serve_port, ray_shared_folder=False,
                              api_keys=[KEY], **ENGINE)
     async with running_gateway(settings) as url, client(url, KEY) as http:
-        await until(lambda: _ready(http), "the fleet to be ready")
+        await until(lambda: _ready(http), "the fleet to be ready", timeout=300)  # a loaded machine: slow
         assert (await http.post("/v1/adapters/tone/versions", files=adapter_files(good_lora))).status_code == 201
         bound = await http.put("/v1/domains/d", json={"adapter": {"name": "tone", "version": 1}})
         assert bound.status_code == 201, bound.text
