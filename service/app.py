@@ -116,18 +116,9 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
     planner = Planner(settings.base_model_name, routing, retriever,
                       PromptBuilder(tokenizer, settings.max_model_len), threads=settings.resolved_plan_threads)
 
-    urls = list(settings.engine_urls)
-    owns_engine = False
-    if not urls:
-        if local_engine is None:
-            local_engine, owns_engine = LocalEngine(settings), True
-            await local_engine.start()
-        urls = [local_engine.url]
+    pool, local_engine, owns_engine = await _engine_pool(settings, local_engine)
     worker = IngestionWorker(sessions, registry, IngestLimits(
         settings.max_pdf_pages, settings.extract_timeout_s, settings.embedding_batch_size))
-    pool = EnginePool([EngineClient(url, connect_timeout_s=settings.engine_connect_timeout_s,
-                                    request_timeout_s=settings.engine_request_timeout_s)
-                       for url in urls], settings.base_model_name)
     loader = HotLoader(pool, settings.drain_timeout_s)
     jobs = JobRunner(sessions)
     eval_service = EvalService(sessions, routing, planner, pool, settings.eval_concurrency, jobs)
@@ -160,6 +151,29 @@ async def _start(settings: Settings, local_engine: LocalEngine | None) -> Gatewa
     if local_engine is not None:
         local_engine.watch()
     return state
+
+
+async def _engine_pool(settings: Settings, local_engine: LocalEngine | None
+                       ) -> tuple[EnginePool, LocalEngine | None, bool]:
+    """The engines of `settings.resolved_engine_backend`; the local engine, and whether the gateway owns it."""
+    backend = settings.resolved_engine_backend
+    if backend == "ray":
+        from service.engine.ray_fleet import fleet_pool
+
+        return fleet_pool(settings), None, False
+    owns_engine = False
+    urls = list(settings.engine_urls)
+    if backend == "local":
+        if local_engine is None:
+            local_engine, owns_engine = LocalEngine(settings), True
+            await local_engine.start()
+        urls = [local_engine.url]
+    if not urls:
+        raise StartupError("GRAFT_ENGINE_BACKEND=urls needs GRAFT_ENGINE_URLS")
+    pool = EnginePool([EngineClient(url, connect_timeout_s=settings.engine_connect_timeout_s,
+                                    request_timeout_s=settings.engine_request_timeout_s)
+                       for url in urls], settings.base_model_name)
+    return pool, local_engine, owns_engine
 
 
 def embedder_loader(settings: Settings) -> Callable[[str], Embedder]:

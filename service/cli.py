@@ -19,6 +19,7 @@ from service import cli_tune  # noqa: F401  (`graft domain tune|configs|config|a
 from service.cli_client import adapter_app, corpus_app, domain_app
 from service.cli_eval import eval_app, evalset_app
 from service.cli_jobs import jobs_app
+from service.cli_ray import ray_app
 from service.cli_snapshot import snapshot_app
 from service.settings import Settings
 
@@ -38,6 +39,7 @@ app.add_typer(evalset_app, name="evalset")
 app.add_typer(eval_app, name="eval")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(ray_app, name="ray")
 
 
 def fail(message: str) -> None:
@@ -109,7 +111,7 @@ def serve(host: str = typer.Option(None, help="bind address (default GRAFT_HOST)
              "create one with `graft keys create` or set GRAFT_API_KEYS")
     if not port_is_free(settings.host, settings.port):
         fail(f"port {settings.port} on {settings.host} is already in use")
-    if not settings.engine_urls:
+    if settings.resolved_engine_backend == "local":
         try:
             check_model_folder(settings.resolved_base_model)
         except BaseModelError as exc:
@@ -124,7 +126,7 @@ async def _serve(settings: Settings) -> int:
     from service.app import create_app
     from service.engine.supervisor import EngineStartError, LocalEngine
 
-    local = None if settings.engine_urls else LocalEngine(settings)
+    local = LocalEngine(settings) if settings.resolved_engine_backend == "local" else None
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, main.cancel)  # uvicorn takes over once serving

@@ -54,6 +54,38 @@ class Settings(BaseSettings):
     engine_connect_timeout_s: float = Field(5.0, description="connect timeout to an engine")
     engine_extra_args: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                               description="extra flags for the local vLLM")
+    engine_backend: Literal["local", "urls", "ray"] | None = Field(
+        None, description="`local`: start one vLLM as a child process; `urls`: the servers of `GRAFT_ENGINE_URLS`; "
+                          "`ray`: the engine fleet on Ray Serve (`graft ray deploy`); none: `urls` when "
+                          "`GRAFT_ENGINE_URLS` is set, else `local`")
+
+    # the engine fleet and trainings on Ray (extra `ray`)
+    ray_address: str = Field("auto", description="the Ray cluster `graft ray` and the Ray trainer join, e.g. `auto` "
+                                                 "(the one `ray start` runs here) or `ray://head:10001`")
+    ray_serve_host: str = Field("127.0.0.1", description="where the gateway reaches the fleet's Serve proxy; a "
+                                                         "non-loopback host makes `graft ray deploy` bind it on all "
+                                                         "interfaces")
+    ray_serve_port: int = Field(8200, description="the fleet's Serve proxy port (Ray's own default, 8000, is the "
+                                                  "gateway's)")
+    ray_replicas: int = Field(1, ge=1, le=1000, description="engine replicas (`graft ray deploy --replicas`)")
+    ray_min_replicas: int | None = Field(None, ge=0, le=1000, description="autoscaling lower bound (with "
+                                                                          "`ray_max_replicas`, in place of "
+                                                                          "`ray_replicas`)")
+    ray_max_replicas: int | None = Field(None, ge=1, le=1000, description="autoscaling upper bound")
+    ray_adapters_per_replica: int = Field(4, ge=1, le=1000, description="adapters one replica keeps loaded (LRU "
+                                                                        "beyond)")
+    ray_replica_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica")
+    ray_replica_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves per replica")
+    ray_adapter_url: str | None = Field(None, description="the gateway as the fleet's replicas reach it, to fetch "
+                                                          "adapter files; none: `http://{host}:{port}`")
+    ray_shared_folder: bool = Field(True, description="replicas may read adapters from the gateway's folder where "
+                                                    "their node sees it (a shared folder); off: always over HTTP")
+    ray_adapter_cache_dir: Path | None = Field(None, description="fetched adapters on each node; none: "
+                                                                 "`graft-adapter-cache` in the node's temp folder")
+    ray_training_gpus: float = Field(0.0, ge=0, description="GPUs a training's Ray task asks for (its CPUs: "
+                                                            "`training_threads`)")
+    ray_adapter_key: str | None = Field(None, description="the admin key replicas fetch adapter files with (no "
+                                                          "key: only a shared folder or a node's cache serves them)")
 
     # indexing and retrieval
     embedding_model: str = Field("all-MiniLM-L6-v2", description="default embedder of new corpora: the packaged "
@@ -104,9 +136,10 @@ class Settings(BaseSettings):
     training_batch_size: int = Field(4, ge=1, le=256, description="examples per training step")
     training_max_examples: int = Field(2000, ge=1, le=100_000, description="the most examples one training "
                                                                            "may ask for")
-    trainer: Literal["local", "queue"] = Field(
+    trainer: Literal["local", "queue", "ray"] = Field(
         "local", description="`local`: each training runs as the gateway's child process; `queue`: it is handed "
-                             "to `graft trainer` workers through `trainings/` in the data folder")
+                             "to `graft trainer` workers through `trainings/` in the data folder; `ray`: it runs "
+                             "as a Ray task on the cluster at `GRAFT_RAY_ADDRESS`")
     trainer_stale_after_s: float = Field(120.0, ge=1.0, description="queue: a claimed training whose worker sent "
                                                                     "no heartbeat for this long fails")
     question_concurrency: int = Field(4, ge=1, le=64, description="training questions: requests to the question "
@@ -130,6 +163,18 @@ class Settings(BaseSettings):
             return len(os.sched_getaffinity(0))  # the cores this process may run on (Linux)
         except AttributeError:
             return os.cpu_count() or 1
+
+    @property
+    def resolved_engine_backend(self) -> str:
+        return self.engine_backend or ("urls" if self.engine_urls else "local")
+
+    @property
+    def ray_serve_url(self) -> str:
+        return f"http://{self.ray_serve_host}:{self.ray_serve_port}"
+
+    @property
+    def resolved_ray_adapter_url(self) -> str:
+        return (self.ray_adapter_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def embedding_models(self) -> frozenset[str]:

@@ -185,6 +185,13 @@ class TrainingService:
 
         if self.settings.trainer == "queue":
             code = await self._train_by_worker(job, folder, on_event)
+        elif self.settings.trainer == "ray":
+            from training import ray_task
+
+            job.stage("waiting for Ray")
+            code = await ray_task.train(folder, on_event, address=self.settings.ray_address,
+                                        num_cpus=self.settings.training_threads,
+                                        num_gpus=self.settings.ray_training_gpus)
         else:
             code = await self._train_here(folder, on_event)
         if code != 0 or done is None:

@@ -45,6 +45,16 @@ async def local_engine(base_model_dir, tmp_path_factory) -> LocalEngine:
 
 
 @pytest.fixture(scope="session")
+def ray_cluster():
+    """The session's local Ray cluster, for the tests marked `ray` (tests/ray_cluster.py)."""
+    pytest.importorskip("ray", reason="the `ray` extra is not installed")  # make install installs it
+    from tests.ray_cluster import ray_cluster as start
+
+    with start() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def embedding_cache_dir(tmp_path_factory) -> Path:
     """One folder of exported embedding models for the session (an export takes ~2 s)."""
     return tmp_path_factory.mktemp("embedders")
@@ -65,7 +75,9 @@ def pytest_collection_modifyitems(config, items):
     one worker: one session engine and at most one more vLLM beside it, as in a serial run (a vLLM
     on CPU holds about 4 GiB; four at once would not fit beside the rest)."""
     for item in items:
-        group = "engine" if item.get_closest_marker("engine") else item.nodeid.split("::")[0]
+        # Ray tests share one session cluster and run vLLM replicas: with the engine tests, on one worker.
+        on_engine = item.get_closest_marker("engine") or item.get_closest_marker("ray")
+        group = "engine" if on_engine else item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))
 
 

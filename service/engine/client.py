@@ -92,7 +92,8 @@ class EngineClient:
         """
         finished = False
         try:
-            async with self._http().post(self.base_url + path, json=payload) as response:
+            async with self._http().post(self.base_url + path, json=payload,
+                                         headers=self.request_headers(payload)) as response:
                 try:
                     if response.status != 200:
                         raise _error_from(response.status, await response.read())
@@ -110,6 +111,10 @@ class EngineClient:
         except _TRANSPORT_ERRORS as exc:
             raise EngineUnavailable(f"engine at {self.base_url} unreachable: {exc!r}") from exc
 
+    def request_headers(self, payload: dict | None) -> dict[str, str]:
+        """Headers a request carries besides the session's (a fleet names the adapter in one)."""
+        return {}
+
     async def load_lora(self, name: str, path: str) -> None:
         await self.post_or_get("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
 
@@ -118,7 +123,8 @@ class EngineClient:
 
     async def post_or_get(self, method: str, path: str, payload: dict | None = None) -> dict[str, Any]:
         try:
-            async with self._http().request(method, self.base_url + path, json=payload) as response:
+            async with self._http().request(method, self.base_url + path, json=payload,
+                                            headers=self.request_headers(payload)) as response:
                 status, content = response.status, await response.read()
         except _TRANSPORT_ERRORS as exc:
             raise EngineUnavailable(f"engine at {self.base_url} unreachable: {exc!r}") from exc

@@ -125,6 +125,10 @@ class EnginePool:
         for engine in self.engines:
             await engine.client.aclose()
 
+    def replicas(self) -> list[EngineHandle]:
+        """What `/v1/engines` and readiness list: each engine (a fleet lists its replicas)."""
+        return list(self.engines)
+
     @property
     def idle(self) -> bool:
         """No request is in flight on any engine."""

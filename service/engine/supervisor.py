@@ -65,6 +65,10 @@ class LocalEngine:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
     def command(self) -> list[str]:
         s = self.settings
         return [

@@ -2,14 +2,15 @@
 delete."""
 
 import asyncio
+import pathlib
 import shutil
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from adapters_store import adapter_repo, compose
 from adapters_store.artifacts import unpack_upload
-from adapters_store.errors import Invalid
+from adapters_store.errors import Invalid, NotFound
 from adapters_store.validation import AdapterInfo, validate_adapter
 from service.auth import Principal
 from service.compose_request import ComposeIn, read_composition, recipe_of, resolve_sources
@@ -129,3 +130,22 @@ async def delete_version(name: str = Depends(adapter_name), version: int = Path(
     if not still_used:
         await asyncio.to_thread(state.artifacts.remove, sha256)
     return {"object": "adapter.version.deleted", "adapter": name, "version": version, "deleted": True}
+
+
+# For the engine fleet's replicas on machines without the gateway's folder (service/engine/adapter_fetch.py);
+# out of the OpenAPI document: it answers a version's raw files.
+@router.get("/v1/adapters/{name}/versions/{version}/files/{path:path}", include_in_schema=False)
+async def version_file(path: str, name: str = Depends(adapter_name), version: int = Path(ge=1, le=MAX_VERSION),
+                       state: GatewayState = Depends(get_state)):
+    """One file of a stored version, looked up among the version's files (never a path handed to the filesystem)."""
+    with state.sessions() as session:
+        folder = adapter_repo.get_version(session, name, version).path
+    files = await asyncio.to_thread(_files_of, folder)
+    if path not in files:
+        raise NotFound(f"{name}@{version} has no file {path[:200]!r}", param="path", code="not_found")
+    return FileResponse(files[path], media_type="application/octet-stream")
+
+
+def _files_of(folder: str) -> dict[str, pathlib.Path]:
+    root = pathlib.Path(folder)
+    return {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()}

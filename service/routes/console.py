@@ -65,4 +65,4 @@ async def list_engines(principal: Principal = Depends(admin_principal), state: G
     """The engines and the adapters each holds (a tenant's key sees its own adapters only)."""
     return {"object": "list", "data": [
         {"object": "engine", "url": e.url, "healthy": e.healthy, "ready": e.ready, "in_flight": e.in_flight,
-         "adapters": sorted(a for a in e.loaded_adapters if principal.sees(a))} for e in state.pool.engines]}
+         "adapters": sorted(a for a in e.loaded_adapters if principal.sees(a))} for e in state.pool.replicas()]}

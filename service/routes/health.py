@@ -26,16 +26,16 @@ async def readyz(state: GatewayState = Depends(get_state)):
         problems.append(f"database unreachable: {exc.__class__.__name__}")
     if not state.pool.any_ready:
         problems.append("no engine is ready: " + ", ".join(
-            f"{e.url} ({'healthy' if e.healthy else 'down'})" for e in state.pool.engines))
+            f"{e.url} ({'healthy' if e.healthy else 'down'})" for e in state.pool.replicas()))
     if problems:
         return error_response(503, "; ".join(problems), code="not_ready", headers={"Retry-After": "5"})
-    return {"status": "ready", "engines": [e.url for e in state.pool.engines if e.ready]}
+    return {"status": "ready", "engines": [e.url for e in state.pool.replicas() if e.ready]}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     state: GatewayState = request.app.state.graft
-    state.metrics.engine_ready.set(sum(e.ready for e in state.pool.engines))
+    state.metrics.engine_ready.set(sum(e.ready for e in state.pool.replicas()))
     if state.local_engine is not None:
         state.metrics.engine_restarts.set(state.local_engine.restarts)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,52 @@
+"""The gateway's client to the Ray fleet, against a stand-in for Serve's proxy (no Ray): the adapter goes
+in Serve's multiplexing header, and a request whose replica failed before anything reached the client
+is sent once more (a stream only before its first event)."""
+
+import json
+
+import pytest
+from aiohttp import web
+
+from service.engine.client import EngineUnavailable
+from service.engine.ray_fleet import MULTIPLEXED_MODEL_HEADER, FleetClient
+from tests.fake_engine import serving_handler
+
+
+class Proxy:
+    """Fails the first `failures` requests with a 503, as Serve's proxy does when the replica died."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.headers: list[str | None] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.headers.append(request.headers.get(MULTIPLEXED_MODEL_HEADER))
+        if self.failures:
+            self.failures -= 1
+            return web.json_response({"error": {"message": "replica died"}}, status=503)
+        if body.get("stream"):
+            events = "".join(f"data: {json.dumps({'n': i})}\n\n" for i in range(3)) + "data: [DONE]\n\n"
+            return web.Response(body=events.encode(), content_type="text/event-stream")
+        return web.json_response({"model": body["model"]})
+
+
+async def test_the_adapter_rides_in_the_header_and_a_failed_request_is_sent_once_more():
+    proxy = Proxy(failures=1)
+    async with serving_handler(proxy.handle) as url:
+        fleet = FleetClient(url, "http://gateway")
+        try:
+            assert await fleet.complete("/v1/completions", {"model": "tone@1", "prompt": "x"}) == {"model": "tone@1"}
+            assert proxy.headers == ["tone@1", "tone@1"]
+            await fleet.complete("/v1/completions", {"model": "SmolLM2-135M-Instruct", "prompt": "x"})
+            assert proxy.headers[-1] is None  # the base model: no adapter to route by
+
+            proxy.failures = 1
+            events = [e async for e in fleet.stream("/v1/completions", {"model": "tone@1", "stream": True})]
+            assert events == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+            proxy.failures = 2  # failed twice: the caller hears it
+            with pytest.raises(EngineUnavailable):
+                await fleet.complete("/v1/completions", {"model": "tone@1", "prompt": "x"})
+        finally:
+            await fleet.aclose()
