@@ -90,8 +90,8 @@ def gateway_settings(services, monkeypatch) -> Settings:
     return Settings()
 
 
-def test_four_services_and_named_volumes(compose, services):
-    assert set(services) == {"postgres", "vllm", "gateway", "trainer"}
+def test_three_services_and_named_volumes(compose, services):
+    assert set(services) == {"postgres", "vllm", "gateway"}
     declared = set(compose.get("volumes") or {})
     for service in services.values():
         for target, source in mounts(service).items():
@@ -225,18 +225,3 @@ def test_gateway_image_is_built_from_the_service_dockerfile(services):
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     for pattern in packages["include"]:
         assert pattern.rstrip("*") in copied, f"the image does not copy the {pattern.rstrip('*')} package"
-
-
-def test_the_trainer_runs_the_gateways_queued_trainings_on_a_gpu(services, monkeypatch):
-    trainer, gateway = services["trainer"], services["gateway"]
-    assert gateway_settings(services, monkeypatch).trainer == "queue"
-    assert trainer["build"] == {**services["gateway"]["build"], "args": {"TORCH_INDEX_URL": ""}}  # CUDA torch
-    assert as_argv(trainer["command"]) == ["graft", "trainer"]
-    # The run folders (config, examples, adapter) and the base model at the paths the gateway wrote.
-    data_dir = str(gateway_settings(services, monkeypatch).data_dir)
-    assert mounts(trainer)[data_dir] == mounts(gateway)[data_dir] == "data"
-    assert as_dict(trainer["environment"])["GRAFT_DATA_DIR"] == data_dir
-    assert mounts(trainer)["/hf"] == mounts(gateway)["/hf"] == "hf-cache"
-    devices = trainer["deploy"]["resources"]["reservations"]["devices"]
-    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
-    assert trainer["healthcheck"] == {"disable": True}
