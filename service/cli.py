@@ -166,24 +166,6 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-@app.command()
-def trainer(once: bool = typer.Option(False, help="run one queued training, then exit")) -> None:
-    """Run the trainings gateways queue (GRAFT_TRAINER=queue) from DATA/trainings, one at a time, on
-    this machine's GPU when it has one; stops cleanly on Ctrl-C or SIGTERM (the running training
-    fails with a reason)."""
-    import threading
-
-    from training import queue
-
-    settings = Settings()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    typer.echo(f"graft trainer: waiting for trainings in {settings.data_dir / 'trainings'}")
-    queue.work(settings.data_dir / "trainings", stop=stop, once=once)
-
-
 @keys_app.command("create")
 def keys_create(name: str = typer.Argument(..., help="who or what uses the key"),
                 scope: str = typer.Option("inference", help="inference | admin"),

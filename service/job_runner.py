@@ -31,8 +31,6 @@ class JobType:
     # In the transaction that ends a job (however it ends, and at start-up for one a restart cut
     # short), with the job's final status set: the kind's own rows follow it.
     on_end: Callable[[Session, Job], None] | None = None
-    # At start-up, after a job a restart cut short is marked failed: what ran it outside this process stops.
-    on_restart: Callable[[Job], None] | None = None
 
 
 class JobHandle:
@@ -98,17 +96,12 @@ class JobRunner:
 
     def fail_unfinished(self) -> None:
         """At start-up: every job of a registered kind that a restart cut short is marked failed."""
-        restarted = []
         with self.sessions() as session, session.begin():
             for job in session.scalars(select(Job).where(Job.kind.in_(list(self._types)),
                                                          Job.status.in_(list(UNFINISHED_STATUSES)))):
                 job_type = self._types[JobKind(job.kind)]
                 self._end(session, job, job_type, JobStatus.FAILED,
                           reason=f"the gateway restarted during the {job_type.noun}; start it again")
-                restarted.append((job_type, job))
-        for job_type, job in restarted:
-            if job_type.on_restart is not None:
-                job_type.on_restart(job)
 
     def update(self, job_id: str, *, status: JobStatus | None = None, progress: dict | None = None,
                merge: bool = True, result: dict | None = None, reason: str | None = None) -> None:

@@ -136,12 +136,10 @@ class Settings(BaseSettings):
     training_batch_size: int = Field(4, ge=1, le=256, description="examples per training step")
     training_max_examples: int = Field(2000, ge=1, le=100_000, description="the most examples one training "
                                                                            "may ask for")
-    trainer: Literal["local", "queue", "ray"] = Field(
-        "local", description="`local`: each training runs as the gateway's child process; `queue`: it is handed "
-                             "to `graft trainer` workers through `trainings/` in the data folder; `ray`: it runs "
-                             "as a Ray task on the cluster at `GRAFT_RAY_ADDRESS`")
-    trainer_stale_after_s: float = Field(120.0, ge=1.0, description="queue: a claimed training whose worker sent "
-                                                                    "no heartbeat for this long fails")
+    trainer: Literal["local", "ray"] = Field(
+        "local", description="`local`: each training runs as the gateway's child process; `ray`: it runs as a Ray "
+                             "task on the cluster at `GRAFT_RAY_ADDRESS` (where a GPU is, with "
+                             "`GRAFT_RAY_TRAINING_GPUS`)")
     question_concurrency: int = Field(4, ge=1, le=64, description="training questions: requests to the question "
                                                                   "writer (the base engine or a teacher) in flight at once")
     question_candidates: int = Field(4, ge=1, le=16, description="training questions: candidates sampled per "

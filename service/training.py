@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -39,8 +38,7 @@ from service.swap import SwapService
 from service.questions import TEACHER_QUESTIONS, TEACHER_TOKENS, TEMPERATURE, QuestionWriter, sampling_payload
 from service.teacher import Teacher, TeacherClient
 from service.training_data import ExampleBuilder, build_examples, corpus_chunks, write_examples
-from training import queue
-from training.protocol import ALL_PROJECTIONS, TrainConfig
+from training.protocol import ALL_PROJECTIONS, TRAINER, TrainConfig, parse_event
 
 
 
@@ -75,7 +73,7 @@ class TrainingService:
         self.pool = pool
         self.base_shapes = base_shapes
         self.runner = runner
-        self.job_type = runner.register(JobType(JobKind.TRAIN, "training", on_restart=self._restarted))
+        self.job_type = runner.register(JobType(JobKind.TRAIN, "training"))
 
     def folder(self, job_id: str):
         return self.settings.data_dir / "trainings" / job_id
@@ -90,11 +88,6 @@ class TrainingService:
             job_id = job.id
         self.runner.start(job_id, self.job_type, functools.partial(self._run, request))
         return job_id
-
-    def _restarted(self, job: Job) -> None:
-        """A training a restart cut short: a worker still running it stops."""
-        if self.settings.trainer == "queue" and self.folder(job.id).is_dir():
-            queue.request_cancel(self.folder(job.id))
 
     async def _run(self, request: TrainingRequest, job: JobHandle) -> dict:
         try:
@@ -183,9 +176,7 @@ class TrainingService:
             elif event.get("event") == "error":
                 error = event.get("message")
 
-        if self.settings.trainer == "queue":
-            code = await self._train_by_worker(job, folder, on_event)
-        elif self.settings.trainer == "ray":
+        if self.settings.trainer == "ray":
             from training import ray_task
 
             job.stage("waiting for Ray")
@@ -201,12 +192,12 @@ class TrainingService:
     async def _train_here(self, folder, on_event) -> int:
         """The trainer as this gateway's child process, its events read from its stdout."""
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "training.run", str(folder / "config.json"),
+            *TRAINER, str(folder / "config.json"),
             stdout=asyncio.subprocess.PIPE, stderr=(folder / "trainer.log").open("ab"),
             stdin=asyncio.subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         try:
             async for line in process.stdout:
-                on_event(queue.parse_event(line))
+                on_event(parse_event(line))
             return await process.wait()
         except asyncio.CancelledError:
             if process.returncode is None:
@@ -215,16 +206,6 @@ class TrainingService:
                     await asyncio.wait_for(process.wait(), 30)
                 if process.returncode is None:
                     process.kill()
-            raise
-
-    async def _train_by_worker(self, job: JobHandle, folder, on_event) -> int:
-        """The run handed to a `graft trainer` worker through the shared folder (training/queue.py)."""
-        job.stage("waiting for a trainer")
-        queue.enqueue(folder)
-        try:
-            return await queue.follow(folder, on_event, stale_after_s=self.settings.trainer_stale_after_s)
-        except asyncio.CancelledError:
-            queue.request_cancel(folder)
             raise
 
     async def _ask_base_model(self, messages: list[dict], n: int) -> list[str]:

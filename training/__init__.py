@@ -14,7 +14,7 @@ Modules:
 - `training.checkpoint`: atomic checkpoints (LoRA weights + optimizer state + step) for resume.
 - `training.trainer`: `train(config, on_event)`, the importable API.
 - `training.run`: the process entry point (niceness, threads, SIGTERM, stdout protocol).
-- `training.queue`: runs handed to `graft trainer` workers through a shared folder.
+- `training.ray_task`: a training as a Ray task (GRAFT_TRAINER=ray; needs the `ray` extra).
 - `training.durable`: crash-safe file writes (every package's: `adapters_store.durable` re-exports them).
 
 This package never imports `service`, `indexer` or `adapters_store`; importing it (or

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -151,9 +152,21 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+TRAINER = [sys.executable, "-m", "training.run"]  # + the config's path
+
+
 def event_line(event: dict) -> str:
     """One event as the single line the trainer prints (no NaN/Infinity: JSON has none)."""
     return json.dumps(_finite(event), separators=(",", ":"), allow_nan=False)
+
+
+def parse_event(line: bytes) -> dict:
+    """One line of the trainer's stdout as an event; {} for anything else."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
 
 
 def _finite(value):

@@ -2,9 +2,9 @@
 the training asks for (CPUs, a GPU), with nothing shared but Ray itself.
 
 The gateway's side (`train`) sends the run's config and examples with the task, relays the trainer's
-events (training.protocol, one a line of its stdout) from a Ray queue to `on_event` while it runs,
-and writes the adapter files the task returns into the run's folder, as a local run leaves them. A
-cancelled job cancels the task, which stops its trainer (SIGTERM, as local runs).
+events (training.protocol, one a line of its stdout) to `on_event` through a Ray queue actor while
+it runs, and writes the adapter files the task returns into the run's folder, as a local run leaves
+them. A cancelled job cancels the task, which stops its trainer (SIGTERM, as local runs).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import ray
 from ray.util.queue import Queue
 
-from training.queue import TRAINER, parse_event
+from training.protocol import TRAINER, parse_event
 
 POLL_S = 0.5
 

@@ -4,7 +4,6 @@ version carries its provenance. The trainer is the real one, on tiny settings.""
 
 import asyncio
 import json
-import threading
 import time
 
 import pytest
@@ -17,7 +16,6 @@ from service.training_data import RECIPE_DEFAULTS
 from tests.fake_engine import serving_handler
 from tests.harness import client, running_gateway
 from tests.service.test_corpora_api import wait_job
-from training import queue
 
 # Each test on SQLite and on a fresh PostgreSQL database (tests/conftest.py, `database_url`).
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
@@ -240,45 +238,3 @@ async def test_cancel_stops_the_trainer_and_a_restart_fails_an_unfinished_traini
     async with running_gateway(settings) as url, client(url) as http:
         job = (await http.get("/v1/jobs/crashed")).json()
         assert job["status"] == "failed" and "restarted" in job["reason"]
-
-
-async def test_a_queued_training_waits_for_a_worker_runs_on_it_and_cancels_through_the_folder(
-        make_settings, fake_engine):
-    """GRAFT_TRAINER=queue: the gateway hands the run to a `graft trainer` worker (here a thread of
-    this test, as the compose trainer service would run it) and follows its events."""
-    settings = make_settings(engine_urls=[fake_engine.url], max_lora_rank=8, training_threads=1, trainer="queue")
-    root = settings.data_dir / "trainings"
-    body = {"corpus": "lore", "recipe": "memorize", "rank": 4, "max_examples": 4, "epochs": 1}
-    async with running_gateway(settings) as url, client(url, timeout=300) as http:
-        await http.post("/v1/corpora", json={"name": "lore"})
-        job = (await http.post("/v1/corpora/lore/documents", json={"documents": DOCS})).json()
-        assert (await wait_job(http, job["job_id"]))["status"] == "succeeded"
-
-        async def stage(job_id, wanted):
-            job = (await http.get(f"/v1/jobs/{job_id}")).json()
-            return job if job["progress"].get("stage") == wanted else None
-
-        # No worker yet: the run waits, and a cancel withdraws it.
-        waiting = (await http.post("/v1/adapters/queued/trainings", json=body)).json()["job_id"]
-        await wait_for(lambda: stage(waiting, "waiting for a trainer"))
-        assert (root / waiting / queue.QUEUED).exists()
-        assert (await http.post(f"/v1/jobs/{waiting}/cancel")).status_code == 200
-        assert (await wait_job(http, waiting))["status"] == "cancelled"
-        assert not (root / waiting / queue.QUEUED).exists() and (root / waiting / queue.CANCEL).exists()
-
-        # A worker takes the next one: the version comes back through the gateway as a local run's does.
-        stop = threading.Event()
-        worker = threading.Thread(target=queue.work, args=(root,), kwargs={"poll_s": 0.1, "stop": stop})
-        worker.start()
-        try:
-            started = (await http.post("/v1/adapters/queued/trainings", json=body)).json()["job_id"]
-            done = await wait_job(http, started, timeout=600)
-            assert done["status"] == "succeeded", done
-            assert (done["result"]["adapter"], done["result"]["version"]) == ("queued", 1)
-            assert done["result"]["questions"]["lore"]["chunks"] == 4
-            assert json.loads((root / started / queue.EXIT).read_text()) == {"code": 0}
-            versions = (await http.get("/v1/adapters/queued/versions")).json()["data"]
-            assert versions[0]["provenance"]["loss"]["final"] is not None
-        finally:
-            stop.set()
-            worker.join(60)

@@ -3,10 +3,11 @@ built with the base model's own chat template (as the gateway renders its prompt
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from training.protocol import TRAINER
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +59,7 @@ def spawn(config_path: Path) -> subprocess.Popen:
     """`python -m training.run CONFIG` as the gateway spawns it (stderr into a file beside the
     config, so that a chatty library can never block the process on a full pipe)."""
     with open(config_path.with_suffix(".stderr"), "w") as stderr:
-        return subprocess.Popen([sys.executable, "-m", "training.run", str(config_path)], cwd=REPO,
+        return subprocess.Popen([*TRAINER, str(config_path)], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 

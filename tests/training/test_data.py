@@ -14,7 +14,7 @@ from training.data import (
     read_examples,
     truncate_pair,
 )
-from training.protocol import ConfigError, ExamplesError, TrainConfig, event_line
+from training.protocol import ConfigError, ExamplesError, TrainConfig, event_line, parse_event
 from training.trainer import lr_at
 
 
@@ -140,3 +140,10 @@ def test_learning_rate_schedule():
 def test_events_are_single_json_lines_without_nan():
     line = event_line({"event": "progress", "loss": float("nan"), "note": "a\nb"})
     assert "\n" not in line and json.loads(line) == {"event": "progress", "loss": None, "note": "a\nb"}
+
+
+def test_the_gateway_reads_back_each_event_line_and_nothing_else():
+    event = {"event": "done", "final_loss": 0.5, "loss_curve": [1.0, 0.5]}
+    assert parse_event(event_line(event).encode() + b"\n") == event
+    for noise in (b"Loading checkpoint shards: 100%\n", b"[1, 2]\n", b"\n"):
+        assert parse_event(noise) == {}

@@ -1,5 +1,5 @@
 """The rule training/__init__.py states: the package imports no other graft package (the trainer's
-process and a `graft trainer` worker run it alone), checked in a fresh interpreter."""
+process and a Ray training task run it alone), checked in a fresh interpreter."""
 
 import subprocess
 import sys
