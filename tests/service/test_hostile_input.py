@@ -225,7 +225,7 @@ async def test_an_internal_error_closes_the_connection_cleanly(gateway, monkeypa
 def api_routes(settings) -> list[tuple[str, str]]:
     """(method, path) of every /v1 route, path parameters filled with existing names."""
     names = {"{name}": "lore", "{version}": "1", "{document_id:path}": "zorblax", "{job_id}": "nope",
-             "{eval_id}": "nope", "{key_id}": "1"}
+             "{eval_id}": "nope", "{key_id}": "1", "{path:path}": "adapter_config.json"}
     routes = []
     for route in create_app(settings).routes:
         if not route.path.startswith("/v1/"):
