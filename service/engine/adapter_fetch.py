@@ -15,17 +15,11 @@ from typing import Any
 
 import aiohttp
 
+from service.basemodel import sha256_file
+
 
 class AdapterFetchError(Exception):
     pass
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_of(folder: Path, files_url: str | None, shared: bool = True) -> dict[str, Any]:
@@ -33,7 +27,7 @@ def source_of(folder: Path, files_url: str | None, shared: bool = True) -> dict[
     `shared`: replicas may read the folder itself where their node sees it."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     return {"path": str(folder) if shared else None, "content": folder.name, "url": files_url,
-            "files": [{"path": p.relative_to(folder).as_posix(), "sha256": _sha256(p), "size": p.stat().st_size}
+            "files": [{"path": p.relative_to(folder).as_posix(), "sha256": sha256_file(p), "size": p.stat().st_size}
                       for p in files]}
 
 
