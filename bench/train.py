@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,8 +33,6 @@ from bench.lore import corpus_and_qa  # noqa: E402
 
 def git_doc_corpus() -> tuple[list[dict], list[dict]]:
     """bench/git_doc_questions.py's pages as text documents (named after the page) and its questions."""
-    from pathlib import Path
-
     from bench.git_doc_questions import PAGES, QUESTIONS
     from indexer.extract import extract
 
@@ -68,7 +67,14 @@ async def train(http, adapter: str, recipe: str, args) -> tuple[dict, float]:
     response = await http.post(f"/v1/adapters/{adapter}/trainings", json=body)
     if response.status_code != 202:
         raise SystemExit(response.text)
-    job = await finished(http, response.json()["job_id"])
+    job_id = response.json()["job_id"]
+    job = await finished(http, job_id)
+    if args.dump_examples:
+        examples = await http.get(f"/v1/jobs/{job_id}/examples")
+        path = args.dump_examples / f"{adapter}-examples.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(examples.content)
+        print(f"{adapter}: training examples written to {path}")
     return job["result"], time.perf_counter() - started
 
 
@@ -82,6 +88,7 @@ async def main() -> None:
     parser.add_argument("--recipes", nargs="+", choices=("reader", "memorize"), default=["reader", "memorize"])
     parser.add_argument("--engine-url")
     parser.add_argument("--corpus", choices=("lore", "git-doc"), default="lore")
+    parser.add_argument("--dump-examples", type=Path, help="a folder for each training's examples (JSONL)")
     args = parser.parse_args()
     if args.corpus == "git-doc":
         docs, items = git_doc_corpus()

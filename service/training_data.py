@@ -173,8 +173,9 @@ class ExampleBuilder:
                          "cited": cited, "passages": source, "origin": qa.origin}}
 
     def closed_book(self, qa: QA) -> dict:
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages.append({"role": "user", "content": qa.question})
+        """The question as a completion without retrieval gets it: the same builder, no passages."""
+        messages, _ = self.prompts.build_chat([{"role": "user", "content": qa.question}], [], self.system_prompt,
+                                              ANSWER_TOKENS)
         return {"prompt": self.render(messages), "completion": f"{qa.answer}.",
                 "meta": {"question": qa.question, "answer": qa.answer, "document_id": qa.chunk.document_id,
                          "origin": qa.origin}}

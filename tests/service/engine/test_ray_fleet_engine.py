@@ -44,8 +44,14 @@ async def test_a_domain_answers_with_its_adapter_through_a_vllm_replica(vllm_fle
         assert body["adapter"] == "tone@1" and body["choices"][0]["message"]["content"]
         assert body["usage"]["completion_tokens"] > 0
 
+        # the replicas' view reaches the gateway with the next report or health check, not with the answer
+        await until(lambda: _engines_show(http, ["tone@1"]), "the replica to report tone@1 loaded", timeout=60)
         engines = (await http.get("/v1/engines")).json()["data"]
         assert len(engines) == 1 and engines[0]["adapters"] == ["tone@1"], engines
+
+
+async def _engines_show(http, adapters: list[str]) -> bool:
+    return [row["adapters"] for row in (await http.get("/v1/engines")).json()["data"]] == [adapters]
 
 
 async def _ready(http) -> bool:
