@@ -6,7 +6,7 @@ import pytest
 
 from tests.harness import client, running_gateway
 from tests.service.test_adapters_engine import adapter_files
-from tests.service.test_console import KEY, Console, browser, screenshots, step  # noqa: F401  (fixtures)
+from tests.service.console_browser import KEY, Console, browser, screenshots, step  # noqa: F401  (fixtures)
 from tests.service.test_reports_api import lore, report, scripted
 
 

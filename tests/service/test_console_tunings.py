@@ -5,7 +5,7 @@ Chromium against a gateway over the scripted fake engine of test_tunings_api."""
 import pytest
 
 from tests.harness import client, running_gateway
-from tests.service.test_console import KEY, Console, browser, screenshots, step  # noqa: F401  (fixtures)
+from tests.service.console_browser import KEY, Console, browser, screenshots, step  # noqa: F401  (fixtures)
 from tests.service.test_corpora_api import wait_job
 from tests.service.test_tunings_api import FACTS, ITEMS, SMALL_SPACE, scripted, tune
 
