@@ -86,6 +86,9 @@ class Settings(BaseSettings):
                                                             "`training_threads`)")
     ray_adapter_key: str | None = Field(None, description="the admin key replicas fetch adapter files with (no "
                                                           "key: only a shared folder or a node's cache serves them)")
+    ray_retry_window_s: float = Field(60.0, ge=0, le=3600, description="how long the gateway sends again a request "
+                                      "whose replica failed before anything reached the client (Ray replaces "
+                                      "a replica whose vLLM died within seconds)")
 
     # indexing and retrieval
     embedding_model: str = Field("all-MiniLM-L6-v2", description="default embedder of new corpora: the packaged "

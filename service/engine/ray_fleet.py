@@ -9,10 +9,11 @@ service/engine/ray_replica.py.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service.engine.adapter_fetch import source_of
 from service.engine.client import EngineClient, EngineUnavailable
@@ -21,43 +22,61 @@ from service.settings import Settings
 
 MULTIPLEXED_MODEL_HEADER = "serve_multiplexed_model_id"
 CATALOG = "/graft-fleet"  # ray_replica.CATALOG_ROUTE (not imported: the gateway imports no Ray)
+RETRY_FIRST_PAUSE_S = 0.25
+RETRY_MAX_PAUSE_S = 4.0
+T = TypeVar("T")
 
 
 class FleetClient(EngineClient):
     """The fleet's Serve proxy as one OpenAI-compatible engine."""
 
-    def __init__(self, base_url: str, adapter_files_url: str, shared_folder: bool = True, **kwargs):
+    def __init__(self, base_url: str, adapter_files_url: str, shared_folder: bool = True,
+                 retry_window_s: float = 60.0, **kwargs):
         super().__init__(base_url, **kwargs)
         self.adapter_files_url = adapter_files_url  # the gateway, as replicas reach it
         self.shared_folder = shared_folder
+        self.retry_window_s = retry_window_s
 
     def request_headers(self, payload: dict | None) -> dict[str, str]:
         model = (payload or {}).get("model", "")
         return {MULTIPLEXED_MODEL_HEADER: model} if "@" in model else {}
 
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt` again, with a growing pause, while the fleet answers that a replica failed and the
+        retry window lasts: Serve keeps routing to a replica whose vLLM died until its health check has
+        failed and Ray has replaced it (seconds), so one retry is not enough."""
+        deadline = time.monotonic() + self.retry_window_s
+        pause = RETRY_FIRST_PAUSE_S
+        while True:
+            try:
+                return await attempt()
+            except EngineUnavailable:
+                if time.monotonic() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_MAX_PAUSE_S)
+
     async def complete(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """A request whose replica failed (nothing reached the client yet) is sent once more: Serve
-        routes it to a replica that is up."""
-        try:
-            return await super().complete(path, payload)
-        except EngineUnavailable:
-            return await super().complete(path, payload)
+        """A request whose replica failed (nothing reached the client yet) is sent again: Serve routes it
+        to a replica that is up."""
+        return await self._retrying(lambda: super(FleetClient, self).complete(path, payload))
 
     async def stream(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Likewise for a stream that failed before its first event; never once it has started."""
-        events = super().stream(path, payload)
-        try:
-            first = await anext(events)
-        except StopAsyncIteration:
-            return
-        except EngineUnavailable:
-            await events.aclose()
-            events = super().stream(path, payload)
+        async def opened() -> tuple[AsyncIterator[dict[str, Any]], dict[str, Any] | None]:
+            events = super(FleetClient, self).stream(path, payload)
             try:
-                first = await anext(events)
+                return events, await anext(events)
             except StopAsyncIteration:
-                return
+                return events, None
+            except BaseException:
+                await events.aclose()
+                raise
+
+        events, first = await self._retrying(opened)
         try:
+            if first is None:
+                return
             yield first
             async for event in events:
                 yield event
@@ -123,6 +142,7 @@ class FleetPool(EnginePool):
 
 def fleet_pool(settings: Settings) -> FleetPool:
     client = FleetClient(settings.ray_serve_url, settings.resolved_ray_adapter_url, settings.ray_shared_folder,
+                         retry_window_s=settings.ray_retry_window_s,
                          connect_timeout_s=settings.engine_connect_timeout_s,
                          request_timeout_s=settings.engine_request_timeout_s)
     return FleetPool(client, settings.base_model_name)

@@ -1,6 +1,6 @@
 """The gateway's client to the Ray fleet, against a stand-in for Serve's proxy (no Ray): the adapter goes
 in Serve's multiplexing header, and a request whose replica failed before anything reached the client
-is sent once more (a stream only before its first event)."""
+is sent again while the retry window lasts (a stream only before its first event)."""
 
 import json
 
@@ -31,22 +31,35 @@ class Proxy:
         return web.json_response({"model": body["model"]})
 
 
-async def test_the_adapter_rides_in_the_header_and_a_failed_request_is_sent_once_more():
+async def test_the_adapter_rides_in_the_header_and_a_failed_request_is_sent_again():
     proxy = Proxy(failures=1)
     async with serving_handler(proxy.handle) as url:
-        fleet = FleetClient(url, "http://gateway")
+        fleet = FleetClient(url, "http://gateway", retry_window_s=30)
         try:
             assert await fleet.complete("/v1/completions", {"model": "tone@1", "prompt": "x"}) == {"model": "tone@1"}
             assert proxy.headers == ["tone@1", "tone@1"]
             await fleet.complete("/v1/completions", {"model": "SmolLM2-135M-Instruct", "prompt": "x"})
             assert proxy.headers[-1] is None  # the base model: no adapter to route by
 
-            proxy.failures = 1
+            proxy.failures = 3  # a dead replica answers until Ray replaces it: several tries
             events = [e async for e in fleet.stream("/v1/completions", {"model": "tone@1", "stream": True})]
             assert events == [{"n": 0}, {"n": 1}, {"n": 2}]
+            proxy.failures = 3
+            assert await fleet.complete("/v1/completions", {"model": "tone@1", "prompt": "x"}) == {"model": "tone@1"}
+            assert len(proxy.headers) == 3 + 4 + 4  # 3 so far, then 4 tries each
+        finally:
+            await fleet.aclose()
 
-            proxy.failures = 2  # failed twice: the caller hears it
+
+async def test_a_replica_still_failing_after_the_retry_window_is_an_error_the_caller_hears():
+    proxy = Proxy(failures=1000)
+    async with serving_handler(proxy.handle) as url:
+        fleet = FleetClient(url, "http://gateway", retry_window_s=1.0)
+        try:
             with pytest.raises(EngineUnavailable):
                 await fleet.complete("/v1/completions", {"model": "tone@1", "prompt": "x"})
+            with pytest.raises(EngineUnavailable):
+                [e async for e in fleet.stream("/v1/completions", {"model": "tone@1", "stream": True})]
+            assert 2 <= len(proxy.headers) <= 10  # tried again, with pauses, then gave up
         finally:
             await fleet.aclose()
