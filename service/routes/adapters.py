@@ -29,7 +29,8 @@ router = APIRouter()
               description="an upload: multipart/form-data, adapter_config.json and adapter_model.safetensors, "
               "or one .tar.gz/.zip of them; or a composition of stored versions: JSON "
               "`{compose: {sources: [{adapter, version, weight}], method, ...}}` (PEFT's weighted combinations)")
-async def upload_version(request: Request, name: str = Depends(resolve.adapter_name), state: GatewayState = Depends(get_state)):
+async def upload_version(request: Request, name: str = Depends(resolve.adapter_name),
+                         state: GatewayState = Depends(get_state)):
     boundary = multipart_boundary(request)
     if boundary is None:  # JSON, whatever the Content-Type: a composition
         return await _compose_version(request, name, state)

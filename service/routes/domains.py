@@ -92,7 +92,8 @@ def domain_as_dict(route: DomainRoute) -> dict:
 
 
 @router.put("/v1/domains/{name}", responses=answers(Domain, 200, 201))
-async def put_domain(response: Response, name: str = Depends(resolve.domain_name), state: GatewayState = Depends(get_state),
+async def put_domain(response: Response, name: str = Depends(resolve.domain_name),
+                     state: GatewayState = Depends(get_state),
                      principal: Principal = Depends(admin_principal),
                      body: DomainPut = Depends(json_body(DomainPut))):
     if name == state.settings.base_model_name:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from adapters_store import eval_repo, strict_json, tenancy
 from adapters_store.errors import Invalid
-from adapters_store.models import Eval
+from adapters_store.models import Eval as EvalRun
 from adapters_store.tenancy import FULL_NAME_PATTERN
 from evaluation.metrics import ABSTENTION_PHRASE
 from indexer.search import MAX_K, SearchMode
@@ -178,12 +178,12 @@ async def list_evals(principal: Principal = Depends(admin_principal), state: Gat
 
 
 @router.get("/v1/evals/{eval_id}", responses=answers(Eval))
-async def get_eval(run: Eval = Depends(resolve.eval_run)):
+async def get_eval(run: EvalRun = Depends(resolve.eval_run)):
     return eval_repo.eval_as_dict(run)
 
 
 @router.get("/v1/evals/{eval_id}/items", responses=answers(EvalItems),
             dependencies=[Depends(resolve.reads_whole_corpora("an evaluation's items"))])
-async def get_eval_items(run: Eval = Depends(resolve.eval_run), state: GatewayState = Depends(get_state)):
+async def get_eval_items(run: EvalRun = Depends(resolve.eval_run), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
         return {"object": "list", "items": [eval_repo.eval_item_as_dict(i) for i in eval_repo.eval_items(session, run)]}

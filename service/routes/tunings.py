@@ -63,7 +63,8 @@ ConfigNumber = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 
 
 @router.post("/v1/domains/{name}/tunings", status_code=202, responses=answers(JobAccepted, 202))
-async def start_tuning(request: Request, name: str = Depends(resolve.domain_name), state: GatewayState = Depends(get_state),
+async def start_tuning(request: Request, name: str = Depends(resolve.domain_name),
+                       state: GatewayState = Depends(get_state),
                        principal: Principal = Depends(admin_principal),
                        body: TuningIn = Depends(json_body(TuningIn))):
     """Search the domain's configuration on the set's tuning split; the job's result names the
