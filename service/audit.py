@@ -121,10 +121,13 @@ def event_as_dict(row: AuditEvent) -> dict:
 
 
 def describe(method: str, template: str, status: int, path_params: dict, answer: dict,
-             principal, route_owner: str | None = None) -> tuple[str, str, dict | None, str | None]:
+             principal, route_owner: str | None = None,
+             stored_name: str | None = None) -> tuple[str, str, dict | None, str | None]:
     """(action, target, details, tenant) of a 2xx admin write, from the table (a route missing from
     it, which a test forbids, is still recorded, under its method and template). `route_owner`: the
-    tenant of the thing a route found by id (`request.state.owner_tenant`)."""
+    tenant of the thing a route found by id (`request.state.owner_tenant`); `stored_name`: the full
+    name of the path's `{name}` as the route resolved it (`request.state.stored_name`,
+    service/routes/resolve.py)."""
     audited = AUDITED.get((method, template))
     if audited is None:
         audited = Audited(f"{method} {template}", "/".join("{%s}" % f for f in _FIELD.findall(template)))
@@ -134,13 +137,9 @@ def describe(method: str, template: str, status: int, path_params: dict, answer:
         value = path_params.get(field, answer.get(field))
         if value is None:
             return "?"
-        value = str(value)
-        if field == "name" and audited.full_name and principal.tenant is not None:
-            try:
-                value = principal.full_name(value)
-            except Exception:  # the route accepted it; keep it as sent
-                pass
-        return value
+        if field == "name" and audited.full_name and stored_name is not None:
+            return stored_name
+        return str(value)
 
     action = audited.created if audited.created and status == 201 else audited.action
     details = {field: answer[field] for field in audited.details if field in answer}
@@ -214,7 +213,8 @@ class AuditLog:
         principal = scope["state"]["principal"]
         action, target, details, tenant = describe(scope["method"], template, status,
                                                    scope.get("path_params") or {}, answer, principal,
-                                                   scope["state"].get("owner_tenant"))
+                                                   scope["state"].get("owner_tenant"),
+                                                   scope["state"].get("stored_name"))
         try:
             await asyncio.to_thread(_write, scope["app"].state.graft.sessions, action, target, details, principal,
                                     tenant)

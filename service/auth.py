@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from adapters_store import tenancy
 from adapters_store.errors import Forbidden, Unauthenticated
-from adapters_store.models import ApiKey
+from adapters_store.models import ApiKey, Job
 from indexer import filters
 from indexer.filters import MetadataFilter
 
@@ -43,7 +43,12 @@ class Principal:
         return tenancy.full_name(self.tenant, name, param=param, kind=kind)
 
     def sees(self, stored_name: str) -> bool:
+        """Whether the key sees the resource of that stored name: its tenant's (a global key: all)."""
         return tenancy.visible(self.tenant, stored_name)
+
+    def sees_job(self, job: Job) -> bool:
+        """Whether the key sees the job: one its tenant's keys started (a global key: every job)."""
+        return self.tenant is None or job.tenant == self.tenant
 
     def may_call(self, domain: str) -> bool:
         """Whether the key may send requests to the domain (full name): its tenant's, and in its list."""

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from adapters_store import config_repo
+from adapters_store.errors import NotFound
 from adapters_store.models import AdapterVersion, Domain
 from indexer import filters
 from indexer.filters import MetadataFilter
@@ -84,6 +85,14 @@ class RoutingTable:
 
     def get(self, name: str) -> DomainRoute | None:
         return self._routes.get(name)
+
+    def require(self, name: str, *, param: str = "domain", named: str | None = None) -> DomainRoute:
+        """The domain's route, or 404: the one answer for a domain that does not exist. `named`: the
+        name as the request gave it, for the message (default: the stored name)."""
+        route = self._routes.get(name)
+        if route is None:
+            raise NotFound(f"domain {named or name!r} does not exist", param=param, code="domain_not_found")
+        return route
 
     def put(self, route: DomainRoute) -> None:
         self._routes[route.name] = route

@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass, field
 
 from adapters_store import eval_repo
-from adapters_store.errors import Invalid, NotFound
+from adapters_store.errors import Invalid
 from adapters_store.models import Job, JobKind, JobStatus, utcnow
 from evaluation.metrics import cited_document_ids, item_scores, summarize
 from service.auth import Principal
-from service.domains import DomainRoute, RoutingTable, with_config
+from service.domains import RoutingTable, with_config
 from service.engine.pool import EnginePool
 from service.job_runner import JobHandle, JobRunner, JobType
 from service.rag.planner import Planner
@@ -81,7 +81,7 @@ class EvalService:
     def check(self, request: EvalRequest) -> None:
         """Forbidden for a key that may not evaluate; NotFound for an unknown domain or evaluation set."""
         self.authorise(request)
-        self._route(request.domain)
+        self.routing.require(request.domain)
         with self.sessions() as session:
             eval_repo.get_evalset(session, request.evalset)
 
@@ -114,15 +114,9 @@ class EvalService:
         return GateResult(metric, gate["min_delta"], current["metrics"][metric], challenger["metrics"][metric],
                           current["id"], challenger["id"])
 
-    def _route(self, domain: str) -> DomainRoute:
-        route = self.routing.get(domain)
-        if route is None:
-            raise NotFound(f"domain {domain!r} does not exist", param="domain", code="domain_not_found")
-        return route
-
     def _create(self, request: EvalRequest) -> tuple[str, str]:
         self.authorise(request)
-        route = self._route(request.domain)
+        route = self.routing.require(request.domain)
         if request.config is not None:
             route = with_config(route, request.config)
         retrieval = None

@@ -34,6 +34,7 @@ from service.completion_request import validate_completion
 from service.engine.client import EngineError, EngineUnavailable
 from service.errors import error_body, invalid_from, status_of
 from service.routes.corpora import SearchRequest
+from service.routes.resolve import readable_corpus
 from service.state import GatewayState
 
 RESOURCE_PREFIX = "graft://corpora/"
@@ -181,9 +182,7 @@ async def _on_read_resource(ctx, params: types.ReadResourceRequestParams) -> typ
     try:
         corpus, document_id = resource_path(str(params.uri))
         strict_json.loads(json.dumps([corpus, document_id]))  # no NUL: PostgreSQL cannot hold one
-        corpus = principal.full_name(corpus, param="uri", kind="corpus")
-        if not state.routing.may_read(principal, corpus):  # as REST search
-            raise NotFound(f"corpus {corpus!r} does not exist", param="corpus", code="corpus_not_found")
+        corpus = readable_corpus(state, principal, corpus, param="uri")  # as REST search
         text = await asyncio.to_thread(_document_text, state, principal, corpus, document_id)
     except ValueError as exc:
         raise MCPError(types.INVALID_PARAMS, f"resource URI is not valid: {exc}") from exc

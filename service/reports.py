@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from adapters_store import adapter_repo, eval_repo, tenancy
-from adapters_store.errors import NotFound
 from adapters_store.models import Job, JobKind, JobStatus
 from evaluation.compare import compare_runs
 from service.auth import Principal
@@ -69,8 +68,7 @@ class ReportService:
         """Check what the request names (403 for a key that may not evaluate, 404 for an unknown domain,
         set, adapter version or configuration version), plan the rows, create the job and start it."""
         EvalService.authorise(EvalRequest(request.domain, request.evalset, requested_by=request.requested_by))
-        if self.swaps.routing.get(request.domain) is None:
-            raise NotFound(f"domain {request.domain!r} does not exist", param="domain", code="domain_not_found")
+        self.swaps.routing.require(request.domain)
         with self.sessions() as session, session.begin():
             evalset = eval_repo.get_evalset(session, request.evalset)
             rows = plan(session, adapter_repo.get_domain(session, request.domain), request.routes,

@@ -155,9 +155,7 @@ class SwapService:
         of the current binding scores that one version to its end."""
         target = None
         if candidate is None:
-            route = self.routing.get(domain)
-            if route is None:
-                raise NotFound(f"domain {domain!r} does not exist", param="domain", code="domain_not_found")
+            route = self.routing.require(domain)
             engine_model, path = route.engine_model, route.adapter_path  # loaded already: it is routed
         else:
             with self.sessions() as session:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from adapters_store import adapter_repo, config_repo, eval_repo, tenancy
-from adapters_store.errors import Invalid, NotFound
+from adapters_store.errors import Invalid
 from adapters_store.models import Job, JobKind, JobStatus
 from service.auth import Principal
 from service.domains import DomainRoute
@@ -94,8 +94,7 @@ class TuningService:
         """Check what the request names (403 for a key that may not evaluate, 404 for an unknown domain
         or set), create the job and start it; its id."""
         EvalService.authorise(EvalRequest(request.domain, request.evalset, requested_by=request.requested_by))
-        if self.swaps.routing.get(request.domain) is None:
-            raise NotFound(f"domain {request.domain!r} does not exist", param="domain", code="domain_not_found")
+        self.swaps.routing.require(request.domain)
         with self.sessions() as session, session.begin():
             items = eval_repo.get_evalset(session, request.evalset).items
             if request.holdout is not None:
@@ -135,9 +134,7 @@ class _Search:
     async def run(self) -> dict:
         started = time.perf_counter()
         request, service = self.request, self.service
-        route = service.swaps.routing.get(request.domain)
-        if route is None:
-            raise NotFound(f"domain {request.domain!r} does not exist", param="domain", code="domain_not_found")
+        route = service.swaps.routing.require(request.domain)
         current = live_config(route)
         with service.sessions() as session:
             items = {i["id"]: i for i in eval_repo.get_evalset(session, request.evalset).items}

@@ -16,7 +16,7 @@ from service.auth import Principal
 from service.compose_request import ComposeIn, read_composition, recipe_of, resolve_sources
 from service.http_body import request_body
 from service.responses import AdapterCreated, AdapterList, AdapterVersionList, Deleted, answers
-from service.routes import Name
+from service.routes import resolve
 from service.routes.domains import MAX_VERSION
 from service.state import GatewayState, admin_principal, get_state
 from service.uploads import multipart_boundary, receive_files
@@ -24,17 +24,13 @@ from service.uploads import multipart_boundary, receive_files
 router = APIRouter()
 
 
-async def adapter_name(name: Name, principal: Principal = Depends(admin_principal)) -> str:
-    """The stored name of the adapter the path names, in the key's namespace."""
-    return principal.full_name(name, param="adapter", kind="adapter")
-
-
 @router.post("/v1/adapters/{name}/versions", status_code=201, responses=answers(AdapterCreated, 201))
 @request_body(json=ComposeIn, files="files", max_files=4,
               description="an upload: multipart/form-data, adapter_config.json and adapter_model.safetensors, "
               "or one .tar.gz/.zip of them; or a composition of stored versions: JSON "
               "`{compose: {sources: [{adapter, version, weight}], method, ...}}` (PEFT's weighted combinations)")
-async def upload_version(request: Request, name: str = Depends(adapter_name), state: GatewayState = Depends(get_state)):
+async def upload_version(request: Request, name: str = Depends(resolve.adapter_name),
+                         state: GatewayState = Depends(get_state)):
     boundary = multipart_boundary(request)
     if boundary is None:  # JSON, whatever the Content-Type: a composition
         return await _compose_version(request, name, state)
@@ -112,7 +108,7 @@ async def list_adapters(principal: Principal = Depends(admin_principal), state: 
 
 
 @router.get("/v1/adapters/{name}/versions", responses=answers(AdapterVersionList))
-async def list_versions(name: str = Depends(adapter_name), state: GatewayState = Depends(get_state)):
+async def list_versions(name: str = Depends(resolve.adapter_name), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
         adapter = adapter_repo.get_adapter(session, name)
         return {"object": "list", "data": [adapter_repo.version_as_dict(v, name)
@@ -120,7 +116,7 @@ async def list_versions(name: str = Depends(adapter_name), state: GatewayState =
 
 
 @router.delete("/v1/adapters/{name}/versions/{version}", responses=answers(Deleted))
-async def delete_version(name: str = Depends(adapter_name), version: int = Path(ge=1, le=MAX_VERSION),
+async def delete_version(name: str = Depends(resolve.adapter_name), version: int = Path(ge=1, le=MAX_VERSION),
                          state: GatewayState = Depends(get_state)):
     with state.sessions() as session, session.begin():
         row = adapter_repo.get_version(session, name, version)
@@ -135,7 +131,7 @@ async def delete_version(name: str = Depends(adapter_name), version: int = Path(
 # For the engine fleet's replicas on machines without the gateway's folder (service/engine/adapter_fetch.py);
 # out of the OpenAPI document: it answers a version's raw files.
 @router.get("/v1/adapters/{name}/versions/{version}/files/{path:path}", include_in_schema=False)
-async def version_file(path: str, name: str = Depends(adapter_name), version: int = Path(ge=1, le=MAX_VERSION),
+async def version_file(path: str, name: str = Depends(resolve.adapter_name), version: int = Path(ge=1, le=MAX_VERSION),
                        state: GatewayState = Depends(get_state)):
     """One file of a stored version, looked up among the version's files (never a path handed to the filesystem)."""
     with state.sessions() as session:

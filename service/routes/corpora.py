@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from adapters_store import corpus_repo as repo
 from adapters_store import tenancy
 from adapters_store.durable import fsync_dir
-from adapters_store.errors import Conflict, Invalid, NotFound, Unavailable
+from adapters_store.errors import Conflict, Invalid, Unavailable
 from adapters_store.models import Corpus
 from indexer import filters
 from indexer.deletion import delete_document
@@ -22,7 +22,7 @@ from service.http_body import json_body, request_body
 from service.ingest_request import MAX_FILES, JsonDocuments, items_from_json, items_from_multipart
 from service.responses import Corpus as CorpusAnswer
 from service.responses import CorpusList, Deleted, DocumentList, JobAccepted, SearchResult, answers
-from service.routes import Name
+from service.routes import Name, resolve
 from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state, inference_principal
 from service.uploads import multipart_boundary
@@ -64,19 +64,9 @@ class SearchRequest(BaseModel):
         return self
 
 
-def _corpus(state: GatewayState, name: str) -> Corpus:
-    with state.sessions() as session:
-        return repo.get_corpus(session, name)
-
-
 def _remove_corpus_files(state: GatewayState, corpus_id: int) -> None:
     state.registry.store.remove_corpus(corpus_id)
     shutil.rmtree(state.settings.uploads_dir / str(corpus_id), ignore_errors=True)
-
-
-async def corpus_name(name: Name, principal: Principal = Depends(admin_principal)) -> str:
-    """The stored name of the corpus the path names, in the key's namespace."""
-    return principal.full_name(name, param="corpus", kind="corpus")
 
 
 @router.post("/v1/corpora", status_code=201, responses=answers(CorpusAnswer, 201))
@@ -116,14 +106,14 @@ async def list_corpora(principal: Principal = Depends(admin_principal), state: G
 
 
 @router.get("/v1/corpora/{name}", responses=answers(CorpusAnswer))
-async def get_corpus(name: str = Depends(corpus_name), state: GatewayState = Depends(get_state)):
+async def get_corpus(name: str = Depends(resolve.corpus_name), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
         return repo.corpus_stats(session, repo.get_corpus(session, name)).as_dict()
 
 
 @router.delete("/v1/corpora/{name}", responses=answers(Deleted))
-async def delete_corpus(name: str = Depends(corpus_name), state: GatewayState = Depends(get_state)):
-    corpus = _corpus(state, name)
+async def delete_corpus(corpus: Corpus = Depends(resolve.corpus), state: GatewayState = Depends(get_state)):
+    name = corpus.name
     users = state.routing.using_corpus(name)
     if users:
         raise Conflict(f"corpus {name!r} is used by domain(s) {', '.join(users)}", param="corpus",
@@ -137,9 +127,8 @@ async def delete_corpus(name: str = Depends(corpus_name), state: GatewayState = 
 
 @router.post("/v1/corpora/{name}/documents", status_code=202, responses=answers(JobAccepted, 202))
 @request_body(json=JsonDocuments, files="files", max_files=MAX_FILES, file_types=FILE_TYPES)
-async def upload_documents(request: Request, name: str = Depends(corpus_name),
+async def upload_documents(request: Request, corpus: Corpus = Depends(resolve.corpus),
                            principal: Principal = Depends(admin_principal), state: GatewayState = Depends(get_state)):
-    corpus = _corpus(state, name)
     dest = state.settings.uploads_dir / str(corpus.id)
     boundary = multipart_boundary(request)
     if boundary is not None:
@@ -150,7 +139,7 @@ async def upload_documents(request: Request, name: str = Depends(corpus_name),
     uploader_filter = principal.filter
     with state.sessions() as session, session.begin():
         # Read again, not merged: the worker may have moved the generation while the body streamed.
-        corpus = repo.get_corpus(session, name)
+        corpus = repo.get_corpus(session, corpus.name)
         if uploader_filter is not None:  # ids known before extraction; the job checks the rest
             repo.check_replaceable(session, corpus, [i.external_id or i.filename for i in items
                                                      if i.kind != "jsonl" and (i.external_id or i.filename)],
@@ -163,7 +152,7 @@ async def upload_documents(request: Request, name: str = Depends(corpus_name),
 
 
 @router.post("/v1/corpora/{name}/rebuild", status_code=202, responses=answers(JobAccepted, 202))
-async def rebuild(name: str = Depends(corpus_name), body: RebuildRequest = Depends(json_body(RebuildRequest)),
+async def rebuild(name: str = Depends(resolve.corpus_name), body: RebuildRequest = Depends(json_body(RebuildRequest)),
                   state: GatewayState = Depends(get_state)):
     """Re-extract, re-chunk and re-embed every document into a new index generation; searches
     answer from the current one until the switch."""
@@ -176,10 +165,9 @@ async def rebuild(name: str = Depends(corpus_name), body: RebuildRequest = Depen
 
 
 @router.get("/v1/corpora/{name}/documents", responses=answers(DocumentList))
-async def list_documents(name: str = Depends(corpus_name), state: GatewayState = Depends(get_state),
+async def list_documents(corpus: Corpus = Depends(resolve.corpus), state: GatewayState = Depends(get_state),
                          limit: int = Query(100, ge=1, le=1000), after: str | None = None,
                          principal: Principal = Depends(admin_principal)):
-    corpus = _corpus(state, name)
     keep = principal.filter.matches if principal.filter is not None else None  # a key sees what it may read
     with state.sessions() as session:
         documents = repo.list_documents(session, corpus, limit + 1, after, keep)  # one more: is there a next page
@@ -188,9 +176,8 @@ async def list_documents(name: str = Depends(corpus_name), state: GatewayState =
 
 
 @router.delete("/v1/corpora/{name}/documents/{document_id:path}", responses=answers(Deleted))
-async def remove_document(document_id: str, name: str = Depends(corpus_name), state: GatewayState = Depends(get_state),
-                          principal: Principal = Depends(admin_principal)):
-    corpus = _corpus(state, name)
+async def remove_document(document_id: str, corpus: Corpus = Depends(resolve.corpus),
+                          state: GatewayState = Depends(get_state), principal: Principal = Depends(admin_principal)):
     with state.sessions() as session:
         document = repo.get_document(session, corpus, document_id,
                                      principal.filter.matches if principal.filter is not None else None)
@@ -207,9 +194,7 @@ async def search(name: Name, principal: Principal = Depends(inference_principal)
                  body: SearchRequest = Depends(json_body(SearchRequest)),
                  state: GatewayState = Depends(get_state)):
     await state.limiter.count_request(principal)  # against requests_per_minute (service/limits.py)
-    name = principal.full_name(name, param="corpus", kind="corpus")
-    if not state.routing.may_read(principal, name):
-        raise NotFound(f"corpus {name!r} does not exist", param="corpus", code="corpus_not_found")
+    name = resolve.readable_corpus(state, principal, name)
     requested = filters.parse(body.filter, param="filter")
     hits, _ = await asyncio.to_thread(functools.partial(
         state.retriever.search, [name], body.query, body.k, body.mode, filters=[principal.filter, requested]))

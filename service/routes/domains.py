@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from adapters_store import adapter_repo, tenancy
-from adapters_store.errors import Invalid, NotFound
+from adapters_store.errors import Invalid
 from adapters_store.tenancy import FULL_NAME_PATTERN
 from evaluation.metrics import METRICS
 from indexer import filters
@@ -16,7 +16,7 @@ from service.auth import Principal
 from service.domains import DEFAULT_RETRIEVAL, DomainRoute
 from service.http_body import json_body
 from service.responses import Deleted, Domain, DomainHistory, DomainList, DomainSwapped, ModelList, answers
-from service.routes import Name
+from service.routes import resolve
 from service.state import GatewayState, admin_principal, get_state, inference_principal
 from service.swap import Binding
 
@@ -91,20 +91,9 @@ def domain_as_dict(route: DomainRoute) -> dict:
             "config_version": route.config_version, "created_at": route.created_at}
 
 
-async def domain_name(name: Name, principal: Principal = Depends(admin_principal)) -> str:
-    """The stored name of the domain the path names, in the key's namespace."""
-    return principal.full_name(name, param="domain", kind="domain")
-
-
-def _route(state: GatewayState, name: str) -> DomainRoute:
-    route = state.routing.get(name)
-    if route is None:
-        raise NotFound(f"domain {name!r} does not exist", param="domain", code="domain_not_found")
-    return route
-
-
 @router.put("/v1/domains/{name}", responses=answers(Domain, 200, 201))
-async def put_domain(response: Response, name: str = Depends(domain_name), state: GatewayState = Depends(get_state),
+async def put_domain(response: Response, name: str = Depends(resolve.domain_name),
+                     state: GatewayState = Depends(get_state),
                      principal: Principal = Depends(admin_principal),
                      body: DomainPut = Depends(json_body(DomainPut))):
     if name == state.settings.base_model_name:
@@ -120,7 +109,7 @@ async def put_domain(response: Response, name: str = Depends(domain_name), state
                       gate=_gate(name, body.gate), description=body.description)
     created = await state.swaps.put(name, binding, principal.key_id)
     response.status_code = 201 if created else 200
-    return domain_as_dict(_route(state, name))
+    return domain_as_dict(state.routing.require(name))
 
 
 def _gate(domain: str, gate: Gate | None) -> dict | None:
@@ -130,7 +119,7 @@ def _gate(domain: str, gate: Gate | None) -> dict | None:
 
 
 @router.delete("/v1/domains/{name}", responses=answers(Deleted))
-async def delete_domain(name: str = Depends(domain_name), state: GatewayState = Depends(get_state)):
+async def delete_domain(name: str = Depends(resolve.domain_name), state: GatewayState = Depends(get_state)):
     await state.swaps.delete(name)
     return {"object": "domain.deleted", "name": name, "deleted": True}
 
@@ -141,12 +130,12 @@ async def list_domains(principal: Principal = Depends(admin_principal), state: G
 
 
 @router.get("/v1/domains/{name}", responses=answers(Domain))
-async def get_domain(name: str = Depends(domain_name), state: GatewayState = Depends(get_state)):
-    return domain_as_dict(_route(state, name))
+async def get_domain(route: DomainRoute = Depends(resolve.domain_route)):
+    return domain_as_dict(route)
 
 
 @router.post("/v1/domains/{name}/adapter", responses=answers(DomainSwapped))
-async def swap_adapter(name: str = Depends(domain_name), state: GatewayState = Depends(get_state),
+async def swap_adapter(name: str = Depends(resolve.domain_name), state: GatewayState = Depends(get_state),
                        principal: Principal = Depends(admin_principal),
                        body: SwapBody = Depends(json_body(SwapBody))):
     started = time.perf_counter()
@@ -157,7 +146,7 @@ async def swap_adapter(name: str = Depends(domain_name), state: GatewayState = D
 
 
 @router.post("/v1/domains/{name}/rollback", responses=answers(DomainSwapped))
-async def rollback(name: str = Depends(domain_name), state: GatewayState = Depends(get_state),
+async def rollback(name: str = Depends(resolve.domain_name), state: GatewayState = Depends(get_state),
                    principal: Principal = Depends(admin_principal)):
     started = time.perf_counter()
     await state.swaps.rollback(name, principal.key_id)
@@ -165,7 +154,7 @@ async def rollback(name: str = Depends(domain_name), state: GatewayState = Depen
 
 
 @router.get("/v1/domains/{name}/history", responses=answers(DomainHistory))
-async def domain_history(name: str = Depends(domain_name), state: GatewayState = Depends(get_state)):
+async def domain_history(name: str = Depends(resolve.domain_name), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
         domain = adapter_repo.get_domain(session, name)
         return {"object": "list", "data": adapter_repo.history(session, domain)}

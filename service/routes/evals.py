@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapters_store import eval_repo, strict_json, tenancy
-from adapters_store.errors import Invalid, NotFound
+from adapters_store.errors import Invalid
+from adapters_store.models import Eval as EvalRun
 from adapters_store.tenancy import FULL_NAME_PATTERN
 from evaluation.metrics import ABSTENTION_PHRASE
 from indexer.search import MAX_K, SearchMode
@@ -19,25 +20,13 @@ from service.errors import invalid_from
 from service.evals import EvalRequest
 from service.http_body import json_body, read_json_object, request_body
 from service.responses import Deleted, Eval, EvalItems, EvalList, EvalSet, EvalSetList, JobAccepted, answers
-from service.routes import Name
+from service.routes import resolve
 from service.routes.domains import AdapterRef
 from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state
 from service.uploads import multipart_boundary, receive_files
 
 router = APIRouter()
-
-
-async def evalset_name(name: Name, principal: Principal = Depends(admin_principal)) -> str:
-    """The stored name of the evaluation set the path names, in the key's namespace."""
-    return principal.full_name(name, param="evalset", kind="evalset")
-
-
-def _visible_eval(session, principal: Principal, eval_id: str):
-    run = eval_repo.get_eval(session, eval_id)
-    if not principal.sees(run.domain):
-        raise NotFound(f"evaluation {eval_id!r} does not exist", param="eval_id", code="eval_not_found")
-    return run
 
 
 class EvalItemIn(BaseModel):
@@ -142,13 +131,13 @@ async def list_evalsets(principal: Principal = Depends(admin_principal), state: 
 
 
 @router.get("/v1/evalsets/{name}", responses=answers(EvalSet))
-async def get_evalset(name: str = Depends(evalset_name), state: GatewayState = Depends(get_state)):
+async def get_evalset(name: str = Depends(resolve.evalset_name), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
         return eval_repo.evalset_as_dict(eval_repo.get_evalset(session, name), with_items=True)
 
 
 @router.delete("/v1/evalsets/{name}", responses=answers(Deleted))
-async def delete_evalset(name: str = Depends(evalset_name), state: GatewayState = Depends(get_state)):
+async def delete_evalset(name: str = Depends(resolve.evalset_name), state: GatewayState = Depends(get_state)):
     """Runs keep the set's name and hash, so deleting a set loses none of them."""
     with state.sessions() as session, session.begin():
         session.delete(eval_repo.get_evalset(session, name))
@@ -189,16 +178,12 @@ async def list_evals(principal: Principal = Depends(admin_principal), state: Gat
 
 
 @router.get("/v1/evals/{eval_id}", responses=answers(Eval))
-async def get_eval(eval_id: str, principal: Principal = Depends(admin_principal),
-                   state: GatewayState = Depends(get_state)):
-    with state.sessions() as session:
-        return eval_repo.eval_as_dict(_visible_eval(session, principal, eval_id))
+async def get_eval(run: EvalRun = Depends(resolve.eval_run)):
+    return eval_repo.eval_as_dict(run)
 
 
-@router.get("/v1/evals/{eval_id}/items", responses=answers(EvalItems))
-async def get_eval_items(eval_id: str, principal: Principal = Depends(admin_principal),
-                         state: GatewayState = Depends(get_state)):
-    principal.check_reads_whole_corpora("an evaluation's items")
+@router.get("/v1/evals/{eval_id}/items", responses=answers(EvalItems),
+            dependencies=[Depends(resolve.reads_whole_corpora("an evaluation's items"))])
+async def get_eval_items(run: EvalRun = Depends(resolve.eval_run), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
-        run = _visible_eval(session, principal, eval_id)
         return {"object": "list", "items": [eval_repo.eval_item_as_dict(i) for i in eval_repo.eval_items(session, run)]}

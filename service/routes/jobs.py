@@ -11,18 +11,10 @@ from adapters_store.models import TERMINAL_STATUSES, Job, JobKind, JobStatus
 from service.auth import Principal
 from service.responses import Job as JobAnswer
 from service.responses import JobCancelling, JobList, answers
+from service.routes import resolve
 from service.state import GatewayState, admin_principal, get_state
 
 router = APIRouter()
-
-
-def _job(state: GatewayState, principal: Principal, job_id: str) -> Job:
-    """The job, if the key's tenant owns it (a global key sees every job)."""
-    with state.sessions() as session:
-        job = corpus_repo.get_job(session, job_id)
-    if principal.tenant is not None and job.tenant != principal.tenant:
-        raise NotFound(f"job {job_id!r} does not exist", param="job_id", code="job_not_found")
-    return job
 
 
 def accepted(job_id: str, **extra) -> JSONResponse:
@@ -48,17 +40,14 @@ async def list_jobs(principal: Principal = Depends(admin_principal), state: Gate
 
 
 @router.get("/v1/jobs/{job_id}", responses=answers(JobAnswer))
-async def get_job(job_id: str, principal: Principal = Depends(admin_principal),
-                  state: GatewayState = Depends(get_state)):
-    with state.sessions() as session:
-        return corpus_repo.job_as_dict(corpus_repo.get_job(session, _job(state, principal, job_id).id))
+async def get_job(job: Job = Depends(resolve.job)):
+    return corpus_repo.job_as_dict(job)
 
 
 @router.post("/v1/jobs/{job_id}/cancel", responses=answers(JobCancelling))
-async def cancel_job(request: Request, job_id: str, principal: Principal = Depends(admin_principal),
-                     state: GatewayState = Depends(get_state)):
+async def cancel_job(request: Request, job: Job = Depends(resolve.job), state: GatewayState = Depends(get_state)):
     """Cancel a training, a tuning, a report or an evaluation; ingestion and rebuilds run to their end."""
-    job = _job(state, principal, job_id)
+    job_id = job.id
     request.state.owner_tenant = job.tenant  # the audit event's tenant (service/audit.py)
     kind, status = job.kind, job.status
     if status in TERMINAL_STATUSES:
@@ -69,13 +58,12 @@ async def cancel_job(request: Request, job_id: str, principal: Principal = Depen
 
 
 @router.get("/v1/jobs/{job_id}/examples", response_class=FileResponse, responses={200: {
-    "description": "JSONL, one example a line", "content": {"application/jsonl": {"schema": {"type": "string"}}}}})
-async def training_examples(job_id: str, principal: Principal = Depends(admin_principal),
-                            state: GatewayState = Depends(get_state)):
+    "description": "JSONL, one example a line", "content": {"application/jsonl": {"schema": {"type": "string"}}}}},
+    dependencies=[Depends(resolve.reads_whole_corpora("a training's examples"))])
+async def training_examples(job: Job = Depends(resolve.job), state: GatewayState = Depends(get_state)):
     """The examples a training used, as JSONL (each with the prompt, the target and its source)."""
-    principal.check_reads_whole_corpora("a training's examples")
-    job = _job(state, principal, job_id)
-    path = state.trainings.folder(job.id) / "examples.jsonl"
+    job_id = job.id
+    path = state.trainings.folder(job_id) / "examples.jsonl"
     if job.kind != JobKind.TRAIN or not path.is_file():
         raise NotFound(f"job {job_id!r} has no training examples", param="job_id", code="examples_not_found")
     return FileResponse(path, media_type="application/jsonl", filename=f"{job_id}-examples.jsonl")

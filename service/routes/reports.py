@@ -6,13 +6,14 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters_store import tenancy
-from adapters_store.errors import NotFound
 from adapters_store.tenancy import FULL_NAME_PATTERN
 from service.auth import Principal
 from service.http_body import json_body
 from service.reports import ReportRequest
 from service.responses import DomainReportList, JobAccepted, answers
-from service.routes.domains import AdapterRef, Version, domain_name
+from service.domains import DomainRoute
+from service.routes import resolve
+from service.routes.domains import AdapterRef, Version
 from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state
 
@@ -42,7 +43,7 @@ class ReportIn(BaseModel):
 
 
 @router.post("/v1/domains/{name}/reports", status_code=202, responses=answers(JobAccepted, 202))
-async def start_report(name: str = Depends(domain_name), state: GatewayState = Depends(get_state),
+async def start_report(name: str = Depends(resolve.domain_name), state: GatewayState = Depends(get_state),
                        principal: Principal = Depends(admin_principal),
                        body: ReportIn = Depends(json_body(ReportIn))):
     """One evaluation run per route on the set's items; the job's result is the table, each row with
@@ -55,9 +56,7 @@ async def start_report(name: str = Depends(domain_name), state: GatewayState = D
 
 
 @router.get("/v1/domains/{name}/reports", responses=answers(DomainReportList))
-async def list_reports(name: str = Depends(domain_name), state: GatewayState = Depends(get_state),
+async def list_reports(route: DomainRoute = Depends(resolve.domain_route), state: GatewayState = Depends(get_state),
                        limit: int = Query(20, ge=1, le=200)):
     """The domain's reports, newest first, with their tables."""
-    if state.routing.get(name) is None:
-        raise NotFound(f"domain {name!r} does not exist", param="domain", code="domain_not_found")
-    return {"object": "list", "data": state.reports.of_domain(name, limit)}
+    return {"object": "list", "data": state.reports.of_domain(route.name, limit)}

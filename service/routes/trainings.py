@@ -6,12 +6,12 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adapters_store import corpus_repo, eval_repo, tenancy
-from adapters_store.errors import Invalid, NotFound
+from adapters_store.errors import Invalid
 from adapters_store.tenancy import FULL_NAME_PATTERN
 from service.auth import Principal
 from service.http_body import json_body
 from service.responses import JobAccepted, answers
-from service.routes import Name
+from service.routes import resolve
 from service.routes.domains import Gate
 from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state
@@ -55,13 +55,12 @@ class TrainingIn(BaseModel):
     teacher: TeacherIn | None = None  # default: the base model on the gateway's engines
 
 
-@router.post("/v1/adapters/{name}/trainings", status_code=202, responses=answers(JobAccepted, 202))
-async def start_training(name: Name, state: GatewayState = Depends(get_state),
-                         principal: Principal = Depends(admin_principal),
-                         body: TrainingIn = Depends(json_body(TrainingIn))):
-    principal.check_reads_whole_corpora("a training")
+@router.post("/v1/adapters/{name}/trainings", status_code=202, responses=answers(JobAccepted, 202),
+             dependencies=[Depends(resolve.reads_whole_corpora("a training"))])
+async def start_training(state: GatewayState = Depends(get_state), principal: Principal = Depends(admin_principal),
+                         body: TrainingIn = Depends(json_body(TrainingIn)),
+                         name: str = Depends(resolve.adapter_name)):
     settings = state.settings
-    name = principal.full_name(name, param="adapter", kind="adapter")
     if body.base not in (None, settings.base_model_name):
         raise Invalid(f"this gateway trains adapters for its base model {settings.base_model_name!r} only",
                       param="base")
@@ -88,9 +87,8 @@ async def start_training(name: Name, state: GatewayState = Depends(get_state),
             eval_repo.get_evalset(session, evalset)
         if promote is not None and promote.get("gate"):
             eval_repo.get_evalset(session, promote["gate"]["evalset"])
-    if promote is not None and state.routing.get(promote["domain"]) is None:
-        raise NotFound(f"domain {body.promote.domain!r} does not exist", param="promote.domain",
-                       code="domain_not_found")
+    if promote is not None:
+        state.routing.require(promote["domain"], param="promote.domain", named=body.promote.domain)
     # The teacher's key is used, never recorded: not in the job's params nor the version's provenance.
     params = {**RECIPE_DEFAULTS[body.recipe], **body.model_dump(exclude_none=True, exclude={"teacher": {"key"}})}
     teacher = Teacher(body.teacher.url, body.teacher.model, body.teacher.key) if body.teacher else None

@@ -16,7 +16,8 @@ from service.auth import Principal
 from service.http_body import json_body
 from service.rag.prompt import TEMPLATES
 from service.responses import DomainConfigApplied, DomainConfigDetail, DomainConfigList, JobAccepted, answers
-from service.routes.domains import MAX_VERSION, Gate, MetricName, _gate, domain_as_dict, domain_name
+from service.routes import resolve
+from service.routes.domains import MAX_VERSION, Gate, MetricName, _gate, domain_as_dict
 from service.routes.jobs import accepted
 from service.state import GatewayState, admin_principal, get_state
 from service.tuning import MAX_DEMONSTRATIONS, TuneRequest
@@ -62,7 +63,8 @@ ConfigNumber = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 
 
 @router.post("/v1/domains/{name}/tunings", status_code=202, responses=answers(JobAccepted, 202))
-async def start_tuning(request: Request, name: str = Depends(domain_name), state: GatewayState = Depends(get_state),
+async def start_tuning(request: Request, name: str = Depends(resolve.domain_name),
+                       state: GatewayState = Depends(get_state),
                        principal: Principal = Depends(admin_principal),
                        body: TuningIn = Depends(json_body(TuningIn))):
     """Search the domain's configuration on the set's tuning split; the job's result names the
@@ -79,7 +81,7 @@ async def start_tuning(request: Request, name: str = Depends(domain_name), state
 
 
 @router.get("/v1/domains/{name}/configs", responses=answers(DomainConfigList))
-async def list_configs(name: str = Depends(domain_name), state: GatewayState = Depends(get_state)):
+async def list_configs(name: str = Depends(resolve.domain_name), state: GatewayState = Depends(get_state)):
     with state.sessions() as session:
         domain = adapter_repo.get_domain(session, name)
         return {"object": "list", "current": config_repo.snapshot(domain), "config_version": domain.config_version,
@@ -87,7 +89,7 @@ async def list_configs(name: str = Depends(domain_name), state: GatewayState = D
 
 
 @router.get("/v1/domains/{name}/configs/{version}", responses=answers(DomainConfigDetail))
-async def get_config(version: ConfigNumber, name: str = Depends(domain_name),
+async def get_config(version: ConfigNumber, name: str = Depends(resolve.domain_name),
                      state: GatewayState = Depends(get_state)):
     """The version, its trials, and `diff`: each field where it differs from the live configuration."""
     with state.sessions() as session:
@@ -98,7 +100,7 @@ async def get_config(version: ConfigNumber, name: str = Depends(domain_name),
 
 
 @router.post("/v1/domains/{name}/configs/{version}/apply", responses=answers(DomainConfigApplied))
-async def apply_config(version: ConfigNumber, name: str = Depends(domain_name),
+async def apply_config(version: ConfigNumber, name: str = Depends(resolve.domain_name),
                        state: GatewayState = Depends(get_state), principal: Principal = Depends(admin_principal),
                        body: ApplyIn = Depends(json_body(ApplyIn))):
     """Make the version the live configuration; with a gate (or the domain's default one) only when
