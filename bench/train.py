@@ -53,9 +53,11 @@ async def finished(http, job_id: str) -> dict:
 
 
 async def accuracy(http, max_tokens: int, **body) -> float:
-    started = (await http.post("/v1/evals", json={"domain": "lore", "evalset": "lore-qa",
-                                                  "max_tokens": max_tokens, **body})).json()
-    job = await finished(http, started["job_id"])
+    response = await http.post("/v1/evals", json={"domain": "lore", "evalset": "lore-qa",
+                                                  "max_tokens": max_tokens, **body})
+    if response.status_code != 202:
+        raise SystemExit(f"the evaluation was refused: {response.status_code} {response.text}")
+    job = await finished(http, response.json()["job_id"])
     run = (await http.get(f"/v1/evals/{job['result']['eval_id']}")).json()
     return run["metrics"]["answer_contains"]
 
@@ -103,10 +105,12 @@ async def main() -> None:
 
         base_rag = await accuracy(http, args.max_tokens)
         base_closed = await accuracy(http, args.max_tokens, retrieval=False)
+        print(f"base: with retrieval {base_rag:.3f}, closed book {base_closed:.3f}", flush=True)
         adapters, seconds, scores = {}, {}, {}
         for recipe in args.recipes:
             adapter = f"lore-{recipe}"
             trained, seconds[adapter] = await train(http, adapter, recipe, args)
+            print(f"{adapter}: version {trained['version']} trained in {seconds[adapter]:.0f} s", flush=True)
             scores[recipe] = await accuracy(http, args.max_tokens, retrieval=recipe == "reader",
                                             adapter={"name": adapter, "version": trained["version"]})
             adapters[adapter] = (await http.get(f"/v1/adapters/{adapter}/versions")).json()["data"][-1]
