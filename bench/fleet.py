@@ -37,8 +37,9 @@ adapter in the `serve_multiplexed_model_id` header, as the gateway's FleetClient
     from a static file server here standing in for the gateway's files route, checks their sha256,
     then loads). p50, p99 and max of each, and their ratio to the resident one.
 
-The machine is printed with the figures: with 2 replicas on 2 cores the replicas share the cores, so
-(b)'s 2-replica arm measures routing and loading over two replicas, not twice the compute.
+The machine is printed with the figures: with 2 replicas on 2 cores the replicas share the cores (vLLM's
+CPU backend binds each one's threads to the same cores: core 0 on a 2-core VM, core 1 left to the
+rest), so (b)'s 2-replica arm measures routing and loading over two replicas, not twice the compute.
 """
 
 import argparse
@@ -296,14 +297,14 @@ def report_a(results: list[Compared], args) -> list[str]:
     head = "".join(f"{f'direct c={c.concurrency}':>13} {f'ray c={c.concurrency}':>10} {'ratio':>7}  "
                    for c in results)
     print(f"  {'':<34}{head}")
-    rows = [("p50 latency (ms)", lambda c, a: ms(percentile(c.latencies(a), 50))),
-            ("p99 latency (ms)", lambda c, a: ms(percentile(c.latencies(a), 99))),
-            ("throughput (req/s)", lambda c, a: c.throughput(a))]
-    for label, value in rows:
+    rows = [("p50 latency (ms)", ".0f", lambda c, a: ms(percentile(c.latencies(a), 50))),
+            ("p99 latency (ms)", ".0f", lambda c, a: ms(percentile(c.latencies(a), 99))),
+            ("throughput (req/s)", ".2f", lambda c, a: c.throughput(a))]
+    for label, form, value in rows:
         cells = ""
         for c in results:
             d, r = value(c, "direct"), value(c, "ray")
-            cells += f"{d:13.2f} {r:10.2f} {r / d:7.3f}  "
+            cells += f"{d:13{form}} {r:10{form}} {r / d:7.3f}  "
         print(f"  {label:<34}{cells}")
     verdicts, issues = [], []
     for c in results:
@@ -393,8 +394,9 @@ def report_b(results: dict[int, list[SpreadArm]], args) -> list[str]:
         print(f"  {n_adapters:8d} {touched:8d}  {cells}")
     print("  (touched: distinct adapters the measured requests named, first replica setting)")
     if max(configs) > 1:
-        print(f"  note: {max(configs)} replicas on this machine's {os.cpu_count()} cores share them: the "
-              f"{max(configs)}-replica columns measure routing and loading over replicas, not more compute")
+        print(f"  note: {max(configs)} replicas on this machine's {os.cpu_count()} cores share them (vLLM's CPU "
+              "backend binds every replica's threads to the same cores unless VLLM_CPU_OMP_THREADS_BIND differs): "
+              "these columns measure routing and loading over replicas, not more compute")
     for line in verdicts:
         print(f"  goal {line}")
     return issues
@@ -442,7 +444,8 @@ def report_c(results: dict[str, list[Req]], args) -> list[str]:
               f"{percentile(latencies, 50) / percentile(resident, 50):9.2f} "
               f"{percentile(latencies, 99) / percentile(resident, 99):9.2f}")
         issues += problems(f"(c) {arm}", reqs, None, args.max_tokens)
-    print(f"  (p99 of {args.cold} requests is their maximum but one at most: read it with the count)")
+    if args.cold < 100:
+        print(f"  (p99 of {args.cold} requests is their maximum: read it with the count)")
     return issues
 
 
