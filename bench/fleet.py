@@ -1,6 +1,6 @@
 """graft's engine fleet on Ray Serve: what the Serve route adds, many adapters, cold loads (issue 29).
 
-    cd /work/main && HF_HUB_OFFLINE=1 .venv/bin/python -m bench.fleet        # ~15-20 min on 2 cores
+    cd /work/main && HF_HUB_OFFLINE=1 .venv/bin/python -m bench.fleet        # ~15 min on 2 quiet cores (estimate)
     .venv/bin/python -m bench.fleet --requests 40 --adapters 1 8             # a smaller (b)
     .venv/bin/python -m bench.fleet --thousand                               # (b) with 1,000 adapters too
     .venv/bin/python -m bench.fleet --parts a --pairs 60                     # one part only
@@ -196,6 +196,7 @@ def fleet_settings(cluster, args, work: Path) -> Settings:
     return Settings(ray_address=cluster.address, ray_serve_port=cluster.serve_port, base_model=str(args.base_model),
                     max_model_len=args.max_model_len, max_loras=args.max_loras, max_lora_rank=args.rank,
                     lora_target_modules=list(QV), ray_adapter_cache_dir=work / "node-cache",
+                    engine_start_timeout_s=args.engine_start_timeout,
                     engine_extra_args=["--no-enable-prefix-caching", "--max-cpu-loras", str(cpu_loras)])
 
 
@@ -538,6 +539,8 @@ def main() -> None:
     parser.add_argument("--max-loras", type=int, default=8, help="vLLM --max-loras (adapters in one batch)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--max-model-len", type=int, default=1024)
+    parser.add_argument("--engine-start-timeout", type=float, default=900,
+                        help="seconds a replica's vLLM may take to start (it runs niced under Ray: slow on a busy machine)")
     args = parser.parse_args()
     args.adapters = sorted(set(args.adapters) | ({1000} if args.thousand else set()) | {1})
     if args.adapters_per_replica < len(COLD_ARMS):
