@@ -1,6 +1,6 @@
 """graft's engine fleet on Ray Serve: what the Serve route adds, many adapters, cold loads (issue 29).
 
-    cd /work/main && HF_HUB_OFFLINE=1 .venv/bin/python -m bench.fleet        # ~15 min on 2 quiet cores (estimate)
+    .venv/bin/python -m bench.fleet                                          # ~15 min on 2 quiet cores (estimate)
     .venv/bin/python -m bench.fleet --requests 40 --adapters 1 8             # a smaller (b)
     .venv/bin/python -m bench.fleet --thousand                               # (b) with 1,000 adapters too
     .venv/bin/python -m bench.fleet --parts a --pairs 60                     # one part only
