@@ -1,6 +1,6 @@
 """Generation throughput with requests spread over 1, 4 and 8 LoRA adapters, as a ratio to the base model.
 
-    cd /work/main && HF_HUB_OFFLINE=1 .venv/bin/python bench/adapters.py   # own local vLLM; ~7 min in all
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/adapters.py   # own local vLLM; ~7 min in all
     .venv/bin/python bench/adapters.py --engine-url http://127.0.0.1:8100  # reuse an engine: it must run
         with --enable-lora, --max-loras >= the largest arm, --max-lora-rank >= 16 and runtime LoRA updating
     .venv/bin/python bench/adapters.py --probe none --max-lora-rank 8 \

@@ -1,7 +1,7 @@
 """Training tokens/s: graft's trainer (training.trainer.train) against a plain PEFT loop written
 inline here, on the same examples; optionally fp32 against bf16 autocast for the trainer.
 
-    cd /work/main && .venv/bin/python bench/train_speed.py                 # ~3 min on 2 idle CPU cores, ~6 busy
+    .venv/bin/python bench/train_speed.py                 # ~3 min on 2 idle CPU cores, ~6 busy
     .venv/bin/python bench/train_speed.py --precisions --precision-steps 2 # + fp32 vs bf16 (~3 min more)
     .venv/bin/python bench/train_speed.py --rounds 4 --steps 4 --targets q_proj v_proj o_proj
 
