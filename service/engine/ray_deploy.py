@@ -14,6 +14,9 @@ from service.settings import Settings
 # Requests one replica takes at once (Serve's default is 5): vLLM batches them; more wait in Serve's queue.
 MAX_ONGOING_REQUESTS = 64
 HEALTH_CHECK_PERIOD_S = 2.0
+# Serve waits this long for a stopping replica's `__del__` (which stops its vLLM: SIGTERM, then SIGKILL
+# after LocalEngine's 20 s grace) before it kills the actor.
+GRACEFUL_SHUTDOWN_S = 60.0
 
 
 @dataclass
@@ -45,7 +48,8 @@ class FleetShape:
                 raise ValueError("--min-replicas is above --max-replicas")
             scale = {"autoscaling_config": {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas}}
         return {**scale, "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
-                "max_ongoing_requests": MAX_ONGOING_REQUESTS, "health_check_period_s": HEALTH_CHECK_PERIOD_S}
+                "max_ongoing_requests": MAX_ONGOING_REQUESTS, "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+                "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S}
 
 
 def connect(settings: Settings) -> None:

@@ -156,6 +156,14 @@ class EngineReplica:
         self.catalog = serve.get_deployment_handle("FleetCatalog", app_name=CATALOG_APP)
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=300))
         self._reporter = asyncio.create_task(self._report_loop())
+        # Serve awaits `__del__` when it stops a replica (down, scale-in, replacement after a failed health
+        # check): the vLLM goes with it instead of outliving the replica. An instance attribute, as below.
+        self.__del__ = self._shutdown
+
+    async def _shutdown(self) -> None:
+        self._reporter.cancel()
+        await self._http.close()
+        await self.engine.stop()
 
     async def resident(self, name: str) -> ResidentAdapter:  # replaced by engine_replica's multiplexed loader
         raise NotImplementedError

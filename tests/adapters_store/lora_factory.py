@@ -14,6 +14,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from training.protocol import ALL_PROJECTIONS
+
 
 def make_lora(
     base_model_dir: Path,
@@ -95,3 +97,39 @@ def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int = 24) -> st
             pad_token_id=tokenizer.pad_token_id,
         )
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def make_code_loras(base_model_dir: Path, out_root: Path, prompt: str, answers: dict[str, str],
+                    marks: dict[str, str], steps: int = 8, max_rounds: int = 4) -> dict[str, Path]:
+    """One adapter per name (all seven projections, rank 8), each taught to answer `prompt` with its
+    answer; trained until greedy decoding says the name's mark (at most `max_rounds` x `steps` steps).
+    The base model is loaded once: about 11 s per adapter on a 2-core machine with a busy engine beside."""
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    folders = {}
+    # Beside a busy engine, torch's two spinning OpenMP threads ran about ten times slower than one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for seed, (name, answer) in enumerate(answers.items()):
+            folders[name] = _code_lora(base, tokenizer, base_model_dir, out_root / name.replace("@", "-v"), seed,
+                                       prompt, answer, marks[name], steps, max_rounds)
+    finally:
+        torch.set_num_threads(threads)
+    return folders
+
+
+def _code_lora(base, tokenizer, base_model_dir: Path, folder: Path, seed: int, prompt: str, answer: str, mark: str,
+               steps: int, max_rounds: int) -> Path:
+    import copy
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM", target_modules=list(ALL_PROJECTIONS))
+    model = get_peft_model(copy.deepcopy(base), config)
+    for _ in range(max_rounds):
+        _train(model, base_model_dir, answer, prompt, steps, 5e-3)
+        said = greedy_answer(model, tokenizer, prompt)
+        if mark in said:
+            model.save_pretrained(folder, safe_serialization=True)
+            return folder
+    raise AssertionError(f"{folder.name} did not learn {mark!r}: it says {said!r}")
