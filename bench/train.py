@@ -111,8 +111,10 @@ async def main() -> None:
             adapter = f"lore-{recipe}"
             trained, seconds[adapter] = await train(http, adapter, recipe, args)
             print(f"{adapter}: version {trained['version']} trained in {seconds[adapter]:.0f} s", flush=True)
-            scores[recipe] = await accuracy(http, args.max_tokens, retrieval=recipe == "reader",
-                                            adapter={"name": adapter, "version": trained["version"]})
+            closed_book = {} if recipe == "reader" else {"retrieval": False}  # the API takes false or settings
+            scores[recipe] = await accuracy(http, args.max_tokens, adapter={"name": adapter,
+                                                                            "version": trained["version"]},
+                                            **closed_book)
             adapters[adapter] = (await http.get(f"/v1/adapters/{adapter}/versions")).json()["data"][-1]
 
     print(f"\n{'':<28} {'base':>6} {'adapter':>8} {'goal':>24}")
