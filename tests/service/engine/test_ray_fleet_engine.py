@@ -7,13 +7,10 @@ never read the gateway's folder: every adapter is fetched over HTTP from the gat
   holds at most four adapters (so twenty answered means evictions happened);
 - a swap and a rollback under eight clients: no request fails, none is misattributed (the text's code
   is the code of the version the answer names);
-- one replica's vLLM killed under load: Ray replaces the replica, no request fails, and the fleet
-  answers every domain again.
+- the vLLM of every replica Serve stops goes with it (the fixture's teardown).
 """
 
 import asyncio
-import os
-import signal
 from dataclasses import dataclass, field
 
 import httpx
@@ -123,17 +120,12 @@ async def every_domain_once(http, tally: Tally) -> None:
     await asyncio.gather(*(one(i, d) for i, d in enumerate(DOMAINS)))
 
 
-async def hammering(http, domains: list[str], tally: Tally, stop: asyncio.Event, own_adapters: bool = True) -> None:
-    """CLIENTS clients, each asking the next of `domains` in turn until `stop` is set; `own_adapters`:
-    each domain must answer with its own adapter's version 1."""
-    async def loop(start: int) -> None:
-        turn = start
+async def hammering(http, domain: str, tally: Tally, stop: asyncio.Event) -> None:
+    """CLIENTS clients asking `domain` again and again until `stop` is set."""
+    async def loop() -> None:
         while not stop.is_set():
-            domain = domains[turn % len(domains)]
-            expected = f"a{DOMAINS.index(domain):02d}@1" if own_adapters else None
-            tally.record(domain, await ask(http, domain), expected)
-            turn += 1
-    await asyncio.gather(*(loop(c) for c in range(CLIENTS)))
+            tally.record(domain, await ask(http, domain))
+    await asyncio.gather(*(loop() for _ in range(CLIENTS)))
 
 
 async def test_every_domain_answers_with_its_own_adapter_and_replicas_evict(gateway):
@@ -149,7 +141,7 @@ async def test_every_domain_answers_with_its_own_adapter_and_replicas_evict(gate
 
 async def test_a_swap_and_a_rollback_under_eight_clients_fail_and_misattribute_nothing(gateway):
     tally, stop = Tally(), asyncio.Event()
-    load = asyncio.create_task(hammering(gateway, ["d00"], tally, stop, own_adapters=False))
+    load = asyncio.create_task(hammering(gateway, "d00", tally, stop))
     try:
         await until(lambda: tally.answered >= CLIENTS, "answers before the swap", timeout=300)
         swapped = await gateway.post("/v1/domains/d00/adapter", json={"adapter": "a00", "version": 2})
@@ -168,44 +160,11 @@ async def test_a_swap_and_a_rollback_under_eight_clients_fail_and_misattribute_n
     assert (await ask(gateway, "d00")).json()["adapter"] == "a00@1"
 
 
-async def test_a_replica_whose_vllm_is_killed_under_load_is_replaced_and_nothing_fails(gateway, fleet):
-    before = {row["id"] for row in await _catalog_rows(fleet)}
-    victim = (await _catalog_rows(fleet))[0]
-    tally, stop = Tally(), asyncio.Event()
-    load = asyncio.create_task(hammering(gateway, DOMAINS, tally, stop))
-    try:
-        await until(lambda: tally.answered >= CLIENTS, "answers before the kill", timeout=300)
-        _kill_vllm_serving(victim["url"])
-        await until(lambda: _replaced(fleet, before, victim["id"]), "Ray to replace the replica", timeout=600)
-        seen = tally.answered
-        await until(lambda: tally.answered >= seen + CLIENTS, "answers after the replacement", timeout=300)
-    finally:
-        stop.set()
-        await load
-    assert tally.failed == [] and tally.misattributed == []
-
-    await until(lambda: _replicas_ready(gateway, REPLICAS), "the gateway to see both replicas", timeout=120)
-    again = Tally()
-    await every_domain_once(gateway, again)
-    assert again.failed == [] and again.misattributed == [] and again.answered == len(DOMAINS)
-
-
 async def _replicas_ready(http, count: int) -> bool:
     if (await http.get("/readyz")).status_code != 200:
         return False
     engines = (await http.get("/v1/engines")).json()["data"]
     return sum(e["ready"] for e in engines) == count
-
-
-async def _catalog_rows(fleet_url: str) -> list[dict]:
-    async with httpx.AsyncClient(timeout=30) as http:
-        return (await http.get(f"{fleet_url}/graft-fleet/replicas")).json()["data"]
-
-
-async def _replaced(fleet_url: str, before: set[str], victim: str) -> bool:
-    rows = await _catalog_rows(fleet_url)
-    ids = {row["id"] for row in rows}
-    return victim not in ids and len(ids - before) == 1 and len(rows) == REPLICAS and all(r["ready"] for r in rows)
 
 
 def _vllm_serving(url: str) -> psutil.Process | None:
@@ -217,11 +176,3 @@ def _vllm_serving(url: str) -> psutil.Process | None:
                 command[command.index("--port") + 1:][:1] == [port]:
             return process
     return None
-
-
-def _kill_vllm_serving(url: str) -> None:
-    """SIGKILL the process group of the vLLM server listening on `url`'s port (its engine core with it)."""
-    server = _vllm_serving(url)
-    assert server is not None, f"no vLLM serves {url}"
-    os.killpg(os.getpgid(server.pid), signal.SIGKILL)
-    psutil.wait_procs([server], timeout=30)
