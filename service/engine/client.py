@@ -34,9 +34,10 @@ class EngineError(Exception):
 class EngineUnavailable(EngineError):
     """The engine cannot be reached (down, restarting, timed out): the caller should retry later."""
 
-    def __init__(self, message: str, retry_after_s: int = 5):
+    def __init__(self, message: str, retry_after_s: int = 5, upstream_status: int | None = None):
         super().__init__(503, message, "engine_unavailable")
         self.retry_after_s = retry_after_s
+        self.upstream_status = upstream_status  # the engine's own 5xx; None when it could not be reached
 
 
 class EngineClient:
@@ -147,5 +148,5 @@ def _error_from(status: int, content: bytes) -> EngineError:
     except (ValueError, AttributeError):
         pass
     if status >= 500:
-        return EngineUnavailable(f"engine error {status}: {message}")
+        return EngineUnavailable(f"engine error {status}: {message}", upstream_status=status)
     return EngineError(status, message, "invalid_request_error")

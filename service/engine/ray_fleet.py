@@ -24,6 +24,9 @@ MULTIPLEXED_MODEL_HEADER = "serve_multiplexed_model_id"
 CATALOG = "/graft-fleet"  # ray_replica.CATALOG_ROUTE (not imported: the gateway imports no Ray)
 RETRY_FIRST_PAUSE_S = 0.25
 RETRY_MAX_PAUSE_S = 4.0
+# What a replica being replaced looks like: unreachable, or the proxy's or the replica's "not now".
+# Any other 5xx may be the request's own fault, so it is sent again once, not for the whole window.
+_REPLACED_REPLICA_STATUSES = (None, 502, 503, 504)
 T = TypeVar("T")
 
 
@@ -44,13 +47,18 @@ class FleetClient(EngineClient):
     async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """`attempt` again, with a growing pause, while the fleet answers that a replica failed and the
         retry window lasts: Serve keeps routing to a replica whose vLLM died until its health check has
-        failed and Ray has replaced it (seconds), so one retry is not enough."""
+        failed and Ray has replaced it (seconds), so one retry is not enough. Another 5xx gets one retry."""
         deadline = time.monotonic() + self.retry_window_s
         pause = RETRY_FIRST_PAUSE_S
+        retried_other_error = False
         while True:
             try:
                 return await attempt()
-            except EngineUnavailable:
+            except EngineUnavailable as exc:
+                if exc.upstream_status not in _REPLACED_REPLICA_STATUSES:
+                    if retried_other_error:
+                        raise
+                    retried_other_error = True
                 if time.monotonic() + pause > deadline:
                     raise
                 await asyncio.sleep(pause)

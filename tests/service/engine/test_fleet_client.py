@@ -1,6 +1,7 @@
 """The gateway's client to the Ray fleet, against a stand-in for Serve's proxy (no Ray): the adapter goes
 in Serve's multiplexing header, and a request whose replica failed before anything reached the client
-is sent again while the retry window lasts (a stream only before its first event)."""
+is sent again while the retry window lasts (a stream only before its first event); an engine's other
+5xx, which the request itself may cause, is sent again once only."""
 
 import json
 
@@ -13,10 +14,11 @@ from tests.fake_engine import serving_handler
 
 
 class Proxy:
-    """Fails the first `failures` requests with a 503, as Serve's proxy does when the replica died."""
+    """Fails the first `failures` requests with `status` (503: what a replica whose vLLM died answers)."""
 
-    def __init__(self, failures: int):
+    def __init__(self, failures: int, status: int = 503):
         self.failures = failures
+        self.status = status
         self.headers: list[str | None] = []
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -24,7 +26,7 @@ class Proxy:
         self.headers.append(request.headers.get(MULTIPLEXED_MODEL_HEADER))
         if self.failures:
             self.failures -= 1
-            return web.json_response({"error": {"message": "replica died"}}, status=503)
+            return web.json_response({"error": {"message": "replica died"}}, status=self.status)
         if body.get("stream"):
             events = "".join(f"data: {json.dumps({'n': i})}\n\n" for i in range(3)) + "data: [DONE]\n\n"
             return web.Response(body=events.encode(), content_type="text/event-stream")
@@ -61,5 +63,19 @@ async def test_a_replica_still_failing_after_the_retry_window_is_an_error_the_ca
             with pytest.raises(EngineUnavailable):
                 [e async for e in fleet.stream("/v1/completions", {"model": "tone@1", "stream": True})]
             assert 2 <= len(proxy.headers) <= 10  # tried again, with pauses, then gave up
+        finally:
+            await fleet.aclose()
+
+
+async def test_an_engine_error_that_is_not_a_replica_being_replaced_is_sent_again_once_only():
+    proxy = Proxy(failures=1000, status=500)
+    async with serving_handler(proxy.handle) as url:
+        fleet = FleetClient(url, "http://gateway", retry_window_s=60)
+        try:
+            with pytest.raises(EngineUnavailable, match="engine error 500"):
+                await fleet.complete("/v1/completions", {"model": "tone@1", "prompt": "x"})
+            assert len(proxy.headers) == 2  # not 60 seconds of retries for a request the engine cannot take
+            proxy.failures = 1
+            assert await fleet.complete("/v1/completions", {"model": "tone@1", "prompt": "x"}) == {"model": "tone@1"}
         finally:
             await fleet.aclose()
