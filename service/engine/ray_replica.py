@@ -19,7 +19,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,6 +62,14 @@ ENGINE_FIELDS = ("base_model_name", "max_lora_rank", "max_loras", "lora_target_m
                  "engine_dtype", "engine_kv_cache_gib", "engine_start_timeout_s", "engine_extra_args")
 
 
+def replica_engine_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """vLLM on CPU pins its threads to the node's cores by default, so replicas sharing a node would all
+    pin the same cores. Ray reserves CPUs without pinning them and sets OMP_NUM_THREADS to the
+    replica's share: the engine leaves placement to the OS and keeps to that share. What the node's
+    environment says already wins."""
+    return {} if "VLLM_CPU_OMP_THREADS_BIND" in environ else {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+
 def vllm_starter(settings: Settings) -> EngineStarter:
     """Starts one vLLM as the local engine does, on a free port, logging to a folder of the node."""
     engine_settings = {name: getattr(settings, name) for name in ENGINE_FIELDS}
@@ -73,7 +81,7 @@ def vllm_starter(settings: Settings) -> EngineStarter:
             port = sock.getsockname()[1]
         node = Settings.model_construct(**engine_settings, engine_port=port,
                                         data_dir=Path(tempfile.mkdtemp(prefix="graft-replica-")))
-        engine = LocalEngine(node)
+        engine = LocalEngine(node, env=replica_engine_env(os.environ))
         await engine.start()
         return engine
 

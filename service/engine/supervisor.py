@@ -50,9 +50,10 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 class LocalEngine:
-    def __init__(self, settings: Settings, python: str = sys.executable):
+    def __init__(self, settings: Settings, python: str = sys.executable, env: dict[str, str] | None = None):
         self.settings = settings
         self.python = python
+        self.extra_env = env or {}  # on top of this process's environment and the defaults below
         self.host = "127.0.0.1"
         self.port = settings.engine_port
         self.log_path = settings.logs_dir / "engine.log"
@@ -93,6 +94,7 @@ class LocalEngine:
             VLLM_NO_USAGE_STATS="1",
             VLLM_DO_NOT_TRACK="1",
         )
+        env.update(self.extra_env)
         return env
 
     async def start(self) -> None:
