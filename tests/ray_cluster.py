@@ -1,7 +1,9 @@
 """A local Ray cluster for the tests marked `ray`: `ray start --head --block` on free ports in a short temp
-folder, as this test session's child; stopped (its process group) at the end. Serve's proxy listens on a
+folder, as this test session's child; stopped (its process group) at the end, or when the session dies
+(a killed test run leaves no cluster, and no replica's vLLM, behind). Serve's proxy listens on a
 free port too (never 8000 or Ray's own defaults: other sessions on this machine may use them)."""
 
+import functools
 import os
 import shutil
 import signal
@@ -14,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.engine.supervisor import die_with_parent
 from tests.harness import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +45,8 @@ def ray_cluster(num_cpus: int = 2, start_timeout_s: float = 120) -> Iterator[Ray
                f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
                "--min-worker-port=0", "--max-worker-port=0"]  # workers on random ports
     log = open(Path(temp_dir) / "ray-start.log", "wb")
-    head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=functools.partial(die_with_parent, os.getpid()))
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout_s

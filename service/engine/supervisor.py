@@ -31,11 +31,12 @@ class EngineStartError(Exception):
         self.log_tail = log_tail
 
 
-def _prepare_child(gateway_pid: int) -> None:
-    """In the child before exec: die with the gateway (vLLM stops its engine core on SIGTERM)."""
+def die_with_parent(parent_pid: int) -> None:
+    """A `preexec_fn`: the child gets SIGTERM when its parent dies, even by SIGKILL (vLLM then stops its
+    engine core, which would otherwise outlive it)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != gateway_pid:  # the gateway died before the line above took effect
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
         os._exit(1)
 
 
@@ -117,7 +118,7 @@ class LocalEngine:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.environment(),
                 start_new_session=True,
-                preexec_fn=functools.partial(_prepare_child, os.getpid()),
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
         finally:
             log_file.close()
