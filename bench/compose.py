@@ -55,6 +55,8 @@ async def main() -> None:
     parser.add_argument("--reader", help="a trained reader adapter folder to upload instead of training")
     parser.add_argument("--memorize", help="a trained memorize adapter folder to upload instead of training")
     parser.add_argument("--engine-url")
+    parser.add_argument("--dump-examples", type=Path, help="a folder for each training's examples and the "
+                                                           "trained adapters (upload them later with --reader/--memorize)")
     args = parser.parse_args()
     docs, qa = corpus_and_qa(args.docs)
     async with lore_domain(args.engine_url, docs, "graft-bench-compose-") as http:

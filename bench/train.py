@@ -21,6 +21,7 @@ plain PEFT loop is bench/train_speed.py.
 
 import argparse
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
@@ -52,14 +53,31 @@ async def finished(http, job_id: str) -> dict:
     return job
 
 
-async def accuracy(http, max_tokens: int, **body) -> float:
+async def accuracy(http, max_tokens: int, dump: Path | None = None, **body) -> float:
+    """answer_contains of an evaluation run; with `dump`, its items (question, output, scores) go there as JSONL."""
     response = await http.post("/v1/evals", json={"domain": "lore", "evalset": "lore-qa",
                                                   "max_tokens": max_tokens, **body})
     if response.status_code != 202:
         raise SystemExit(f"the evaluation was refused: {response.status_code} {response.text}")
     job = await finished(http, response.json()["job_id"])
-    run = (await http.get(f"/v1/evals/{job['result']['eval_id']}")).json()
+    eval_id = job["result"]["eval_id"]
+    run = (await http.get(f"/v1/evals/{eval_id}")).json()
+    if dump is not None:
+        items = (await http.get(f"/v1/evals/{eval_id}/items")).json()["items"]
+        dump.parent.mkdir(parents=True, exist_ok=True)
+        dump.write_text("".join(json.dumps(item) + "\n" for item in items))
+        print(f"{dump.stem}: answers written to {dump}", flush=True)
     return run["metrics"]["answer_contains"]
+
+
+async def keep_adapter(http, adapter: str, version: int, folder: Path) -> None:
+    """The trained version's files, so that a later run can upload it instead of training again."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        response = await http.get(f"/v1/adapters/{adapter}/versions/{version}/files/{name}")
+        response.raise_for_status()
+        (folder / name).write_bytes(response.content)
+    print(f"{adapter}@{version}: files kept in {folder}", flush=True)
 
 
 async def train(http, adapter: str, recipe: str, args) -> tuple[dict, float]:
@@ -77,6 +95,7 @@ async def train(http, adapter: str, recipe: str, args) -> tuple[dict, float]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(examples.content)
         print(f"{adapter}: training examples written to {path}")
+        await keep_adapter(http, adapter, job["result"]["version"], args.dump_examples / adapter)
     return job["result"], time.perf_counter() - started
 
 
@@ -90,7 +109,8 @@ async def main() -> None:
     parser.add_argument("--recipes", nargs="+", choices=("reader", "memorize"), default=["reader", "memorize"])
     parser.add_argument("--engine-url")
     parser.add_argument("--corpus", choices=("lore", "git-doc"), default="lore")
-    parser.add_argument("--dump-examples", type=Path, help="a folder for each training's examples (JSONL)")
+    parser.add_argument("--dump-examples", type=Path, help="a folder for each training's examples and each "
+                                                           "evaluation's answers (JSONL), and the trained adapters")
     args = parser.parse_args()
     if args.corpus == "git-doc":
         docs, items = git_doc_corpus()
@@ -103,8 +123,9 @@ async def main() -> None:
               f"epochs {args.epochs or 'default'}, "
               f"max_examples {args.max_examples}, lr {args.learning_rate or 'default'}")
 
-        base_rag = await accuracy(http, args.max_tokens)
-        base_closed = await accuracy(http, args.max_tokens, retrieval=False)
+        dump = args.dump_examples
+        base_rag = await accuracy(http, args.max_tokens, dump and dump / "base-with-retrieval.jsonl")
+        base_closed = await accuracy(http, args.max_tokens, dump and dump / "base-closed-book.jsonl", retrieval=False)
         print(f"base: with retrieval {base_rag:.3f}, closed book {base_closed:.3f}", flush=True)
         adapters, seconds, scores = {}, {}, {}
         for recipe in args.recipes:
@@ -112,8 +133,8 @@ async def main() -> None:
             trained, seconds[adapter] = await train(http, adapter, recipe, args)
             print(f"{adapter}: version {trained['version']} trained in {seconds[adapter]:.0f} s", flush=True)
             closed_book = {} if recipe == "reader" else {"retrieval": False}  # the API takes false or settings
-            scores[recipe] = await accuracy(http, args.max_tokens, adapter={"name": adapter,
-                                                                            "version": trained["version"]},
+            scores[recipe] = await accuracy(http, args.max_tokens, dump and dump / f"{adapter}-answers.jsonl",
+                                            adapter={"name": adapter, "version": trained["version"]},
                                             **closed_book)
             adapters[adapter] = (await http.get(f"/v1/adapters/{adapter}/versions")).json()["data"][-1]
 
