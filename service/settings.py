@@ -87,8 +87,9 @@ class Settings(BaseSettings):
     ray_adapter_key: str | None = Field(None, description="the admin key replicas fetch adapter files with (no "
                                                           "key: only a shared folder or a node's cache serves them)")
     ray_retry_window_s: float = Field(60.0, ge=0, le=3600, description="how long the gateway sends again a request "
-                                      "whose replica failed before anything reached the client (Ray replaces "
-                                      "a replica whose vLLM died within seconds)")
+                                      "whose replica failed before anything reached the client (unreachable, "
+                                      "502, 503, 504; Ray replaces a replica whose vLLM died within seconds); "
+                                      "another engine error is sent again once")
 
     # indexing and retrieval
     embedding_model: str = Field("all-MiniLM-L6-v2", description="default embedder of new corpora: the packaged "
