@@ -102,6 +102,33 @@ async def test_a_stream_and_a_swap_go_through_the_fleet(fleet_gateway, good_lora
     assert answer.status_code == 200 and answer.json()["adapter"] == "a0@2", answer.text
 
 
+async def test_a_gated_swap_evaluates_the_candidate_through_the_fleet(fleet_gateway, good_lora):
+    http = fleet_gateway
+    # The fake engine's chat answer echoes the prompt, so every version answers these questions: a gate
+    # asking a gain of 0.5 must refuse, one asking none must flip. Each run answers only if a replica
+    # held the version it names (the fake answers 404 for an adapter it has not loaded).
+    items = [{"question": f"Which word is zorblax{i}?", "answers": [f"zorblax{i}"]} for i in range(3)]
+    assert (await http.post("/v1/evalsets", json={"name": "echo", "items": items})).status_code == 201
+    assert (await http.post("/v1/adapters/a1/versions", files=adapter_files(good_lora))).status_code == 201
+    gate = {"evalset": "echo", "metric": "answer_contains"}
+
+    refused = await http.post("/v1/domains/d1/adapter", json={"adapter": "a1", "version": 2,
+                                                              "gate": {**gate, "min_delta": 0.5}})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "gate_failed", refused.text
+    assert (await http.get("/v1/domains/d1")).json()["engine_model"] == "a1@1"
+
+    flipped = await http.post("/v1/domains/d1/adapter", json={"adapter": "a1", "version": 2,
+                                                              "gate": {**gate, "min_delta": 0.0}})
+    assert flipped.status_code == 200, flipped.text
+    result = flipped.json()["gate_result"]
+    assert result["passed"] is True and result["candidate"] == result["current"] == 1.0, result
+    runs = (await http.get("/v1/evals", params={"domain": "d1"})).json()["data"]
+    assert sorted(r["adapter"] for r in runs) == ["a1@1", "a1@1", "a1@2", "a1@2"], runs
+    assert all(r["metrics"]["answer_contains"] == 1.0 for r in runs), runs
+    answer = await http.post("/v1/completions", json={"model": "d1", "prompt": "x", "max_tokens": 4})
+    assert answer.status_code == 200 and answer.json()["adapter"] == "a1@2", answer.text
+
+
 async def _holds(http, name: str) -> bool:
     return any(name in e["adapters"] for e in await _engines(http))
 
