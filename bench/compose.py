@@ -55,8 +55,9 @@ async def main() -> None:
     parser.add_argument("--reader", help="a trained reader adapter folder to upload instead of training")
     parser.add_argument("--memorize", help="a trained memorize adapter folder to upload instead of training")
     parser.add_argument("--engine-url")
-    parser.add_argument("--dump-examples", type=Path, help="a folder for each training's examples and the "
-                                                           "trained adapters (upload them later with --reader/--memorize)")
+    parser.add_argument("--dump-examples", type=Path, help="a folder for each training's examples, the trained "
+                                                           "adapters (upload them later with --reader/--memorize) "
+                                                           "and each evaluation's answers")
     args = parser.parse_args()
     docs, qa = corpus_and_qa(args.docs)
     async with lore_domain(args.engine_url, docs, "graft-bench-compose-") as http:
@@ -72,11 +73,16 @@ async def main() -> None:
         if made.status_code != 201:
             raise SystemExit(made.text)
         arms = {**sources, "composed": {"adapter": "lore-both", "version": made.json()["version"]}}
-        scores = {"base": (await accuracy(http, args.max_tokens), await accuracy(http, args.max_tokens, retrieval=False))}
+        def dump(arm: str, column: str) -> Path | None:
+            return args.dump_examples and args.dump_examples / f"{arm}-{column}.jsonl"
+
+        scores = {"base": (await accuracy(http, args.max_tokens, dump("base", "with-retrieval")),
+                           await accuracy(http, args.max_tokens, dump("base", "closed-book"), retrieval=False))}
         for arm, ref in arms.items():
             adapter = {"name": ref["adapter"], "version": ref["version"]}
-            scores[arm] = (await accuracy(http, args.max_tokens, adapter=adapter),
-                           await accuracy(http, args.max_tokens, adapter=adapter, retrieval=False))
+            scores[arm] = (await accuracy(http, args.max_tokens, dump(arm, "with-retrieval"), adapter=adapter),
+                           await accuracy(http, args.max_tokens, dump(arm, "closed-book"), adapter=adapter,
+                                          retrieval=False))
 
     print(f"\n{'':<16} {'with retrieval':>15} {'closed book':>12}")
     for arm, (rag, closed) in scores.items():
